@@ -1,1 +1,35 @@
+//! Warden's policy core: pure evaluation of launch requests against a
+//! declarative policy. No I/O, no clock, no async: doors build a
+//! [`LaunchRequest`], call [`Policy::decide`], and apply the [`Decision`]
+//! in their own wire format.
+//!
+//! ```
+//! use warden_core::{Door, LaunchRequest, Policy};
+//! let policy = Policy::from_yaml("default_team: ml\nteams:\n  ml: {max_nodes: 2}\n").unwrap();
+//! let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+//! req.num_nodes = 4;
+//! let d = policy.decide(&req);
+//! assert!(!d.is_allowed());
+//! assert_eq!(d.denied_by()[0].as_str(), "team.max_nodes");
+//! ```
 
+pub mod decision;
+pub mod error;
+pub mod eval;
+pub mod expr;
+pub mod ids;
+pub mod money;
+pub mod policy;
+pub mod price;
+pub mod request;
+
+pub use decision::{
+    AppliedMutation, Decision, Doc, Effect, Mutation, Reason, ResourceField, Verdict,
+};
+pub use error::{IdError, MoneyError, PolicyError, PolicyProblem};
+pub use eval::{get_path, set_path};
+pub use ids::{GpuModel, RuleName, TeamName};
+pub use money::Usd;
+pub use policy::{normalize_cloud, Mode, Policy, PolicySpec, ResolvedBy};
+pub use price::{GpuPrice, PriceTable};
+pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Resource};

@@ -1,0 +1,94 @@
+//! Errors of the policy core.
+
+use std::fmt;
+
+/// An identifier from outside did not parse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IdError {
+    /// The value was empty.
+    #[error("{kind} is empty")]
+    Empty {
+        /// What was being parsed.
+        kind: &'static str,
+    },
+    /// The value was longer than allowed.
+    #[error("{kind} `{value}` is longer than {max} characters")]
+    TooLong {
+        /// What was being parsed.
+        kind: &'static str,
+        /// The offending value.
+        value: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The value held a character that is not allowed.
+    #[error("{kind} `{value}` contains `{bad}`; use letters, digits, `-`, `_` or `.`")]
+    BadChar {
+        /// What was being parsed.
+        kind: &'static str,
+        /// The offending value.
+        value: String,
+        /// The first bad character.
+        bad: char,
+    },
+}
+
+/// A money amount did not parse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MoneyError {
+    /// Negative, NaN or infinite.
+    #[error("amount `{0}` must be a finite, non-negative number of US dollars")]
+    Invalid(String),
+    /// Too large to represent.
+    #[error("amount `{0}` is too large")]
+    TooLarge(String),
+}
+
+/// One problem found while loading a policy: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyProblem {
+    /// Key path in the file, e.g. `rules[2].match.when`; empty for the whole file.
+    pub path: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// A policy could not be loaded; carries every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct PolicyError {
+    /// The problems, at least one.
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl PolicyError {
+    pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![PolicyProblem {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}

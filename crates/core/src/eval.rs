@@ -1,0 +1,869 @@
+//! Evaluation: one request against one policy.
+//!
+//! Semantics, in order:
+//! 1. The team is resolved ([`Policy::resolve_team`]). An unresolved,
+//!    non-controller request is denied by the reason `team.resolve`.
+//! 2. Rules run in order: the implicit team limits (`team.*`) first, then the
+//!    `rules` list. A rule is skipped when its mode is `off`, when the
+//!    request is a controller task and the rule has no `controllers: true`,
+//!    or when its `match` does not hold. `match.resource` selects the
+//!    candidates the rule acts on; a rule with no matching candidate is skipped.
+//! 3. Each rule sees the request as left by the rules before it (a
+//!    mutation made by rule 1 is visible to rule 2's condition and action).
+//!    CEL `task` and `config` are the documents as received, with earlier
+//!    `set` mutations applied.
+//! 4. Every rule runs, also after a denial, so the user sees every reason at
+//!    once. In `warn` mode, what the rule would deny or change is recorded as a
+//!    warning and not applied.
+//! 5. A rule whose condition cannot be evaluated (a CEL error, a non-boolean
+//!    result) fails closed: it denies in `enforce` mode and warns in `warn`.
+//! 6. The verdict is deny when any reason denies; a denied decision carries
+//!    no mutations.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cel::{Context, Value};
+
+use crate::decision::{
+    AppliedMutation, Decision, Doc, Effect, Mutation, Reason, ResourceField, Verdict,
+};
+use crate::expr::{from_json, map, opt_str, string};
+use crate::ids::{RuleName, TeamName};
+use crate::money::Usd;
+use crate::policy::{Action, Mode, Policy, Rule, UnknownVersion};
+use crate::request::{Autostop, LaunchRequest, Resource};
+
+/// Reads the value at `path` in a JSON document.
+pub fn get_path<'a>(root: &'a serde_json::Value, path: &[String]) -> Option<&'a serde_json::Value> {
+    let mut cur = root;
+    for key in path {
+        cur = cur.as_object()?.get(key)?;
+    }
+    Some(cur)
+}
+
+/// Sets the value at `path` in a JSON document, creating (or replacing
+/// non-map values with) maps on the way.
+pub fn set_path(root: &mut serde_json::Value, path: &[String], value: serde_json::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        *root = value;
+        return;
+    };
+    let mut cur = root;
+    for key in parents {
+        if !cur.is_object() {
+            *cur = serde_json::Value::Object(serde_json::Map::new());
+        }
+        let Some(obj) = cur.as_object_mut() else {
+            return;
+        };
+        cur = obj
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    }
+    if !cur.is_object() {
+        *cur = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let Some(obj) = cur.as_object_mut() {
+        obj.insert(last.clone(), value);
+    }
+}
+
+enum Outcome {
+    Pass,
+    Deny(String),
+    Mutate(Vec<Mutation>, String),
+}
+
+/// The request as left by the rules so far.
+struct State<'r> {
+    req: &'r LaunchRequest,
+    team: Option<TeamName>,
+    resources: Vec<Resource>,
+    alive: Vec<bool>,
+    autostop: Option<Autostop>,
+    labels: BTreeMap<String, String>,
+    volumes: BTreeMap<String, serde_json::Value>,
+    sets: Vec<(crate::decision::Doc, Vec<String>, serde_json::Value)>,
+}
+
+impl<'r> State<'r> {
+    fn alive(&self) -> impl Iterator<Item = (usize, &Resource)> {
+        self.resources
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.alive.get(*i).copied().unwrap_or(false))
+    }
+
+    fn total_gpus(&self, r: &Resource) -> u64 {
+        u64::from(r.gpus_per_node()) * u64::from(self.req.num_nodes)
+    }
+
+    fn doc(&self, doc: Doc) -> Cow<'r, serde_json::Value> {
+        let orig = match doc {
+            Doc::Task => &self.req.task,
+            Doc::Config => &self.req.config,
+        };
+        if !self.sets.iter().any(|(d, _, _)| *d == doc) {
+            return Cow::Borrowed(orig);
+        }
+        let mut v = orig.clone();
+        for (d, path, value) in &self.sets {
+            if *d == doc {
+                set_path(&mut v, path, value.clone());
+            }
+        }
+        Cow::Owned(v)
+    }
+
+    fn apply(&mut self, m: &Mutation) {
+        match m {
+            Mutation::UseSpot { resources } => {
+                for i in resources {
+                    if let Some(r) = self.resources.get_mut(*i) {
+                        r.use_spot = true;
+                    }
+                }
+            }
+            Mutation::SetResource {
+                resources,
+                field,
+                value,
+            } => {
+                for i in resources {
+                    if let Some(r) = self.resources.get_mut(*i) {
+                        let s = value.as_str().map(str::to_owned);
+                        match field {
+                            ResourceField::Cloud => r.cloud = s,
+                            ResourceField::Region => r.region = s,
+                            ResourceField::Zone => r.zone = s,
+                            ResourceField::ImageId => r.image_id = s,
+                            ResourceField::DiskSize => r.disk_size = value.as_i64(),
+                        }
+                    }
+                }
+            }
+            Mutation::PruneResources { resources } => {
+                for i in resources {
+                    if let Some(a) = self.alive.get_mut(*i) {
+                        *a = false;
+                    }
+                }
+            }
+            Mutation::SetAutostop(a) => self.autostop = Some(*a),
+            Mutation::AddLabels { labels } => {
+                self.labels
+                    .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            Mutation::AddVolumes { volumes } => {
+                self.volumes
+                    .extend(volumes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            Mutation::SetPath { doc, path, value } => {
+                self.sets.push((*doc, path.clone(), value.clone()));
+            }
+        }
+    }
+
+    fn hourly(&self, policy: &Policy, r: &Resource) -> Option<Usd> {
+        match &r.accelerator {
+            None => Some(Usd::ZERO),
+            Some(a) => policy
+                .prices
+                .per_gpu_hour(&a.model, r.use_spot)
+                .map(|p| p.times(self.total_gpus(r))),
+        }
+    }
+
+    fn worst_hourly(&self, policy: &Policy) -> Option<Usd> {
+        let mut worst = Usd::ZERO;
+        for (_, r) in self.alive() {
+            worst = worst.max(self.hourly(policy, r)?);
+        }
+        Some(worst)
+    }
+
+    fn describe(&self, r: &Resource) -> String {
+        let what = match &r.accelerator {
+            Some(a) => format!("{}:{}", a.model, a.count),
+            None => "CPU only".to_owned(),
+        };
+        if self.req.num_nodes == 1 {
+            what
+        } else {
+            format!("{what} × {} nodes", self.req.num_nodes)
+        }
+    }
+
+    fn substitute(&self, s: &str) -> String {
+        if !s.contains("${") {
+            return s.to_owned();
+        }
+        s.replace("${team}", self.team.as_ref().map_or("", TeamName::as_str))
+            .replace("${user}", self.req.principal.user.as_deref().unwrap_or(""))
+            .replace("${request}", &self.req.request_name)
+    }
+
+    fn resource_value(&self, policy: &Policy, i: usize, r: &Resource) -> Value {
+        map(vec![
+            ("index", Value::Int(i64::try_from(i).unwrap_or(i64::MAX))),
+            (
+                "accelerator",
+                opt_str(r.accelerator.as_ref().map(|a| a.model.as_str())),
+            ),
+            ("gpus", Value::Int(i64::from(r.gpus_per_node()))),
+            (
+                "total_gpus",
+                Value::Int(i64::try_from(self.total_gpus(r)).unwrap_or(i64::MAX)),
+            ),
+            ("cloud", opt_str(r.cloud.as_deref())),
+            ("region", opt_str(r.region.as_deref())),
+            ("zone", opt_str(r.zone.as_deref())),
+            ("use_spot", Value::Bool(r.use_spot)),
+            ("cpus", opt_str(r.cpus.as_deref())),
+            ("memory", opt_str(r.memory.as_deref())),
+            ("memory_gb", r.memory_gb().map_or(Value::Null, Value::Float)),
+            ("disk_size", r.disk_size.map_or(Value::Null, Value::Int)),
+            ("image_id", opt_str(r.image_id.as_deref())),
+            (
+                "ports",
+                Value::List(Arc::new(r.ports.iter().map(|p| string(p)).collect())),
+            ),
+            (
+                "hourly_usd",
+                self.hourly(policy, r)
+                    .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64())),
+            ),
+        ])
+    }
+
+    fn request_value(&self, policy: &Policy) -> Value {
+        let req = self.req;
+        let alive: Vec<(usize, &Resource)> = self.alive().collect();
+        let gpus = alive
+            .iter()
+            .map(|(_, r)| self.total_gpus(r))
+            .max()
+            .unwrap_or(0);
+        let mut models: Vec<Value> = Vec::new();
+        for (_, r) in &alive {
+            if let Some(a) = &r.accelerator {
+                let v = string(a.model.as_str());
+                if !models.contains(&v) {
+                    models.push(v);
+                }
+            }
+        }
+        let labels = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), string(v)))
+            .collect::<std::collections::HashMap<String, Value>>();
+        map(vec![
+            ("door", string(req.door.as_str())),
+            ("name", string(&req.request_name)),
+            ("user", opt_str(req.principal.user.as_deref())),
+            ("team", opt_str(self.team.as_ref().map(TeamName::as_str))),
+            ("workspace", opt_str(req.principal.workspace.as_deref())),
+            ("at_client_side", Value::Bool(req.at_client_side)),
+            (
+                "client_api_version",
+                req.client_api_version.map_or(Value::Null, Value::Int),
+            ),
+            ("client_version", opt_str(req.client_version.as_deref())),
+            ("controller", Value::Bool(req.is_controller())),
+            ("num_nodes", Value::Int(i64::from(req.num_nodes))),
+            ("gpus", Value::Int(i64::try_from(gpus).unwrap_or(i64::MAX))),
+            ("gpu_models", Value::List(Arc::new(models))),
+            (
+                "hourly_usd",
+                self.worst_hourly(policy)
+                    .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64())),
+            ),
+            (
+                "use_spot",
+                Value::Bool(!alive.is_empty() && alive.iter().all(|(_, r)| r.use_spot)),
+            ),
+            ("labels", labels.into()),
+            (
+                "autostop",
+                self.autostop.map_or(Value::Null, |a| {
+                    map(vec![
+                        ("idle_minutes", Value::Int(a.idle_minutes)),
+                        ("down", Value::Bool(a.down)),
+                    ])
+                }),
+            ),
+            (
+                "resources",
+                Value::List(Arc::new(
+                    alive
+                        .iter()
+                        .map(|(i, r)| self.resource_value(policy, *i, r))
+                        .collect(),
+                )),
+            ),
+        ])
+    }
+}
+
+fn rule_error(msg: String) -> Outcome {
+    Outcome::Deny(format!(
+        "{msg}; the request is denied because Warden fails closed"
+    ))
+}
+
+impl Policy {
+    /// Decides one request. Pure and deterministic.
+    pub fn decide(&self, req: &LaunchRequest) -> Decision {
+        let team = self
+            .resolve_team(
+                req.principal.team.as_deref(),
+                req.principal.user.as_deref(),
+                req.principal.workspace.as_deref(),
+                req.labels.get("team").map(String::as_str),
+            )
+            .map(|(t, _)| t);
+        let mut state = State {
+            req,
+            team: team.clone(),
+            resources: req.resources.clone(),
+            alive: vec![true; req.resources.len()],
+            autostop: req.autostop,
+            labels: req.labels.clone(),
+            volumes: req.volumes.clone(),
+            sets: Vec::new(),
+        };
+        let mut reasons = Vec::new();
+        let mut mutations = Vec::new();
+
+        if team.is_none() && !req.is_controller() {
+            reasons.push(Reason {
+                rule: RuleName::builtin("team.resolve"),
+                effect: Effect::Deny,
+                message: unresolved_message(req),
+            });
+        }
+
+        let mut ctx: Option<Context<'static, 'static>> = None;
+        for rule in &self.rules {
+            if rule.mode == Mode::Off || (req.is_controller() && !rule.controllers) {
+                continue;
+            }
+            if !static_match(rule, req, state.team.as_ref()) {
+                continue;
+            }
+            let outcome = self.eval_rule(rule, &mut state, &mut ctx);
+            let (effect, message, muts) = match (outcome, rule.mode) {
+                (Outcome::Pass, _) => continue,
+                (Outcome::Deny(m), Mode::Warn) => {
+                    (Effect::Warn, format!("would deny: {m}"), Vec::new())
+                }
+                (Outcome::Mutate(_, m), Mode::Warn) => {
+                    (Effect::Warn, format!("would change: {m}"), Vec::new())
+                }
+                (Outcome::Deny(m), _) => {
+                    let m = match &rule.hint {
+                        Some(h) => format!("{m} {h}"),
+                        None => m,
+                    };
+                    (Effect::Deny, m, Vec::new())
+                }
+                (Outcome::Mutate(ms, m), _) => (Effect::Mutate, m, ms),
+            };
+            if !muts.is_empty() {
+                for m in &muts {
+                    state.apply(m);
+                }
+                ctx = None;
+            }
+            mutations.extend(muts.into_iter().map(|mutation| AppliedMutation {
+                rule: rule.name.clone(),
+                mutation,
+            }));
+            reasons.push(Reason {
+                rule: rule.name.clone(),
+                effect,
+                message,
+            });
+        }
+
+        let verdict = if reasons.iter().any(|r| r.effect == Effect::Deny) {
+            mutations.clear();
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        };
+        Decision {
+            verdict,
+            team,
+            reasons,
+            mutations,
+            hourly_usd: state.worst_hourly(self),
+        }
+    }
+
+    fn context(&self, state: &State<'_>) -> Context<'static, 'static> {
+        let mut ctx = Context::with_env(Arc::clone(&self.env));
+        if self.uses.request {
+            ctx.add_variable_from_value("request", state.request_value(self));
+        }
+        if self.uses.task {
+            ctx.add_variable_from_value("task", from_json(&state.doc(Doc::Task)));
+        }
+        if self.uses.config {
+            ctx.add_variable_from_value("config", from_json(&state.doc(Doc::Config)));
+        }
+        ctx
+    }
+
+    fn eval_rule(
+        &self,
+        rule: &Rule,
+        state: &mut State<'_>,
+        ctx: &mut Option<Context<'static, 'static>>,
+    ) -> Outcome {
+        let m = &rule.matcher;
+        let needs_ctx = m.when.is_some() || m.resource.is_some();
+        if needs_ctx && ctx.is_none() {
+            *ctx = Some(self.context(state));
+        }
+        if let (Some(when), Some(c)) = (&m.when, ctx.as_ref()) {
+            match when.eval_bool(c) {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Pass,
+                Err(e) => return rule_error(e),
+            }
+        }
+        let mut selected = Vec::new();
+        for (i, r) in state.alive() {
+            if let (Some(expr), Some(c)) = (&m.resource, ctx.as_ref()) {
+                let mut inner = c.new_inner_scope();
+                inner.add_variable_from_value("resource", state.resource_value(self, i, r));
+                match expr.eval_bool(&inner) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => return rule_error(e),
+                }
+            }
+            selected.push(i);
+        }
+        if m.resource.is_some() && selected.is_empty() {
+            return Outcome::Pass;
+        }
+        self.act(&rule.action, state, &selected)
+    }
+
+    fn act(&self, action: &Action, s: &State<'_>, selected: &[usize]) -> Outcome {
+        let sel = || {
+            selected
+                .iter()
+                .filter_map(|i| s.resources.get(*i).map(|r| (*i, r)))
+        };
+        let req = s.req;
+        match action {
+            Action::Deny(msg) => Outcome::Deny(s.substitute(msg)),
+            Action::AllowedGpus { models, prune } => {
+                let bad: Vec<(usize, &Resource)> = sel()
+                    .filter(|(_, r)| {
+                        r.accelerator
+                            .as_ref()
+                            .is_some_and(|a| !models.contains(&a.model))
+                    })
+                    .collect();
+                if bad.is_empty() {
+                    return Outcome::Pass;
+                }
+                let allowed = models
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let asked = bad
+                    .iter()
+                    .filter_map(|(_, r)| r.accelerator.as_ref().map(|a| format!("`{}`", a.model)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let remaining = s
+                    .alive()
+                    .filter(|(i, _)| !bad.iter().any(|(b, _)| b == i))
+                    .count();
+                if *prune && remaining > 0 {
+                    return Outcome::Mutate(
+                        vec![Mutation::PruneResources {
+                            resources: bad.iter().map(|(i, _)| *i).collect(),
+                        }],
+                        format!("removed GPU candidates {asked} (allowed: {allowed})"),
+                    );
+                }
+                Outcome::Deny(format!(
+                    "GPU {asked} is not allowed; allowed GPU models: {allowed}. Ask for one of those"
+                ))
+            }
+            Action::MaxGpus(limit) => {
+                let worst = sel().max_by_key(|(_, r)| s.total_gpus(r));
+                match worst {
+                    Some((_, r)) if s.total_gpus(r) > *limit => Outcome::Deny(format!(
+                        "requests {} GPUs ({}); the limit is {limit} GPUs per launch. Ask for at most {limit} GPUs (fewer per node or fewer nodes)",
+                        s.total_gpus(r),
+                        s.describe(r)
+                    )),
+                    _ => Outcome::Pass,
+                }
+            }
+            Action::MaxNodes(limit) => {
+                if u64::from(req.num_nodes) > *limit {
+                    Outcome::Deny(format!(
+                        "requests {} nodes; the limit is {limit}. Set `num_nodes` to at most {limit}",
+                        req.num_nodes
+                    ))
+                } else {
+                    Outcome::Pass
+                }
+            }
+            Action::MaxHourly(limit) => {
+                let mut worst: Option<(Usd, &Resource)> = None;
+                for (_, r) in sel() {
+                    let Some(cost) = s.hourly(self, r) else {
+                        let model = r.accelerator.as_ref().map_or("?", |a| a.model.as_str());
+                        return Outcome::Deny(format!(
+                            "cannot estimate the price of GPU `{model}`: it has no price; ask a platform admin to add `prices.{model}`"
+                        ));
+                    };
+                    if worst.is_none_or(|(w, _)| cost > w) {
+                        worst = Some((cost, r));
+                    }
+                }
+                match worst {
+                    Some((cost, r)) if cost > *limit => Outcome::Deny(format!(
+                        "is estimated at {cost}/hour ({}, {}); the limit is {limit}/hour. Use fewer or cheaper GPUs{}",
+                        s.describe(r),
+                        if r.use_spot { "spot" } else { "on-demand" },
+                        if r.use_spot { "" } else { ", or spot capacity (`use_spot: true`)" }
+                    )),
+                    _ => Outcome::Pass,
+                }
+            }
+            Action::RequireAutostop => {
+                if s.autostop.is_some() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Deny(
+                        "autostop is not set. Set it with `sky launch -i <idle minutes>` (add `--down` to tear down), or `resources.autostop.idle_minutes` in the task"
+                            .to_owned(),
+                    )
+                }
+            }
+            Action::MaxAutostop(max) => match s.autostop {
+                Some(a) if a.idle_minutes <= *max => Outcome::Pass,
+                Some(a) => Outcome::Mutate(
+                    vec![Mutation::SetAutostop(Autostop {
+                        idle_minutes: *max,
+                        down: a.down,
+                    })],
+                    format!(
+                        "lowered autostop from {} to {max} idle minutes (the maximum)",
+                        a.idle_minutes
+                    ),
+                ),
+                None => Outcome::Mutate(
+                    vec![Mutation::SetAutostop(Autostop {
+                        idle_minutes: *max,
+                        down: false,
+                    })],
+                    format!(
+                        "set autostop to {max} idle minutes (none was set; the maximum is {max})"
+                    ),
+                ),
+            },
+            Action::DefaultAutostop(a) => match s.autostop {
+                Some(_) => Outcome::Pass,
+                None => Outcome::Mutate(
+                    vec![Mutation::SetAutostop(*a)],
+                    format!(
+                        "set autostop to {} idle minutes{} (none was set)",
+                        a.idle_minutes,
+                        if a.down { " with teardown" } else { "" }
+                    ),
+                ),
+            },
+            Action::UseSpot => {
+                let changed: Vec<(usize, &Resource)> = sel().filter(|(_, r)| !r.use_spot).collect();
+                if changed.is_empty() {
+                    return Outcome::Pass;
+                }
+                let what = changed
+                    .iter()
+                    .map(|(_, r)| s.describe(r))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Outcome::Mutate(
+                    vec![Mutation::UseSpot {
+                        resources: changed.iter().map(|(i, _)| *i).collect(),
+                    }],
+                    format!("switched {what} to spot capacity"),
+                )
+            }
+            Action::AddLabels(labels) => {
+                let mut changed = BTreeMap::new();
+                for (k, v) in labels {
+                    let v = s.substitute(v);
+                    if s.labels.get(k) != Some(&v) {
+                        changed.insert(k.clone(), v);
+                    }
+                }
+                if changed.is_empty() {
+                    return Outcome::Pass;
+                }
+                let what = changed
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Outcome::Mutate(
+                    vec![Mutation::AddLabels { labels: changed }],
+                    format!("set labels {what}"),
+                )
+            }
+            Action::RequireLabels(keys) => {
+                let missing: Vec<String> = keys
+                    .iter()
+                    .filter(|k| s.labels.get(*k).is_none_or(|v| v.is_empty()))
+                    .map(|k| format!("`{k}`"))
+                    .collect();
+                if missing.is_empty() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Deny(format!(
+                        "missing required label(s) {}; add them under `resources.labels` in the task",
+                        missing.join(", ")
+                    ))
+                }
+            }
+            Action::Set(list) => {
+                let mut muts = Vec::new();
+                let mut what = Vec::new();
+                for (doc, path, value) in list {
+                    let current = s.doc(*doc);
+                    if get_path(&current, path) != Some(value) {
+                        what.push(format!("{}.{} = {value}", doc_name(*doc), path.join(".")));
+                        muts.push(Mutation::SetPath {
+                            doc: *doc,
+                            path: path.clone(),
+                            value: value.clone(),
+                        });
+                    }
+                }
+                if muts.is_empty() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Mutate(muts, format!("set {}", what.join(", ")))
+                }
+            }
+            Action::RequirePaths(list) => {
+                let mut missing = Vec::new();
+                for (doc, path) in list {
+                    let current = s.doc(*doc);
+                    if get_path(&current, path).is_none_or(serde_json::Value::is_null) {
+                        missing.push(format!("`{}.{}`", doc_name(*doc), path.join(".")));
+                    }
+                }
+                if missing.is_empty() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Deny(format!("{} must be set", missing.join(", ")))
+                }
+            }
+            Action::AddVolumes(vols) => {
+                let changed: BTreeMap<String, serde_json::Value> = vols
+                    .iter()
+                    .filter(|(k, v)| s.volumes.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if changed.is_empty() {
+                    return Outcome::Pass;
+                }
+                let what = changed
+                    .iter()
+                    .map(|(k, v)| format!("{k} ← {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Outcome::Mutate(
+                    vec![Mutation::AddVolumes { volumes: changed }],
+                    format!("added volumes {what}"),
+                )
+            }
+            Action::SetResource(fields) => {
+                let mut muts = Vec::new();
+                let mut what = Vec::new();
+                for (field, value) in fields {
+                    let idx: Vec<usize> = sel()
+                        .filter(|(_, r)| {
+                            let cur = match field {
+                                ResourceField::Cloud => {
+                                    r.cloud.clone().map(serde_json::Value::String)
+                                }
+                                ResourceField::Region => {
+                                    r.region.clone().map(serde_json::Value::String)
+                                }
+                                ResourceField::Zone => {
+                                    r.zone.clone().map(serde_json::Value::String)
+                                }
+                                ResourceField::ImageId => {
+                                    r.image_id.clone().map(serde_json::Value::String)
+                                }
+                                ResourceField::DiskSize => r.disk_size.map(serde_json::Value::from),
+                            };
+                            cur.as_ref() != Some(value)
+                        })
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !idx.is_empty() {
+                        what.push(format!("{} = {value}", field.as_str()));
+                        muts.push(Mutation::SetResource {
+                            resources: idx,
+                            field: *field,
+                            value: value.clone(),
+                        });
+                    }
+                }
+                if muts.is_empty() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Mutate(muts, format!("set {}", what.join(", ")))
+                }
+            }
+            Action::MinClientApiVersion { version, unknown } => {
+                if req.at_client_side {
+                    return Outcome::Pass;
+                }
+                let yours = req.client_version.as_deref().unwrap_or("unknown");
+                match req.client_api_version {
+                    Some(v) if v >= *version => Outcome::Pass,
+                    Some(v) => Outcome::Deny(format!(
+                        "client API version {v} is below the minimum {version}; upgrade SkyPilot (`pip install -U skypilot`); your client version: {yours}"
+                    )),
+                    None if *unknown == UnknownVersion::Allow => Outcome::Pass,
+                    None => Outcome::Deny(format!(
+                        "the client sent no API version (minimum {version}); upgrade SkyPilot to a recent version"
+                    )),
+                }
+            }
+            Action::AllowedClouds(clouds) => check_allowed(
+                sel(),
+                clouds,
+                "cloud",
+                "infra",
+                |r| r.cloud.as_deref(),
+                |c, a| a == c,
+            ),
+            Action::AllowedRegions(regions) => check_allowed(
+                sel(),
+                regions,
+                "region",
+                "infra",
+                |r| r.region.as_deref(),
+                |c, a| a == c,
+            ),
+            Action::AllowedImages(prefixes) => {
+                for (_, r) in sel() {
+                    if let Some(img) = &r.image_id {
+                        if !prefixes.iter().any(|p| img.starts_with(p.as_str())) {
+                            let list = prefixes
+                                .iter()
+                                .map(|p| format!("`{p}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            return Outcome::Deny(format!(
+                                "image `{img}` is not allowed; use an image starting with {list}"
+                            ));
+                        }
+                    }
+                }
+                Outcome::Pass
+            }
+        }
+    }
+}
+
+fn check_allowed<'a>(
+    resources: impl Iterator<Item = (usize, &'a Resource)>,
+    allowed: &[String],
+    what: &str,
+    key: &str,
+    get: impl Fn(&Resource) -> Option<&str>,
+    eq: impl Fn(&str, &str) -> bool,
+) -> Outcome {
+    let list = allowed
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (_, r) in resources {
+        match get(r) {
+            None => {
+                return Outcome::Deny(format!(
+                    "the request does not name a {what}, so it could run anywhere; set `{key}` to one of {list}"
+                ))
+            }
+            Some(v) if !allowed.iter().any(|a| eq(v, a)) => {
+                return Outcome::Deny(format!("{what} `{v}` is not allowed; use one of {list}"))
+            }
+            Some(_) => {}
+        }
+    }
+    Outcome::Pass
+}
+
+fn doc_name(doc: Doc) -> &'static str {
+    match doc {
+        Doc::Task => "task",
+        Doc::Config => "config",
+    }
+}
+
+fn static_match(rule: &Rule, req: &LaunchRequest, team: Option<&TeamName>) -> bool {
+    let m = &rule.matcher;
+    if let Some(teams) = &m.teams {
+        if !team.is_some_and(|t| teams.contains(t)) {
+            return false;
+        }
+    }
+    if let Some(users) = &m.users {
+        if !req
+            .principal
+            .user
+            .as_ref()
+            .is_some_and(|u| users.contains(u))
+        {
+            return false;
+        }
+    }
+    if let Some(reqs) = &m.requests {
+        if !reqs.iter().any(|p| p.matches(&req.request_name)) {
+            return false;
+        }
+    }
+    if let Some(doors) = &m.doors {
+        if !doors.contains(&req.door) {
+            return false;
+        }
+    }
+    true
+}
+
+fn unresolved_message(req: &LaunchRequest) -> String {
+    let who = match &req.principal.user {
+        Some(u) => format!("user `{u}`"),
+        None => "this request (no user name is known on the client side)".to_owned(),
+    };
+    let ws = match &req.principal.workspace {
+        Some(w) => format!("workspace `{w}`"),
+        None => "no workspace".to_owned(),
+    };
+    format!(
+        "{who} is not in any team ({ws}, no `team` label of a known team). Ask a platform admin to add you to a team in Warden's config (`teams.<team>.users`), or run in a team's workspace (`active_workspace`)"
+    )
+}

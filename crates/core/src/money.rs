@@ -1,0 +1,100 @@
+//! Money as integer micro-dollars: never `f64` arithmetic on amounts.
+
+use std::fmt;
+
+use crate::error::MoneyError;
+
+/// An amount of US dollars, stored as integer micro-dollars (1 USD = 1,000,000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Usd(i64);
+
+const MICROS: i64 = 1_000_000;
+
+impl Usd {
+    /// Zero dollars.
+    pub const ZERO: Usd = Usd(0);
+
+    /// An amount from micro-dollars.
+    pub const fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    /// The amount in micro-dollars.
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// Parses a dollar amount written as a decimal number in config
+    /// (`2.5`, `100`), rounding to the nearest micro-dollar.
+    pub fn from_dollars(dollars: f64) -> Result<Self, MoneyError> {
+        if !dollars.is_finite() || dollars < 0.0 {
+            return Err(MoneyError::Invalid(dollars.to_string()));
+        }
+        let micros = (dollars * MICROS as f64).round();
+        if micros >= i64::MAX as f64 {
+            return Err(MoneyError::TooLarge(dollars.to_string()));
+        }
+        // In range and integral: the cast is exact.
+        Ok(Self(micros as i64))
+    }
+
+    /// This amount times a whole count, saturating at the maximum.
+    pub fn times(self, n: u64) -> Self {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        Self(self.0.saturating_mul(n))
+    }
+
+    /// The amount in dollars, for display and for CEL (never for arithmetic
+    /// that feeds back into decisions).
+    pub fn as_dollars_f64(self) -> f64 {
+        self.0 as f64 / MICROS as f64
+    }
+}
+
+impl serde::Serialize for Usd {
+    /// Serialized as an exact decimal string of dollars (`"24.50"`).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = self.to_string();
+        s.serialize_str(text.replacen('$', "", 1).as_str())
+    }
+}
+
+impl fmt::Display for Usd {
+    /// `$12.50`, with more decimals only when the amount needs them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let whole = abs / MICROS as u64;
+        let frac = abs % MICROS as u64;
+        if frac % 10_000 == 0 {
+            write!(f, "{sign}${whole}.{:02}", frac / 10_000)
+        } else {
+            let s = format!("{frac:06}");
+            write!(f, "{sign}${whole}.{}", s.trim_end_matches('0'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_displays_dollars() {
+        assert_eq!(Usd::from_dollars(2.5).unwrap().micros(), 2_500_000);
+        assert_eq!(Usd::from_dollars(0.1).unwrap().micros(), 100_000);
+        assert_eq!(Usd::from_dollars(12.5).unwrap().to_string(), "$12.50");
+        assert_eq!(Usd::from_micros(1_234_567).to_string(), "$1.234567");
+        assert_eq!(
+            Usd::from_dollars(3.0).unwrap().times(8).to_string(),
+            "$24.00"
+        );
+    }
+
+    #[test]
+    fn rejects_negative_and_nan() {
+        assert!(Usd::from_dollars(-1.0).is_err());
+        assert!(Usd::from_dollars(f64::NAN).is_err());
+        assert!(Usd::from_dollars(1e300).is_err());
+    }
+}
