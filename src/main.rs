@@ -1,1 +1,212 @@
-fn main() {}
+//! The `warden` command: serve the doors, check a config, run policy tests,
+//! decide one captured request.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use warden_server::cases;
+use warden_server::config::load_policy;
+use warden_server::doors::skypilot::{self, Answer};
+use warden_server::{AppState, Application};
+
+/// Warden: one policy for every door a GPU launch can come through.
+#[derive(Parser)]
+#[command(name = "warden", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the doors (`POST /skypilot`, `GET /healthz`, `GET /readyz`).
+    /// SIGHUP reloads the config; SIGTERM drains in-flight requests and exits.
+    Serve {
+        /// Policy/config file (YAML).
+        #[arg(long, default_value = "examples/warden.yaml")]
+        config: PathBuf,
+        /// Address to listen on (`127.0.0.1:0` picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Validate a config file; exit 0 if valid, 1 with every problem if not.
+    Check {
+        /// Policy/config file (YAML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run policy test cases offline (no server); exit 0 if all pass.
+    Test {
+        /// Policy used by cases that do not carry their own.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Case files or directories of case files.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
+    /// Print the decision and the mutated task/config for one captured
+    /// SkyPilot request body.
+    Decide {
+        /// Policy/config file (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// A request body as SkyPilot sends it (JSON string literal or object).
+        request: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(config, listen),
+        Command::Check { config } => check(&config),
+        Command::Test { config, cases } => test(config, &cases),
+        Command::Decide { config, request } => decide(&config, &request),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: PathBuf, listen: String) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let policy = load_policy(&config).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let teams = policy.team_count();
+        let rules = policy.rules().len();
+        let state = AppState::new(policy, Some(config.clone()));
+        let app = Application::build(state, &listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = app.local_addr()?;
+        tracing::info!(
+            addr = %addr,
+            config = %config.display(),
+            teams,
+            rules,
+            "listening"
+        );
+        app.run_until_signal().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match load_policy(config) {
+        Ok(p) => {
+            println!(
+                "{}: ok ({} teams, {} rules including team limits)",
+                config.display(),
+                p.team_count(),
+                p.rules().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn test(config: Option<PathBuf>, inputs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let policy = match &config {
+        Some(c) => Some(load_policy(c).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            files.extend(
+                cases::find_case_files(input)
+                    .with_context(|| format!("cannot list {}", input.display()))?,
+            );
+        } else {
+            files.push(input.clone());
+        }
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in &files {
+        match cases::run_file(file, policy.as_ref()) {
+            Ok(results) => {
+                for r in results {
+                    if r.passed() {
+                        passed += 1;
+                        println!("PASS {}", r.name);
+                    } else {
+                        failed += 1;
+                        println!("FAIL {}", r.name);
+                        for f in &r.failures {
+                            println!("    {f}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {e}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 && passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn decide(config: &std::path::Path, request: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let policy = load_policy(config).map_err(anyhow::Error::msg)?;
+    let body =
+        std::fs::read(request).with_context(|| format!("cannot read {}", request.display()))?;
+    let handled = match skypilot::handle(&policy, &body) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!(
+                "{}: the door would answer {}: {e}",
+                request.display(),
+                e.status_code()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let doc = |text: &str| -> serde_json::Value {
+        serde_norway::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+    };
+    let (status, message) = match &handled.answer {
+        Answer::Allow(_) => (200, None),
+        Answer::Deny(m) => (400, Some(m.clone())),
+    };
+    let out = serde_json::json!({
+        "status": status,
+        "decision": handled.decision,
+        "message": message,
+        "task": doc(&handled.task),
+        "skypilot_config": doc(&handled.config),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}

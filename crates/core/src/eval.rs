@@ -336,6 +336,7 @@ impl Policy {
             volumes: req.volumes.clone(),
             sets: Vec::new(),
         };
+        let initial_hourly = state.worst_hourly(self);
         let mut reasons = Vec::new();
         let mut mutations = Vec::new();
 
@@ -390,18 +391,18 @@ impl Policy {
             });
         }
 
-        let verdict = if reasons.iter().any(|r| r.effect == Effect::Deny) {
+        let (verdict, hourly_usd) = if reasons.iter().any(|r| r.effect == Effect::Deny) {
             mutations.clear();
-            Verdict::Deny
+            (Verdict::Deny, initial_hourly)
         } else {
-            Verdict::Allow
+            (Verdict::Allow, state.worst_hourly(self))
         };
         Decision {
             verdict,
             team,
             reasons,
             mutations,
-            hourly_usd: state.worst_hourly(self),
+            hourly_usd,
         }
     }
 
@@ -506,9 +507,11 @@ impl Policy {
                 let worst = sel().max_by_key(|(_, r)| s.total_gpus(r));
                 match worst {
                     Some((_, r)) if s.total_gpus(r) > *limit => Outcome::Deny(format!(
-                        "requests {} GPUs ({}); the limit is {limit} GPUs per launch. Ask for at most {limit} GPUs (fewer per node or fewer nodes)",
+                        "requests {} GPUs ({}); the limit is {} per launch. Ask for at most {} (fewer per node or fewer nodes)",
                         s.total_gpus(r),
-                        s.describe(r)
+                        s.describe(r),
+                        plural(*limit, "GPU"),
+                        plural(*limit, "GPU")
                     )),
                     _ => Outcome::Pass,
                 }
@@ -516,8 +519,9 @@ impl Policy {
             Action::MaxNodes(limit) => {
                 if u64::from(req.num_nodes) > *limit {
                     Outcome::Deny(format!(
-                        "requests {} nodes; the limit is {limit}. Set `num_nodes` to at most {limit}",
-                        req.num_nodes
+                        "requests {} nodes; the limit is {}. Set `num_nodes` to at most {limit}",
+                        req.num_nodes,
+                        plural(*limit, "node")
                     ))
                 } else {
                     Outcome::Pass
@@ -815,6 +819,14 @@ fn check_allowed<'a>(
         }
     }
     Outcome::Pass
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn doc_name(doc: Doc) -> &'static str {

@@ -620,7 +620,7 @@ fn team_rules(p: &mut Problems, path: &str, name: &TeamName, t: &TeamSpec) -> Ve
             mode: t.mode,
             controllers: false,
             hint: Some(format!(
-                "or ask a platform admin to change `teams.{name}.{key}`"
+                "(or ask a platform admin to change `teams.{name}.{key}`)"
             )),
             matcher: Matcher {
                 teams: Some(vec![name.clone()]),

@@ -1,0 +1,273 @@
+//! The HTTP application: routes, shared state, startup, reload, shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use warden_core::{Decision, Policy};
+
+use crate::config::load_policy;
+use crate::doors::skypilot::{self, Answer};
+use crate::error::DoorError;
+
+/// Largest request body a door accepts.
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// State shared by all handlers.
+pub struct AppState {
+    policy: ArcSwap<Policy>,
+    config_path: Option<PathBuf>,
+    request_seq: AtomicU64,
+    boot: u64,
+}
+
+impl AppState {
+    /// State around a loaded policy; `config_path` is what SIGHUP reloads.
+    pub fn new(policy: Policy, config_path: Option<PathBuf>) -> Arc<Self> {
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Arc::new(Self {
+            policy: ArcSwap::from_pointee(policy),
+            config_path,
+            request_seq: AtomicU64::new(0),
+            boot,
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Re-reads the config file. On success the new policy takes over for
+    /// new requests; on failure the old one stays and the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.config_path else {
+            return Err("no config file to reload".to_owned());
+        };
+        let policy = load_policy(path)?;
+        self.policy.store(Arc::new(policy));
+        Ok(())
+    }
+
+    fn request_id(&self, headers: &HeaderMap) -> String {
+        let given = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        match given {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:x}-{}",
+                self.boot,
+                self.request_seq.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+}
+
+/// The routes, separate from binding so tests can drive them directly.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/skypilot", post(skypilot_door))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let policy = state.policy();
+    (
+        StatusCode::OK,
+        format!(
+            "ready: {} teams, {} rules\n",
+            policy.team_count(),
+            policy.rules().len()
+        ),
+    )
+        .into_response()
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, DoorError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            DoorError::PayloadTooLarge {
+                limit_mib: BODY_LIMIT_BYTES / (1024 * 1024),
+            }
+        } else {
+            DoorError::bad(format!("cannot read the request body: {rejection}"))
+        }
+    })
+}
+
+fn log_decision(
+    request_id: &str,
+    door: &str,
+    request: &warden_core::LaunchRequest,
+    decision: &Decision,
+    started: Instant,
+) {
+    let join =
+        |v: Vec<&warden_core::RuleName>| v.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+    tracing::info!(
+        target: "warden::decision",
+        request_id,
+        door,
+        team = decision.team.as_ref().map(|t| t.as_str()),
+        user = request.principal.user.as_deref(),
+        request = request.request_name.as_str(),
+        verdict = if decision.is_allowed() { "allow" } else { "deny" },
+        denied = join(decision.denied_by()),
+        warned = join(decision.warned_by()),
+        mutated = join(decision.mutated_by()),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "decision"
+    );
+}
+
+async fn skypilot_door(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let request_id = state.request_id(&headers);
+    let result = body_or_error(body).and_then(|body| {
+        let policy = state.policy.load();
+        skypilot::handle(&policy, &body)
+    });
+    match result {
+        Ok(handled) => {
+            log_decision(
+                &request_id,
+                "skypilot",
+                &handled.request,
+                &handled.decision,
+                started,
+            );
+            match handled.answer {
+                Answer::Allow(body) => (
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (
+                            header::HeaderName::from_static("x-request-id"),
+                            request_id.as_str(),
+                        ),
+                    ],
+                    body,
+                )
+                    .into_response(),
+                Answer::Deny(message) => (
+                    StatusCode::BAD_REQUEST,
+                    [
+                        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                        (
+                            header::HeaderName::from_static("x-request-id"),
+                            request_id.as_str(),
+                        ),
+                    ],
+                    message,
+                )
+                    .into_response(),
+            }
+        }
+        Err(err) => {
+            tracing::warn!(
+                target: "warden::decision",
+                request_id = request_id.as_str(),
+                door = "skypilot",
+                status = err.status_code().as_u16(),
+                error = %err,
+                "rejected malformed request"
+            );
+            err.into_response()
+        }
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Binds `listen` (port 0 picks a free port).
+    pub async fn build(state: Arc<AppState>, listen: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains in-flight requests.
+    /// SIGHUP reloads the config file, keeping the old policy if the new one
+    /// is invalid.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match state.reload() {
+                    Ok(()) => {
+                        let p = state.policy();
+                        tracing::info!(
+                            teams = p.team_count(),
+                            rules = p.rules().len(),
+                            "config reloaded"
+                        );
+                    }
+                    Err(error) => tracing::error!(
+                        error = error.as_str(),
+                        "config reload failed; keeping the previous policy"
+                    ),
+                }
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received; draining in-flight requests"),
+                _ = int.recv() => tracing::info!("SIGINT received; draining in-flight requests"),
+            }
+        };
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Doors: one module per way a launch can reach Warden.
+
+pub mod skypilot;
