@@ -110,14 +110,14 @@ fn venv_python() -> PathBuf {
 }
 
 /// A running `warden serve`; killed on drop, also when the test panics.
-struct Server {
-    child: Child,
-    addr: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     log: Arc<Mutex<String>>,
 }
 
 impl Server {
-    fn start(config: &Path) -> Server {
+    pub(crate) fn start(config: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("serve")
             .arg("--config")
@@ -188,7 +188,7 @@ impl Server {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 }
@@ -276,10 +276,10 @@ fn read_in_background(mut pipe: impl Read + Send + 'static) -> JoinHandle<String
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(prefix: &str) -> TempDir {
+    pub(crate) fn new(prefix: &str) -> TempDir {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())

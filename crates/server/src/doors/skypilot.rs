@@ -135,7 +135,7 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if path == "." || path.is_empty() {
+            if path == "." || path == "?" || path.is_empty() {
                 DoorError::bad(format!(
                     "the request body is not a SkyPilot admin-policy request: {inner}"
                 ))

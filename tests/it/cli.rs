@@ -1,0 +1,197 @@
+//! The `warden` binary: check, test, decide, and serve's reload/shutdown.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::skypilot_client::{Server, TempDir};
+
+fn warden(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example_and_names_every_problem() {
+    let (code, out, _) = warden(&["check", "--config", "examples/warden.yaml"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (3 teams"), "{out}");
+
+    let dir = TempDir::new("warden-check");
+    let bad = dir.0.join("bad.yaml");
+    std::fs::write(&bad, "teams:\n  ml: {users: [a]}\nrules:\n  - name: x\n    match: {teams: [nope], when: 'request.gpus >'}\n    use_spot: true\n").unwrap();
+    let (code, _, err) = warden(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.yaml: rules[0] (`x`).match.teams[0]: team `nope` is not defined"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml: rules[0] (`x`).match.when: CEL syntax error"),
+        "{err}"
+    );
+
+    std::fs::write(&bad, "rules:\n  - name: x\n    deny: d\n    mach: {}\n").unwrap();
+    let (code, _, err) = warden(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("rules[0]") && err.contains("unknown field `mach`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_command_exits_by_outcome_and_shows_a_diff() {
+    let (code, out, _) = warden(&["test", "tests/cases"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+
+    let dir = TempDir::new("warden-test-cmd");
+    let cases = dir.0.join("cases.yaml");
+    std::fs::write(
+        &cases,
+        "cases:\n  - note: expects allow\n    request: {user: alice, task: {num_nodes: 9}}\n    want: {verdict: allow}\n",
+    )
+    .unwrap();
+    let (code, out, _) = warden(&[
+        "test",
+        "--config",
+        "examples/warden.yaml",
+        cases.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("verdict: want allow, got deny"),
+        "{out}"
+    );
+    assert!(out.contains("team.max_nodes"), "{out}");
+    assert!(out.contains("0 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn decide_prints_the_decision_and_mutated_documents() {
+    let (code, out, err) = warden(&[
+        "decide",
+        "--config",
+        "tests/client/skypilot-compat.yaml",
+        "tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["decision"]["team"], "ml");
+    assert_eq!(v["task"]["resources"]["labels"]["managed-by"], "warden");
+    assert_eq!(
+        v["skypilot_config"]["kubernetes"]["custom_metadata"]["labels"]["app"],
+        "skypilot"
+    );
+}
+
+fn post(addr: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /skypilot HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn wait_for_log(server: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = server.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(server: &Server, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn serve_reloads_on_sighup_keeps_old_policy_on_error_and_stops_on_sigterm() {
+    let dir = TempDir::new("warden-serve");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(&config, "default_team: t\nteams: {t: {}}\n").unwrap();
+    let mut server = Server::start(&config);
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/skypilot-0.14.1/02_cpu_sky_launch_client.json"),
+    )
+    .unwrap();
+
+    assert_eq!(post(&server.addr, &body).0, 200);
+    let log = wait_for_log(&server, "\"verdict\":\"allow\"");
+    assert!(
+        log.contains("\"request\":\"launch\"") && log.contains("\"latency_us\""),
+        "{log}"
+    );
+
+    std::fs::write(&config, "default_team: t\nteams: {t: {}}\nrules:\n  - {name: freeze, deny: frozen for maintenance}\n").unwrap();
+    signal(&server, "HUP");
+    wait_for_log(&server, "config reloaded");
+    let (status, text) = post(&server.addr, &body);
+    assert_eq!(status, 400);
+    assert!(text.contains("[freeze] frozen for maintenance"), "{text}");
+
+    std::fs::write(&config, "teams: [oops\n").unwrap();
+    signal(&server, "HUP");
+    let log = wait_for_log(&server, "config reload failed");
+    assert!(
+        log.contains("keeping the previous policy") && log.contains("warden.yaml"),
+        "{log}"
+    );
+    assert_eq!(
+        post(&server.addr, &body).0,
+        400,
+        "the previous policy stays in force"
+    );
+
+    signal(&server, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "warden did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    wait_for_log(&server, "\"stopped\"");
+}

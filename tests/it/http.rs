@@ -1,0 +1,245 @@
+//! The SkyPilot door over HTTP (router driven in-process): every captured
+//! fixture replays, and malformed input gets a precise 4xx.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use warden_core::Policy;
+use warden_server::{router, AppState};
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/skypilot-0.14.1");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    v
+}
+
+const POLICY: &str = "teams:\n  ml: {users: [root], workspaces: [default], max_gpus_per_launch: 8}\nrules:\n  - {name: spot, match: {resource: 'resource.gpus > 0'}, use_spot: true}\n  - {name: k8s, set: {config.kubernetes.custom_metadata.labels.app: skypilot}}\n";
+
+async fn post(policy: &str, body: Vec<u8>) -> (StatusCode, String, String) {
+    let app = router(AppState::new(Policy::from_yaml(policy).unwrap(), None));
+    let resp = app
+        .oneshot(
+            Request::post("/skypilot")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, ctype, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// Decodes a success body the way SkyPilot does: `response.json()` gives a
+/// string, which is parsed again into `{task, skypilot_config}`, each YAML.
+fn decode_answer(body: &str) -> (serde_json::Value, serde_json::Value) {
+    let inner: String = serde_json::from_str(body).expect("a JSON string literal");
+    let obj: serde_json::Value = serde_json::from_str(&inner).expect("an object inside");
+    assert_eq!(obj.as_object().unwrap().len(), 2, "{obj}");
+    let task = serde_norway::from_str(obj["task"].as_str().unwrap()).unwrap();
+    let config = serde_norway::from_str(obj["skypilot_config"].as_str().unwrap()).unwrap();
+    (task, config)
+}
+
+#[tokio::test]
+async fn every_fixture_replays() {
+    let files = fixtures();
+    assert_eq!(files.len(), 7);
+    for f in files {
+        let body = std::fs::read(&f).unwrap();
+        let (status, ctype, text) = post(POLICY, body).await;
+        assert_eq!(status, StatusCode::OK, "{}: {text}", f.display());
+        assert_eq!(ctype, "application/json");
+        let (task, config) = decode_answer(&text);
+        assert!(
+            task["_user_specified_yaml"].is_string(),
+            "{}: fields kept",
+            f.display()
+        );
+        assert_eq!(config["admin_policy"], "http://127.0.0.1:18080/mutate");
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("06") {
+            // The controller is exempt: nothing changes, not even the config.
+            assert!(
+                config.get("kubernetes").unwrap()["custom_metadata"]["labels"]
+                    .get("app")
+                    .is_none()
+            );
+        } else {
+            assert_eq!(
+                config["kubernetes"]["custom_metadata"]["labels"]["app"], "skypilot",
+                "{name}"
+            );
+        }
+        let gpu = task["resources"].get("accelerators").is_some();
+        assert_eq!(
+            task["resources"].get("use_spot") == Some(&serde_json::Value::Bool(true)),
+            gpu || name.starts_with("07"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_denial_is_a_400_text_message_naming_the_rule() {
+    let body = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "tests/fixtures/skypilot-0.14.1/03_multinode_labels_autostop_sky_launch_client.json",
+    ))
+    .unwrap();
+    let (status, ctype, text) = post(
+        &POLICY.replace("max_gpus_per_launch: 8", "max_gpus_per_launch: 4"),
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(ctype, "text/plain; charset=utf-8");
+    assert!(
+        text.contains("[team.max_gpus_per_launch] requests 8 GPUs (A100:2 × 4 nodes)"),
+        "{text}"
+    );
+    assert!(text.contains("at most 4 GPUs"), "{text}");
+}
+
+#[tokio::test]
+async fn malformed_input_gets_a_precise_4xx() {
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (b"".to_vec(), StatusCode::BAD_REQUEST, "body is empty"),
+        (
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not a SkyPilot admin-policy request",
+        ),
+        (
+            b"\"unterminated".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not a valid JSON string literal",
+        ),
+        (
+            br#"{"task": 42, "skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "field `task`",
+        ),
+        (
+            br#"{"skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "missing field `task`",
+        ),
+        (
+            br#"{"task": "a: [1, 2", "skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "`task` is not valid YAML",
+        ),
+        (
+            br#"{"task": "- just\n- a list\n", "skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "`task` must be a YAML mapping",
+        ),
+        (
+            br#"{"task": "num_nodes: -3\n", "skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "`num_nodes` must be a positive integer",
+        ),
+        (
+            br#"{"task": "resources: {accelerators: 'H100:lots'}\n", "skypilot_config": ""}"#
+                .to_vec(),
+            StatusCode::BAD_REQUEST,
+            "count `lots` of `H100` is not a number",
+        ),
+        (
+            br#"{"task": "resources: {accelerators: 7}\n", "skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "`resources.accelerators` must be",
+        ),
+        (
+            br#"{"task": "resources: {any_of: 3}\n", "skypilot_config": ""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "`resources.any_of` must be a list",
+        ),
+        (
+            br#"{"task": "", "skypilot_config": "a: [", "request_name": "launch"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "`skypilot_config` is not valid YAML",
+        ),
+        (
+            br#"{"task": "", "skypilot_config": "", "at_client_side": "yes"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "field `at_client_side`",
+        ),
+        (
+            vec![b' '; 2 * 1024 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than the 1 MiB limit",
+        ),
+    ];
+    // A policy that reads the config, so config errors surface.
+    for (body, want_status, want_text) in cases {
+        let preview = String::from_utf8_lossy(&body[..body.len().min(60)]).to_string();
+        let (status, _, text) = post(POLICY, body).await;
+        assert_eq!(status, want_status, "{preview}: {text}");
+        assert!(
+            text.contains(want_text),
+            "{preview}: want {want_text:?} in {text:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_fields_pass_through_untouched() {
+    let task = "name: t\nresources:\n  accelerators: H100:1\n  my_field: {x: 1}\nexperimental:\n  config_overrides: {a: 1}\nenvs:\n  TOKEN: secret\n";
+    let inner =
+        serde_json::json!({"task": task, "skypilot_config": "x: 1\n", "future_field": true})
+            .to_string();
+    let (status, _, text) = post(
+        POLICY
+            .replace("teams:", "default_team: ml\nteams:")
+            .as_str(),
+        serde_json::to_vec(&inner).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (task, config) = decode_answer(&text);
+    assert_eq!(task["resources"]["my_field"]["x"], 1);
+    assert_eq!(task["experimental"]["config_overrides"]["a"], 1);
+    assert_eq!(task["resources"]["use_spot"], true);
+    assert_eq!(config["x"], 1);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = router(AppState::new(Policy::from_yaml(POLICY).unwrap(), None));
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = app
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("1 teams, 3 rules"), "{text}");
+}
