@@ -207,105 +207,130 @@ impl<'r> State<'r> {
     }
 
     fn resource_value(&self, policy: &Policy, i: usize, r: &Resource) -> Value {
-        map(vec![
-            ("index", Value::Int(i64::try_from(i).unwrap_or(i64::MAX))),
-            (
-                "accelerator",
-                opt_str(r.accelerator.as_ref().map(|a| a.model.as_str())),
-            ),
-            ("gpus", Value::Int(i64::from(r.gpus_per_node()))),
-            (
-                "total_gpus",
-                Value::Int(i64::try_from(self.total_gpus(r)).unwrap_or(i64::MAX)),
-            ),
-            ("cloud", opt_str(r.cloud.as_deref())),
-            ("region", opt_str(r.region.as_deref())),
-            ("zone", opt_str(r.zone.as_deref())),
-            ("use_spot", Value::Bool(r.use_spot)),
-            ("cpus", opt_str(r.cpus.as_deref())),
-            ("memory", opt_str(r.memory.as_deref())),
-            ("memory_gb", r.memory_gb().map_or(Value::Null, Value::Float)),
-            ("disk_size", r.disk_size.map_or(Value::Null, Value::Int)),
-            ("image_id", opt_str(r.image_id.as_deref())),
-            (
-                "ports",
-                Value::List(Arc::new(r.ports.iter().map(|p| string(p)).collect())),
-            ),
-            (
-                "hourly_usd",
-                self.hourly(policy, r)
-                    .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64())),
-            ),
-        ])
+        let mut f = Fields::new(&policy.cel_words);
+        f.add("index", || Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
+        f.add("accelerator", || {
+            opt_str(r.accelerator.as_ref().map(|a| a.model.as_str()))
+        });
+        f.add("gpus", || Value::Int(i64::from(r.gpus_per_node())));
+        f.add("total_gpus", || {
+            Value::Int(i64::try_from(self.total_gpus(r)).unwrap_or(i64::MAX))
+        });
+        f.add("cloud", || opt_str(r.cloud.as_deref()));
+        f.add("region", || opt_str(r.region.as_deref()));
+        f.add("zone", || opt_str(r.zone.as_deref()));
+        f.add("use_spot", || Value::Bool(r.use_spot));
+        f.add("cpus", || opt_str(r.cpus.as_deref()));
+        f.add("memory", || opt_str(r.memory.as_deref()));
+        f.add("memory_gb", || {
+            r.memory_gb().map_or(Value::Null, Value::Float)
+        });
+        f.add("disk_size", || r.disk_size.map_or(Value::Null, Value::Int));
+        f.add("image_id", || opt_str(r.image_id.as_deref()));
+        f.add("ports", || {
+            Value::List(Arc::new(r.ports.iter().map(|p| string(p)).collect()))
+        });
+        f.add("hourly_usd", || {
+            self.hourly(policy, r)
+                .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64()))
+        });
+        f.into_value()
     }
 
     fn request_value(&self, policy: &Policy) -> Value {
         let req = self.req;
         let alive: Vec<(usize, &Resource)> = self.alive().collect();
-        let gpus = alive
-            .iter()
-            .map(|(_, r)| self.total_gpus(r))
-            .max()
-            .unwrap_or(0);
-        let mut models: Vec<Value> = Vec::new();
-        for (_, r) in &alive {
-            if let Some(a) = &r.accelerator {
-                let v = string(a.model.as_str());
-                if !models.contains(&v) {
-                    models.push(v);
+        let mut f = Fields::new(&policy.cel_words);
+        f.add("door", || string(req.door.as_str()));
+        f.add("name", || string(&req.request_name));
+        f.add("user", || opt_str(req.principal.user.as_deref()));
+        f.add("team", || opt_str(self.team.as_ref().map(TeamName::as_str)));
+        f.add("workspace", || opt_str(req.principal.workspace.as_deref()));
+        f.add("at_client_side", || Value::Bool(req.at_client_side));
+        f.add("client_api_version", || {
+            req.client_api_version.map_or(Value::Null, Value::Int)
+        });
+        f.add("client_version", || opt_str(req.client_version.as_deref()));
+        f.add("controller", || Value::Bool(req.is_controller()));
+        f.add("num_nodes", || Value::Int(i64::from(req.num_nodes)));
+        f.add("gpus", || {
+            let gpus = alive
+                .iter()
+                .map(|(_, r)| self.total_gpus(r))
+                .max()
+                .unwrap_or(0);
+            Value::Int(i64::try_from(gpus).unwrap_or(i64::MAX))
+        });
+        f.add("gpu_models", || {
+            let mut models: Vec<Value> = Vec::new();
+            for (_, r) in &alive {
+                if let Some(a) = &r.accelerator {
+                    let v = string(a.model.as_str());
+                    if !models.contains(&v) {
+                        models.push(v);
+                    }
                 }
             }
+            Value::List(Arc::new(models))
+        });
+        f.add("hourly_usd", || {
+            self.worst_hourly(policy)
+                .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64()))
+        });
+        f.add("use_spot", || {
+            Value::Bool(!alive.is_empty() && alive.iter().all(|(_, r)| r.use_spot))
+        });
+        f.add("labels", || {
+            self.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), string(v)))
+                .collect::<std::collections::HashMap<String, Value>>()
+                .into()
+        });
+        f.add("autostop", || {
+            self.autostop.map_or(Value::Null, |a| {
+                map(vec![
+                    ("idle_minutes", Value::Int(a.idle_minutes)),
+                    ("down", Value::Bool(a.down)),
+                ])
+            })
+        });
+        f.add("resources", || {
+            Value::List(Arc::new(
+                alive
+                    .iter()
+                    .map(|(i, r)| self.resource_value(policy, *i, r))
+                    .collect(),
+            ))
+        });
+        f.into_value()
+    }
+}
+
+/// Builds a CEL map with only the fields some expression of the policy
+/// names: converting values into CEL costs per field, and most policies
+/// read few of them.
+struct Fields<'w> {
+    words: &'w std::collections::HashSet<String>,
+    out: Vec<(&'static str, Value)>,
+}
+
+impl<'w> Fields<'w> {
+    fn new(words: &'w std::collections::HashSet<String>) -> Self {
+        Self {
+            words,
+            out: Vec::new(),
         }
-        let labels = self
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), string(v)))
-            .collect::<std::collections::HashMap<String, Value>>();
-        map(vec![
-            ("door", string(req.door.as_str())),
-            ("name", string(&req.request_name)),
-            ("user", opt_str(req.principal.user.as_deref())),
-            ("team", opt_str(self.team.as_ref().map(TeamName::as_str))),
-            ("workspace", opt_str(req.principal.workspace.as_deref())),
-            ("at_client_side", Value::Bool(req.at_client_side)),
-            (
-                "client_api_version",
-                req.client_api_version.map_or(Value::Null, Value::Int),
-            ),
-            ("client_version", opt_str(req.client_version.as_deref())),
-            ("controller", Value::Bool(req.is_controller())),
-            ("num_nodes", Value::Int(i64::from(req.num_nodes))),
-            ("gpus", Value::Int(i64::try_from(gpus).unwrap_or(i64::MAX))),
-            ("gpu_models", Value::List(Arc::new(models))),
-            (
-                "hourly_usd",
-                self.worst_hourly(policy)
-                    .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64())),
-            ),
-            (
-                "use_spot",
-                Value::Bool(!alive.is_empty() && alive.iter().all(|(_, r)| r.use_spot)),
-            ),
-            ("labels", labels.into()),
-            (
-                "autostop",
-                self.autostop.map_or(Value::Null, |a| {
-                    map(vec![
-                        ("idle_minutes", Value::Int(a.idle_minutes)),
-                        ("down", Value::Bool(a.down)),
-                    ])
-                }),
-            ),
-            (
-                "resources",
-                Value::List(Arc::new(
-                    alive
-                        .iter()
-                        .map(|(i, r)| self.resource_value(policy, *i, r))
-                        .collect(),
-                )),
-            ),
-        ])
+    }
+
+    fn add(&mut self, key: &'static str, value: impl FnOnce() -> Value) {
+        if self.words.contains(key) {
+            self.out.push((key, value()));
+        }
+    }
+
+    fn into_value(self) -> Value {
+        map(self.out)
     }
 }
 

@@ -2,7 +2,7 @@
 //! [`Policy`] at load time. Errors name the key path and what to fix;
 //! unknown keys are errors, since a typo must not silently weaken a policy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -361,6 +361,9 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) env: Arc<cel::Env>,
     pub(crate) uses: Uses,
+    /// Every identifier-like word of every CEL expression: the fields of
+    /// `request`/`resource` worth building.
+    pub(crate) cel_words: HashSet<String>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -530,12 +533,16 @@ impl Policy {
             return Err(PolicyError { problems: p.0 });
         }
         let mut uses = Uses::default();
+        let mut cel_words = HashSet::new();
         for r in &rules {
-            if let Some(e) = &r.matcher.when {
+            for e in [&r.matcher.when, &r.matcher.resource].into_iter().flatten() {
                 uses = uses.or(e.uses());
-            }
-            if let Some(e) = &r.matcher.resource {
-                uses = uses.or(e.uses());
+                cel_words.extend(
+                    e.source()
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .filter(|w| !w.is_empty())
+                        .map(str::to_owned),
+                );
             }
             if matches!(r.action, Action::Set(_) | Action::RequirePaths(_)) {
                 uses.config = true;
@@ -551,6 +558,7 @@ impl Policy {
             rules,
             env: Arc::new(cel::Env::stdlib()),
             uses,
+            cel_words,
         })
     }
 
