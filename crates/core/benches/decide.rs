@@ -1,3 +1,9 @@
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark setup: a broken fixture must stop the run"
+)]
+
 //! Core decision cost: 20 built-in rules, and 20 rules each with a CEL
 //! condition. Targets (issue #2): ≤ 10 µs and ≤ 50 µs per decision.
 
