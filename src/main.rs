@@ -57,16 +57,29 @@ enum Command {
     },
 }
 
-fn init_logging() {
+// The door is allocation-heavy (YAML and JSON documents); mimalloc measured
+// markedly faster than glibc malloc under the 2-worker server load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// JSON log lines on stderr, written by a background thread so a decision
+/// never waits on the terminal or pipe. Not lossy: when the buffer is full,
+/// logging waits rather than dropping lines. Keep the guard alive until exit:
+/// dropping it flushes what is buffered.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 fn main() -> ExitCode {
@@ -87,7 +100,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: PathBuf, listen: String) -> anyhow::Result<ExitCode> {
-    init_logging();
+    let _log_guard = init_logging();
     let policy = load_policy(&config).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -131,6 +131,10 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
         ));
     }
     let parse_obj = |text: &[u8]| -> Result<SkyRequest, DoorError> {
+        // Fast path; on error, parse again with path tracking for the message.
+        if let Ok(req) = serde_json::from_slice(text) {
+            return Ok(req);
+        }
         let de = &mut serde_json::Deserializer::from_slice(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -433,27 +437,16 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
         let alt_map = alt.map(|(_, m)| m);
         let get = merged(base, alt_map);
         let acc_in_alt = alt_map.is_some_and(|m| m.contains_key("accelerators"));
-        let eff: Map<String, Value> = {
-            let mut e = base.clone();
-            if let Some(a) = alt_map {
-                for (k, v) in a {
-                    e.insert(k.clone(), v.clone());
-                }
-                // An alternative naming its own location replaces the base's.
-                if a.contains_key("cloud") || a.contains_key("region") || a.contains_key("zone") {
-                    if !a.contains_key("infra") {
-                        e.remove("infra");
-                    }
-                } else if a.contains_key("infra") {
-                    e.remove("cloud");
-                    e.remove("region");
-                    e.remove("zone");
-                }
-            }
-            e
+        // An alternative naming any location replaces the base's location.
+        let loc_map = match alt_map {
+            Some(a) if ["infra", "cloud", "region", "zone"].iter().any(|k| a.contains_key(*k)) => a,
+            _ => base,
         };
-        let (cloud, region, zone) = location(&eff);
-        let disk_size = int_field(&eff, "disk_size")?;
+        let (cloud, region, zone) = location(loc_map);
+        let disk_size = match alt_map {
+            Some(a) if a.contains_key("disk_size") => int_field(a, "disk_size")?,
+            _ => int_field(base, "disk_size")?,
+        };
         for (accelerator, acc) in accelerators(get("accelerators"))? {
             resources.push(Resource {
                 accelerator,
@@ -709,11 +702,15 @@ impl Normalized {
     }
 
     /// Applies an allowing decision; returns the task and config texts.
-    pub fn apply(self, decision: &Decision) -> Result<(String, String), DoorError> {
+    /// Takes the task document out of `self.request` (it is not needed after).
+    pub fn apply(&mut self, decision: &Decision) -> Result<(String, String), DoorError> {
         if decision.mutations.is_empty() {
-            return Ok((self.task_text, self.config_text));
+            return Ok((
+                std::mem::take(&mut self.task_text),
+                std::mem::take(&mut self.config_text),
+            ));
         }
-        let mut task = self.request.task.clone();
+        let mut task = std::mem::take(&mut self.request.task);
         let mut task_changed = false;
         let mut config: Option<Value> = None;
         for applied in &decision.mutations {
@@ -781,7 +778,7 @@ impl Normalized {
                         Some(c) => c,
                         None => {
                             let parsed = if self.config_parsed {
-                                self.request.config.clone()
+                                std::mem::take(&mut self.request.config)
                             } else {
                                 parse_yaml("skypilot_config", &self.config_text)?
                             };
@@ -795,11 +792,11 @@ impl Normalized {
         let task_text = if task_changed {
             serde_json::to_string(&task).map_err(|e| DoorError::Internal(e.to_string()))?
         } else {
-            self.task_text
+            std::mem::take(&mut self.task_text)
         };
         let config_text = match config {
             Some(c) => serde_json::to_string(&c).map_err(|e| DoorError::Internal(e.to_string()))?,
-            None => self.config_text,
+            None => std::mem::take(&mut self.config_text),
         };
         Ok((task_text, config_text))
     }
@@ -829,14 +826,13 @@ pub fn handle(policy: &Policy, body: &[u8]) -> Result<Handled, DoorError> {
 
 /// Handles a decoded request.
 pub fn handle_request(policy: &Policy, req: SkyRequest) -> Result<Handled, DoorError> {
-    let normalized = normalize(policy, req)?;
+    let mut normalized = normalize(policy, req)?;
     let decision = policy.decide(&normalized.request);
-    let request = normalized.request.clone();
     if decision.is_allowed() {
         let (task, config) = normalized.apply(&decision)?;
         let answer = Answer::Allow(encode_answer(&task, &config)?);
         Ok(Handled {
-            request,
+            request: normalized.request,
             decision,
             task,
             config,
@@ -845,7 +841,7 @@ pub fn handle_request(policy: &Policy, req: SkyRequest) -> Result<Handled, DoorE
     } else {
         let message = decision.denial_message();
         Ok(Handled {
-            request,
+            request: normalized.request,
             decision,
             task: normalized.task_text,
             config: normalized.config_text,
