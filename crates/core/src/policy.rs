@@ -544,9 +544,12 @@ impl Policy {
                         .map(str::to_owned),
                 );
             }
-            if matches!(r.action, Action::Set(_) | Action::RequirePaths(_)) {
-                uses.config = true;
-            }
+            let config_path = match &r.action {
+                Action::Set(list) => list.iter().any(|(d, _, _)| *d == Doc::Config),
+                Action::RequirePaths(list) => list.iter().any(|(d, _)| *d == Doc::Config),
+                _ => false,
+            };
+            uses.config |= config_path;
         }
         Ok(Self {
             teams,

@@ -1,4 +1,8 @@
-#![allow(clippy::expect_used, clippy::panic, reason = "benchmark setup: a broken fixture must stop the run")]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark setup: a broken fixture must stop the run"
+)]
 
 //! The SkyPilot door's CPU cost per request, without HTTP: decode,
 //! normalize, decide, apply, encode, for captured fixture 01.
@@ -21,12 +25,20 @@ fn bench(c: &mut Criterion) {
     let h = skypilot::handle(&policy, &body).expect("handled");
     assert!(h.decision.is_allowed() && h.decision.mutations.len() == 2);
 
-    c.bench_function("door/parse_body", |b| b.iter(|| skypilot::parse_body(black_box(&body))));
+    c.bench_function("door/parse_body", |b| {
+        b.iter(|| skypilot::parse_body(black_box(&body)))
+    });
     let req = skypilot::parse_body(&body).expect("body");
-    c.bench_function("door/normalize", |b| b.iter(|| skypilot::normalize(&policy, black_box(req.clone()))));
+    c.bench_function("door/normalize", |b| {
+        b.iter(|| skypilot::normalize(&policy, black_box(req.clone())))
+    });
     let n = skypilot::normalize(&policy, req.clone()).expect("normalized");
-    c.bench_function("door/decide", |b| b.iter(|| policy.decide(black_box(&n.request))));
-    c.bench_function("door/handle_fixture_01", |b| b.iter(|| skypilot::handle(&policy, black_box(&body))));
+    c.bench_function("door/decide", |b| {
+        b.iter(|| policy.decide(black_box(&n.request)))
+    });
+    c.bench_function("door/handle_fixture_01", |b| {
+        b.iter(|| skypilot::handle(&policy, black_box(&body)))
+    });
 }
 
 criterion_group!(benches, bench);

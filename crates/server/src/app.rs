@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use warden_core::{Decision, Policy};
@@ -264,7 +265,13 @@ impl Application {
                 _ = int.recv() => tracing::info!("SIGINT received; draining in-flight requests"),
             }
         };
-        axum::serve(self.listener, router(self.state))
+        // Answers are small and complete: send them at once (no Nagle delay).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await?;
         tracing::info!("stopped");

@@ -439,7 +439,13 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
         let acc_in_alt = alt_map.is_some_and(|m| m.contains_key("accelerators"));
         // An alternative naming any location replaces the base's location.
         let loc_map = match alt_map {
-            Some(a) if ["infra", "cloud", "region", "zone"].iter().any(|k| a.contains_key(*k)) => a,
+            Some(a)
+                if ["infra", "cloud", "region", "zone"]
+                    .iter()
+                    .any(|k| a.contains_key(*k)) =>
+            {
+                a
+            }
             _ => base,
         };
         let (cloud, region, zone) = location(loc_map);
