@@ -168,32 +168,26 @@ async fn skypilot_door(
                 &handled.decision,
                 started,
             );
-            match handled.answer {
-                Answer::Allow(body) => (
-                    StatusCode::OK,
-                    [
-                        (header::CONTENT_TYPE, "application/json"),
-                        (
-                            header::HeaderName::from_static("x-request-id"),
-                            request_id.as_str(),
-                        ),
-                    ],
-                    body,
-                )
-                    .into_response(),
+            let (status, content_type, body) = match handled.answer {
+                Answer::Allow(body) => (StatusCode::OK, "application/json", body),
                 Answer::Deny(message) => (
                     StatusCode::BAD_REQUEST,
-                    [
-                        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                        (
-                            header::HeaderName::from_static("x-request-id"),
-                            request_id.as_str(),
-                        ),
-                    ],
+                    "text/plain; charset=utf-8",
                     message,
-                )
-                    .into_response(),
-            }
+                ),
+            };
+            (
+                status,
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (
+                        header::HeaderName::from_static("x-request-id"),
+                        request_id.as_str(),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
         }
         Err(err) => {
             tracing::warn!(
