@@ -63,7 +63,7 @@ enum Command {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// JSON log lines on stderr, written by a background thread so a decision
-/// never waits on the terminal or pipe. Not lossy: when the buffer is full,
+/// never waits on the terminal or pipe; flushed as soon as no line waits. Not lossy: when the buffer is full,
 /// logging waits rather than dropping lines. Keep the guard alive until exit:
 /// dropping it flushes what is buffered.
 fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
@@ -71,7 +71,9 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every waiting line, then writes
+        // them in one go and flushes, so a burst costs one syscall.
+        .finish(std::io::BufWriter::with_capacity(1 << 16, std::io::stderr()));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
