@@ -22,7 +22,7 @@
 #   BENCH_THREADS      wrk threads [1]
 #   BENCH_ROUNDS       rounds over all servers; the table shows each server's
 #                      median-throughput round [3]
-#   BENCH_FIXTURE      request body [../shared/fixtures/skypilot-0.14.1/01_gpu_h100x8_sky_launch_client.json]
+#   BENCH_FIXTURE      request body [tests/fixtures/skypilot-0.14.1/01_gpu_h100x8_sky_launch_client.json]
 #   BENCH_RESULTS      output directory [bench/results]
 #   BENCH_SKIP_BUILD   1: use the binaries already built [0]
 #   BENCH_ENFORCE      1: exit 1 when a target is missed [0]
@@ -40,7 +40,7 @@ WARMUP="${BENCH_WARMUP:-3}"
 CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 THREADS="${BENCH_THREADS:-1}"
 ROUNDS="${BENCH_ROUNDS:-3}"
-FIXTURE="${BENCH_FIXTURE:-$REPO_ROOT/../shared/fixtures/skypilot-0.14.1/01_gpu_h100x8_sky_launch_client.json}"
+FIXTURE="${BENCH_FIXTURE:-$REPO_ROOT/tests/fixtures/skypilot-0.14.1/01_gpu_h100x8_sky_launch_client.json}"
 RESULTS="${BENCH_RESULTS:-$REPO_ROOT/bench/results}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 HOST=127.0.0.1
