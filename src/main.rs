@@ -73,7 +73,10 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         // Buffered: the writer thread drains every waiting line, then writes
         // them in one go and flushes, so a burst costs one syscall.
-        .finish(std::io::BufWriter::with_capacity(1 << 16, std::io::stderr()));
+        .finish(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stderr(),
+        ));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -82,6 +85,19 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .with_writer(writer)
         .init();
     guard
+}
+
+/// Prints a line on stdout; a closed pipe (`warden test ... | head`) ends
+/// the program quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
 }
 
 fn main() -> ExitCode {
@@ -131,7 +147,7 @@ fn serve(config: PathBuf, listen: String) -> anyhow::Result<ExitCode> {
 fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     match load_policy(config) {
         Ok(p) => {
-            println!(
+            say!(
                 "{}: ok ({} teams, {} rules including team limits)",
                 config.display(),
                 p.team_count(),
@@ -169,23 +185,23 @@ fn test(config: Option<PathBuf>, inputs: &[PathBuf]) -> anyhow::Result<ExitCode>
                 for r in results {
                     if r.passed() {
                         passed += 1;
-                        println!("PASS {}", r.name);
+                        say!("PASS {}", r.name);
                     } else {
                         failed += 1;
-                        println!("FAIL {}", r.name);
+                        say!("FAIL {}", r.name);
                         for f in &r.failures {
-                            println!("    {f}");
+                            say!("    {f}");
                         }
                     }
                 }
             }
             Err(e) => {
                 failed += 1;
-                println!("FAIL {e}");
+                say!("FAIL {e}");
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    say!("{passed} passed, {failed} failed");
     Ok(if failed == 0 && passed > 0 {
         ExitCode::SUCCESS
     } else {
@@ -222,6 +238,6 @@ fn decide(config: &std::path::Path, request: &std::path::Path) -> anyhow::Result
         "task": doc(&handled.task),
         "skypilot_config": doc(&handled.config),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    say!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
