@@ -1,0 +1,811 @@
+//! Allocations (granted launches) and the quotas checked against them.
+//!
+//! [`Store::reserve`] checks every [`Limit`] against the team's live
+//! allocations and records the new one in one transaction that is exact
+//! under concurrency: callers racing for the last GPU of a quota, in one
+//! process or in several replicas on one PostgreSQL, are granted exactly as
+//! many as fit. How each backend serializes is explained in `src/backend.rs`.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::json;
+use warden_core::{Door, GpuModel, TeamName, Usd};
+
+use crate::backend::{on_pool, on_tx, Tx};
+use crate::error::{InputError, StoreError};
+use crate::time::UnixMicros;
+use crate::Store;
+
+/// An allocation's id, assigned by the store; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AllocationId(i64);
+
+impl AllocationId {
+    /// An id as stored, e.g. parsed from an admin's command line.
+    pub const fn new(id: i64) -> Self {
+        Self(id)
+    }
+
+    /// The id as stored.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for AllocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the door calls the allocation: a SkyPilot cluster name, a Vast
+/// instance id, a Kubernetes `namespace/name`. Any text of 1 to 255 bytes
+/// without control characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AllocationName(String);
+
+impl AllocationName {
+    /// The longest name accepted, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Parses a name.
+    pub fn parse(raw: &str) -> Result<Self, InputError> {
+        if raw.is_empty() {
+            return Err(InputError::EmptyName);
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(InputError::NameTooLong {
+                value: raw.to_owned(),
+                max: Self::MAX_LEN,
+            });
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(InputError::NameControlChar {
+                value: raw.escape_default().to_string(),
+            });
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AllocationName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A launch to be recorded if the quotas allow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocationRequest {
+    /// The door it came through.
+    pub door: Door,
+    /// The team it is charged to.
+    pub team: TeamName,
+    /// The user, when the door knows one. Per-user limits put all requests
+    /// without a user into one shared bucket, so an unknown user can never
+    /// use more than a known one.
+    pub user: Option<String>,
+    /// The door's name for it; with `door` and `team`, the key that makes a
+    /// re-launch count once.
+    pub name: AllocationName,
+    /// The GPU model, if the launch uses GPUs of a known model.
+    pub gpu_model: Option<GpuModel>,
+    /// GPUs in total: GPUs per node × nodes.
+    pub gpus: u32,
+    /// Estimated price per hour of the whole allocation.
+    pub hourly: Usd,
+    /// Extra JSON for the audit record, e.g. the policy decision's rule
+    /// names. Must hold no secret.
+    pub context: Option<serde_json::Value>,
+}
+
+/// Whose usage a [`Limit`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// All live allocations of the request's team.
+    Team,
+    /// The live allocations of the request's team and user.
+    User,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Team => "per team",
+            Scope::User => "per user",
+        })
+    }
+}
+
+/// A quota on live allocations, always within the request's team.
+///
+/// A request is denied by a limit when it adds something to what the limit
+/// counts and the total would then exceed `max`. A request that adds nothing
+/// (a CPU-only launch against a GPU limit, a launch of another GPU model) is
+/// never denied by it, even if usage is already above `max` (say, after the
+/// limit was lowered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "limit", rename_all = "snake_case")]
+pub enum Limit {
+    /// Concurrent GPUs of one model.
+    ModelGpus {
+        /// The model counted.
+        model: GpuModel,
+        /// Whose GPUs.
+        scope: Scope,
+        /// The most allowed.
+        max: u32,
+    },
+    /// Concurrent GPUs of any model.
+    Gpus {
+        /// Whose GPUs.
+        scope: Scope,
+        /// The most allowed.
+        max: u32,
+    },
+    /// Live allocations (e.g. active clusters).
+    LiveAllocations {
+        /// Whose allocations.
+        scope: Scope,
+        /// The most allowed.
+        max: u32,
+    },
+    /// The summed estimated price per hour of live allocations.
+    HourlyCost {
+        /// Whose allocations.
+        scope: Scope,
+        /// The most allowed.
+        max: Usd,
+    },
+}
+
+impl Limit {
+    /// Whose usage the limit counts.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Limit::ModelGpus { scope, .. }
+            | Limit::Gpus { scope, .. }
+            | Limit::LiveAllocations { scope, .. }
+            | Limit::HourlyCost { scope, .. } => *scope,
+        }
+    }
+
+    /// Formats an amount in this limit's unit.
+    fn amount(&self, n: i64) -> String {
+        match self {
+            Limit::HourlyCost { .. } => format!("{}/h", Usd::from_micros(n)),
+            Limit::ModelGpus { .. } | Limit::Gpus { .. } | Limit::LiveAllocations { .. } => {
+                n.to_string()
+            }
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::ModelGpus { model, scope, max } => {
+                write!(f, "at most {max} concurrent `{model}` GPUs {scope}")
+            }
+            Limit::Gpus { scope, max } => write!(f, "at most {max} concurrent GPUs {scope}"),
+            Limit::LiveAllocations { scope, max } => {
+                write!(f, "at most {max} live allocations {scope}")
+            }
+            Limit::HourlyCost { scope, max } => {
+                write!(f, "at most {max}/h of live allocations {scope}")
+            }
+        }
+    }
+}
+
+/// Why [`Store::reserve`] said no: the first limit, in the order given, that
+/// the request would exceed. Amounts are in the limit's unit: GPUs,
+/// allocations, or micro-dollars per hour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// The limit exceeded.
+    pub limit: Limit,
+    /// What live allocations already use.
+    pub in_use: i64,
+    /// What the request adds.
+    pub requested: i64,
+    /// The limit's maximum.
+    pub max: i64,
+}
+
+impl fmt::Display for Denial {
+    /// `quota exceeded: at most 8 concurrent `H100` GPUs per team; 8 in
+    /// use, 1 requested`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quota exceeded: {}; {} in use, {} requested",
+            self.limit,
+            self.limit.amount(self.in_use),
+            self.limit.amount(self.requested)
+        )
+    }
+}
+
+/// The answer of [`Store::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReserveOutcome {
+    /// The allocation is live.
+    Granted {
+        /// Its id.
+        allocation_id: AllocationId,
+        /// Whether it was already live (a re-launch of the same door, team
+        /// and name): nothing new was counted.
+        relaunch: bool,
+    },
+    /// A limit would be exceeded; nothing was recorded but the audit record.
+    Denied(Denial),
+}
+
+/// Whether an allocation still holds its resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationState {
+    /// Counted against quotas.
+    Live,
+    /// Gone; kept for reports.
+    Ended,
+}
+
+/// A recorded allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    /// Its id.
+    pub id: AllocationId,
+    /// The door it came through.
+    pub door: Door,
+    /// The team it is charged to.
+    pub team: TeamName,
+    /// The user, when known.
+    pub user: Option<String>,
+    /// The door's name for it.
+    pub name: AllocationName,
+    /// The GPU model, when known.
+    pub gpu_model: Option<GpuModel>,
+    /// GPUs in total.
+    pub gpus: u32,
+    /// Estimated price per hour.
+    pub hourly: Usd,
+    /// When it was granted.
+    pub started: UnixMicros,
+    /// When it ended, if it has.
+    pub ended: Option<UnixMicros>,
+    /// Live or ended.
+    pub state: AllocationState,
+}
+
+/// Which allocations [`Store::end`] ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndTarget {
+    /// The allocation with this id.
+    Id(AllocationId),
+    /// Every live allocation with this door and name, whatever its team
+    /// (what a reconciler knows when a cluster disappears).
+    Name {
+        /// The door.
+        door: Door,
+        /// The door's name for it.
+        name: AllocationName,
+    },
+}
+
+/// Live usage of one team, and of one user within it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    gpus: i64,
+    model_gpus: i64,
+    live: i64,
+    hourly_micros: i64,
+}
+
+/// The first limit `req` would exceed, given usage by `team` and by `user`.
+fn first_exceeded(
+    req: &AllocationRequest,
+    limits: &[Limit],
+    team: &Usage,
+    user: &Usage,
+) -> Option<Denial> {
+    limits.iter().find_map(|limit| {
+        let usage = match limit.scope() {
+            Scope::Team => team,
+            Scope::User => user,
+        };
+        let gpus = i64::from(req.gpus);
+        let (in_use, requested, max) = match limit {
+            Limit::ModelGpus { model, max, .. } => {
+                if req.gpu_model.as_ref() != Some(model) {
+                    return None;
+                }
+                (usage.model_gpus, gpus, i64::from(*max))
+            }
+            Limit::Gpus { max, .. } => (usage.gpus, gpus, i64::from(*max)),
+            Limit::LiveAllocations { max, .. } => (usage.live, 1, i64::from(*max)),
+            Limit::HourlyCost { max, .. } => {
+                (usage.hourly_micros, req.hourly.micros(), max.micros())
+            }
+        };
+        let exceeds = requested > 0 && in_use.checked_add(requested).is_none_or(|t| t > max);
+        exceeds.then(|| Denial {
+            limit: limit.clone(),
+            in_use,
+            requested,
+            max,
+        })
+    })
+}
+
+fn request_json(req: &AllocationRequest) -> serde_json::Value {
+    json!({
+        "door": req.door,
+        "team": req.team,
+        "user": req.user,
+        "name": req.name,
+        "gpu_model": req.gpu_model,
+        "gpus": req.gpus,
+        "hourly_micros": req.hourly.micros(),
+    })
+}
+
+fn allocation_json(a: &Allocation) -> serde_json::Value {
+    json!({
+        "allocation_id": a.id,
+        "door": a.door,
+        "team": a.team,
+        "user": a.user,
+        "name": a.name,
+        "gpu_model": a.gpu_model,
+        "gpus": a.gpus,
+        "hourly_micros": a.hourly.micros(),
+        "started_us": a.started,
+        "ended_us": a.ended,
+    })
+}
+
+/// The columns of an allocation row, in [`AllocationRow`] order.
+macro_rules! allocation_columns {
+    () => {
+        "id, door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+         started_us, ended_us, state"
+    };
+}
+
+type AllocationRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+);
+
+fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
+    let (id, door, team, user, name, gpu_model, gpus, hourly, started, ended, state) = row;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: format!("allocation `{id}`"),
+        detail,
+    };
+    let door = match door.as_str() {
+        "skypilot" => Door::Skypilot,
+        "vast" => Door::Vast,
+        "kubernetes" => Door::Kubernetes,
+        other => return Err(corrupt(format!("unknown door `{other}`"))),
+    };
+    let state = match state.as_str() {
+        "live" => AllocationState::Live,
+        "ended" => AllocationState::Ended,
+        other => return Err(corrupt(format!("unknown state `{other}`"))),
+    };
+    Ok(Allocation {
+        id: AllocationId(id),
+        door,
+        team: TeamName::parse(&team).map_err(|e| corrupt(e.to_string()))?,
+        user,
+        name: AllocationName::parse(&name).map_err(|e| corrupt(e.to_string()))?,
+        gpu_model: gpu_model
+            .map(|m| GpuModel::parse(&m))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        gpus: u32::try_from(gpus).map_err(|_| corrupt(format!("gpus `{gpus}` out of range")))?,
+        hourly: Usd::from_micros(hourly),
+        started: UnixMicros::from_micros(started),
+        ended: ended.map(UnixMicros::from_micros),
+        state,
+    })
+}
+
+impl Tx {
+    /// The id of the live allocation with this door, team and name.
+    async fn find_live(
+        &mut self,
+        door: Door,
+        team: &TeamName,
+        name: &AllocationName,
+    ) -> Result<Option<AllocationId>, StoreError> {
+        let id: Option<(i64,)> = on_tx!(self, |conn| {
+            sqlx::query_as(
+                "SELECT id FROM allocations \
+                 WHERE door = $1 AND team = $2 AND name = $3 AND state = 'live'",
+            )
+            .bind(door.as_str())
+            .bind(team.as_str())
+            .bind(name.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+        });
+        Ok(id.map(|(id,)| AllocationId(id)))
+    }
+
+    /// Live usage of `team`, and of `user` within it, counting `model`
+    /// GPUs separately: one indexed scan of the team's live rows.
+    async fn usage(
+        &mut self,
+        team: &TeamName,
+        user: Option<&str>,
+        model: Option<&GpuModel>,
+    ) -> Result<(Usage, Usage), StoreError> {
+        type Row = (i64, i64, i64, i64, i64, i64, i64, i64);
+        let row: Row = on_tx!(self, |conn| {
+            sqlx::query_as(
+                "SELECT \
+                   CAST(COALESCE(SUM(gpus), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(CASE WHEN gpu_model = $2 THEN gpus ELSE 0 END), 0) AS BIGINT), \
+                   CAST(COUNT(*) AS BIGINT), \
+                   CAST(COALESCE(SUM(hourly_micros), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
+                     THEN gpus ELSE 0 END), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
+                     AND gpu_model = $2 THEN gpus ELSE 0 END), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
+                     THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
+                     THEN hourly_micros ELSE 0 END), 0) AS BIGINT) \
+                 FROM allocations WHERE team = $1 AND state = 'live'",
+            )
+            .bind(team.as_str())
+            .bind(model.map(GpuModel::as_str))
+            .bind(user)
+            .fetch_one(&mut *conn)
+            .await?
+        });
+        let (t_gpus, t_model, t_live, t_hourly, u_gpus, u_model, u_live, u_hourly) = row;
+        Ok((
+            Usage {
+                gpus: t_gpus,
+                model_gpus: t_model,
+                live: t_live,
+                hourly_micros: t_hourly,
+            },
+            Usage {
+                gpus: u_gpus,
+                model_gpus: u_model,
+                live: u_live,
+                hourly_micros: u_hourly,
+            },
+        ))
+    }
+
+    async fn insert_allocation(
+        &mut self,
+        req: &AllocationRequest,
+        now: UnixMicros,
+    ) -> Result<AllocationId, StoreError> {
+        let (id,): (i64,) = on_tx!(self, |conn| {
+            sqlx::query_as(
+                "INSERT INTO allocations \
+                   (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                    started_us, ended_us, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 'live') \
+                 RETURNING id",
+            )
+            .bind(req.door.as_str())
+            .bind(req.team.as_str())
+            .bind(req.user.as_deref())
+            .bind(req.name.as_str())
+            .bind(req.gpu_model.as_ref().map(GpuModel::as_str))
+            .bind(i64::from(req.gpus))
+            .bind(req.hourly.micros())
+            .bind(now.micros())
+            .fetch_one(&mut *conn)
+            .await?
+        });
+        Ok(AllocationId(id))
+    }
+
+    /// Teams of the live allocations `target` names, for locking.
+    async fn target_teams(&mut self, target: &EndTarget) -> Result<Vec<TeamName>, StoreError> {
+        let rows: Vec<(String,)> = on_tx!(self, |conn| match target {
+            EndTarget::Id(id) => {
+                sqlx::query_as("SELECT team FROM allocations WHERE id = $1 AND state = 'live'")
+                    .bind(id.get())
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            EndTarget::Name { door, name } => {
+                sqlx::query_as(
+                    "SELECT DISTINCT team FROM allocations \
+                     WHERE door = $1 AND name = $2 AND state = 'live'",
+                )
+                .bind(door.as_str())
+                .bind(name.as_str())
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        });
+        rows.into_iter()
+            .map(|(team,)| {
+                TeamName::parse(&team).map_err(|e| StoreError::Corrupt {
+                    what: "allocation team".to_owned(),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Ends the live allocations of `target` within `team`.
+    async fn end_in_team(
+        &mut self,
+        target: &EndTarget,
+        team: &TeamName,
+        now: UnixMicros,
+    ) -> Result<Vec<Allocation>, StoreError> {
+        let rows: Vec<AllocationRow> = on_tx!(self, |conn| match target {
+            EndTarget::Id(id) => {
+                sqlx::query_as(concat!(
+                    "UPDATE allocations SET state = 'ended', ended_us = $1 \
+                     WHERE id = $2 AND team = $3 AND state = 'live' RETURNING ",
+                    allocation_columns!()
+                ))
+                .bind(now.micros())
+                .bind(id.get())
+                .bind(team.as_str())
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            EndTarget::Name { door, name } => {
+                sqlx::query_as(concat!(
+                    "UPDATE allocations SET state = 'ended', ended_us = $1 \
+                     WHERE door = $2 AND name = $3 AND team = $4 AND state = 'live' RETURNING ",
+                    allocation_columns!()
+                ))
+                .bind(now.micros())
+                .bind(door.as_str())
+                .bind(name.as_str())
+                .bind(team.as_str())
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        });
+        rows.into_iter().map(allocation).collect()
+    }
+}
+
+impl Store {
+    /// Checks `limits` (in order) against the live allocations of the
+    /// request's team and, if none would be exceeded, records the allocation
+    /// as live. Either way an audit record (`allocation.granted` or
+    /// `allocation.denied`) is written in the same transaction, so a
+    /// decision is never answered without its record.
+    ///
+    /// Exact under concurrency: the check and the insert are one
+    /// transaction, serialized per team on PostgreSQL (any number of
+    /// replicas) and per database on SQLite.
+    ///
+    /// Idempotent per (door, team, name): if that allocation is already
+    /// live, the answer is `Granted` with its id and `relaunch: true`, and
+    /// nothing new is counted (limits are not re-checked; the stored
+    /// allocation is not changed).
+    pub async fn reserve(
+        &self,
+        req: &AllocationRequest,
+        limits: &[Limit],
+        now: UnixMicros,
+    ) -> Result<ReserveOutcome, StoreError> {
+        if req.hourly.micros() < 0 {
+            return Err(InputError::NegativeHourly(req.hourly).into());
+        }
+        let mut tx = self.begin_write().await?;
+        tx.lock_teams(&[&req.team]).await?;
+        let context = req.context.clone().unwrap_or(serde_json::Value::Null);
+
+        if let Some(id) = tx.find_live(req.door, &req.team, &req.name).await? {
+            let payload = json!({
+                "allocation_id": id,
+                "relaunch": true,
+                "request": request_json(req),
+                "context": context,
+            });
+            tx.append_audit("allocation.granted", &payload, now).await?;
+            tx.commit().await?;
+            return Ok(ReserveOutcome::Granted {
+                allocation_id: id,
+                relaunch: true,
+            });
+        }
+
+        let (team, user) = tx
+            .usage(&req.team, req.user.as_deref(), req.gpu_model.as_ref())
+            .await?;
+        let outcome = match first_exceeded(req, limits, &team, &user) {
+            Some(denial) => {
+                let payload = json!({
+                    "request": request_json(req),
+                    "denial": &denial,
+                    "message": denial.to_string(),
+                    "context": context,
+                });
+                tx.append_audit("allocation.denied", &payload, now).await?;
+                ReserveOutcome::Denied(denial)
+            }
+            None => {
+                let id = tx.insert_allocation(req, now).await?;
+                let payload = json!({
+                    "allocation_id": id,
+                    "relaunch": false,
+                    "request": request_json(req),
+                    "context": context,
+                });
+                tx.append_audit("allocation.granted", &payload, now).await?;
+                ReserveOutcome::Granted {
+                    allocation_id: id,
+                    relaunch: false,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Ends the live allocations `target` names, freeing their quota, and
+    /// writes an `allocation.ended` audit record for each in the same
+    /// transaction. Returns what was ended: empty if nothing live matched
+    /// (ending twice is harmless).
+    pub async fn end(
+        &self,
+        target: &EndTarget,
+        now: UnixMicros,
+    ) -> Result<Vec<Allocation>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Lock the teams before changing their rows, like `reserve`, so an
+        // end and a re-launch of the same allocation are ordered.
+        let teams = tx.target_teams(target).await?;
+        tx.lock_teams(&teams.iter().collect::<Vec<_>>()).await?;
+        let mut ended = Vec::new();
+        for team in &teams {
+            ended.extend(tx.end_in_team(target, team, now).await?);
+        }
+        ended.sort_by_key(|a| a.id);
+        for a in &ended {
+            tx.append_audit("allocation.ended", &allocation_json(a), now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// Live allocations, of one team or of all, oldest first.
+    pub async fn list_live(&self, team: Option<&TeamName>) -> Result<Vec<Allocation>, StoreError> {
+        let rows: Vec<AllocationRow> = on_pool!(self, |pool| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                allocation_columns!(),
+                " FROM allocations WHERE state = 'live' \
+                 AND ($1 IS NULL OR team = $1) ORDER BY id"
+            ))
+            .bind(team.map(TeamName::as_str))
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(allocation).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(gpus: u32, hourly: i64) -> AllocationRequest {
+        AllocationRequest {
+            door: Door::Skypilot,
+            team: TeamName::parse("ml").unwrap(),
+            user: Some("alice".to_owned()),
+            name: AllocationName::parse("c1").unwrap(),
+            gpu_model: Some(GpuModel::parse("H100").unwrap()),
+            gpus,
+            hourly: Usd::from_micros(hourly),
+            context: None,
+        }
+    }
+
+    #[test]
+    fn first_exceeded_limit_in_order_wins() {
+        let req = request(2, 5_000_000);
+        let team = Usage {
+            gpus: 7,
+            model_gpus: 7,
+            live: 3,
+            hourly_micros: 20_000_000,
+        };
+        let user = Usage::default();
+        let limits = [
+            Limit::LiveAllocations {
+                scope: Scope::User,
+                max: 1,
+            },
+            Limit::HourlyCost {
+                scope: Scope::Team,
+                max: Usd::from_micros(24_000_000),
+            },
+            Limit::Gpus {
+                scope: Scope::Team,
+                max: 8,
+            },
+        ];
+        let denial = first_exceeded(&req, &limits, &team, &user).unwrap();
+        assert_eq!(denial.in_use, 20_000_000);
+        assert_eq!(denial.requested, 5_000_000);
+        assert_eq!(denial.max, 24_000_000);
+        assert_eq!(
+            denial.to_string(),
+            "quota exceeded: at most $24.00/h of live allocations per team; \
+             $20.00/h in use, $5.00/h requested"
+        );
+    }
+
+    #[test]
+    fn a_request_that_adds_nothing_is_not_denied() {
+        let over = Usage {
+            gpus: 99,
+            model_gpus: 99,
+            live: 0,
+            hourly_micros: 0,
+        };
+        let limits = [
+            Limit::Gpus {
+                scope: Scope::Team,
+                max: 8,
+            },
+            Limit::ModelGpus {
+                model: GpuModel::parse("A100").unwrap(),
+                scope: Scope::Team,
+                max: 0,
+            },
+        ];
+        assert_eq!(first_exceeded(&request(0, 0), &limits, &over, &over), None);
+        // Another model's limit does not apply to an H100 launch.
+        let fresh = Usage::default();
+        assert_eq!(
+            first_exceeded(&request(1, 0), &limits[1..], &fresh, &fresh),
+            None
+        );
+    }
+
+    #[test]
+    fn names_reject_empty_long_and_control() {
+        assert!(AllocationName::parse("sky-1234-alice").is_ok());
+        assert!(AllocationName::parse("ns/pod").is_ok());
+        assert_eq!(AllocationName::parse(""), Err(InputError::EmptyName));
+        assert!(AllocationName::parse(&"x".repeat(256)).is_err());
+        let err = AllocationName::parse("a\nb").unwrap_err().to_string();
+        assert!(err.contains(r"`a\nb`"), "{err}");
+    }
+}

@@ -1,0 +1,114 @@
+//! Errors of the store.
+
+use warden_core::Usd;
+
+/// A value handed to the store was not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// An allocation name was empty.
+    #[error("allocation name is empty")]
+    EmptyName,
+    /// An allocation name was longer than allowed.
+    #[error("allocation name `{value}` is longer than {max} bytes")]
+    NameTooLong {
+        /// The offending name.
+        value: String,
+        /// The limit.
+        max: usize,
+    },
+    /// An allocation name held a control character.
+    #[error("allocation name `{value}` contains a control character")]
+    NameControlChar {
+        /// The offending name (control characters escaped).
+        value: String,
+    },
+    /// An allocation's estimated price per hour was negative.
+    #[error("hourly price `{0}` is negative")]
+    NegativeHourly(Usd),
+    /// An audit record kind was not a short lowercase dotted word.
+    #[error("audit kind `{0}` is invalid; use 1 to 64 lowercase letters, digits, `.`, `_` or `-`")]
+    AuditKind(String),
+}
+
+/// Everything that can go wrong in the store.
+///
+/// Callers fail closed on any of these: a launch whose quota cannot be
+/// checked is denied (see DESIGN.md, "Fail closed").
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage URL names a scheme this store does not speak. Only the
+    /// scheme is kept, so a password in the URL never reaches a log.
+    #[error("storage url scheme `{0}` is not supported; use `sqlite://PATH` or `postgres://USER@HOST/DB`")]
+    UnsupportedUrl(String),
+    /// The database could not be opened or reached.
+    #[error("cannot connect to {backend}: {source}")]
+    Connect {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The embedded migrations could not be applied.
+    #[error("cannot apply the {backend} migrations: {source}")]
+    Migrate {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// What the migrator said.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// Another writer held the database for longer than the busy timeout
+    /// (SQLite), or a lock wait was cancelled (PostgreSQL). Safe to retry.
+    #[error("the store is busy, try again: {0}")]
+    Busy(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("store query failed: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored row holds a value this version cannot read.
+    #[error("stored {what} is unreadable: {detail}")]
+    Corrupt {
+        /// Which row, e.g. ``allocation `12` ``.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The caller handed an unacceptable value.
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+impl StoreError {
+    /// Whether trying the same call again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_busy(&err) {
+            StoreError::Busy(err)
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+/// SQLite `SQLITE_BUSY`/`SQLITE_LOCKED` (and their extended codes), and
+/// PostgreSQL's lock-not-available, serialization-failure and deadlock
+/// states: contention, not a fault.
+fn is_busy(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else {
+        return matches!(err, sqlx::Error::PoolTimedOut);
+    };
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return matches!(pg.code(), "55P03" | "40001" | "40P01");
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // The extended result code; the primary code is its low byte.
+        let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+        return matches!(code & 0xff, 5 | 6);
+    }
+    false
+}

@@ -1,0 +1,79 @@
+//! Warden's store: what changes while Warden runs (allocations, the audit
+//! chain), behind one async interface over SQLite (the embedded default) or
+//! PostgreSQL (several replicas on one database). No SQL exists outside this
+//! crate, and callers never see which backend they talk to.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), warden_store::StoreError> {
+//! use warden_core::{Door, GpuModel, TeamName, Usd};
+//! use warden_store::{AllocationName, AllocationRequest, Limit, Scope, Store, UnixMicros};
+//!
+//! let store = Store::connect("sqlite:///var/lib/warden/warden.db").await?;
+//! let req = AllocationRequest {
+//!     door: Door::Skypilot,
+//!     team: TeamName::parse("ml").unwrap(),
+//!     user: Some("alice".into()),
+//!     name: AllocationName::parse("sky-train-1").unwrap(),
+//!     gpu_model: Some(GpuModel::parse("H100").unwrap()),
+//!     gpus: 8,
+//!     hourly: Usd::from_micros(24_000_000),
+//!     context: None,
+//! };
+//! let limits = [Limit::Gpus { scope: Scope::Team, max: 16 }];
+//! let now = UnixMicros::from_system_time(std::time::SystemTime::now());
+//! let outcome = store.reserve(&req, &limits, now).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Schema
+//!
+//! The migrations live in `migrations/sqlite` and `migrations/postgres`,
+//! one directory per dialect with equivalent schemas, embedded in the binary
+//! and applied by [`Store::connect`]. Money columns are BIGINT micro-dollars
+//! ([`warden_core::Usd`]); instants are BIGINT microseconds since the Unix
+//! epoch, UTC ([`UnixMicros`]), on both backends.
+//!
+//! - `allocations(id, door, team, user_name, name, gpu_model, gpus,
+//!   hourly_micros, started_us, ended_us, state)`: granted launches. `gpus`
+//!   is GPUs per node × nodes; `state` is `live` or `ended`, and `ended_us`
+//!   is set exactly when it is `ended`. A partial unique index allows one
+//!   live row per (door, team, name), which makes re-launches idempotent.
+//! - `audit(seq, at_us, kind, payload, prev_hash, hash)`: the hash-chained
+//!   audit log; `payload` is JSON text. See [`audit`].
+//! - `audit_head(id = 1, seq, hash)`: the chain's last record, updated with
+//!   every append; it serializes appends and exposes a truncated tail.
+//!
+//! # Guarantees
+//!
+//! - **Quotas are exact under concurrency.** [`Store::reserve`] checks the
+//!   limits and records the allocation in one transaction. On PostgreSQL,
+//!   reservations of one team serialize on a transaction-scoped advisory
+//!   lock, so any number of processes on one database grant exactly what
+//!   fits; on SQLite, write transactions begin with `BEGIN IMMEDIATE` and
+//!   hold the database's write lock. The lock choices are explained on
+//!   `Tx::lock_teams` and `Store::begin_write` in `src/backend.rs`.
+//! - **Audit before answer.** Every reservation (granted or denied) and
+//!   every end writes its audit record in the same transaction as the
+//!   change; a call that returned `Ok` has both committed.
+//! - **Tamper-evident audit chain**, with the limits stated in [`audit`].
+//! - **Fail closed.** Every failure is a [`StoreError`]; nothing is granted
+//!   unless the transaction that recorded it committed.
+//!
+//! Builds never need a database: all queries are checked at run time
+//! (`sqlx::query` with `.bind`), and the tests run each body against both
+//! backends.
+
+pub mod allocations;
+pub mod audit;
+mod backend;
+pub mod error;
+pub mod time;
+
+pub use allocations::{
+    Allocation, AllocationId, AllocationName, AllocationRequest, AllocationState, Denial,
+    EndTarget, Limit, ReserveOutcome, Scope,
+};
+pub use audit::{chain_hash, AuditRecord, ChainHead, ChainProblem, VerifyReport, GENESIS_HASH};
+pub use backend::Store;
+pub use error::{InputError, StoreError};
+pub use time::UnixMicros;
