@@ -1,6 +1,21 @@
 //! The `warden` command: serve the doors, check a config, run policy tests,
 //! decide one captured request.
 
+/// Prints a line on stdout; a closed pipe (`warden test ... | head`) ends
+/// the program quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+mod admin;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,6 +70,66 @@ enum Command {
         /// A request body as SkyPilot sends it (JSON string literal or object).
         request: PathBuf,
     },
+    /// The audit chain in the store named by the config (`storage`).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Live allocations (granted launches) in the store.
+    #[command(subcommand)]
+    Allocations(AllocationsCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; exit 0 if intact, 1 naming the first edited,
+    /// deleted, reordered or truncated record.
+    Verify {
+        /// Config file (its `storage` names the store).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print audit records, oldest first.
+    Export {
+        /// Config file (its `storage` names the store).
+        #[arg(long)]
+        config: PathBuf,
+        /// From this UTC instant (`2026-11-01`, `2026-11-01T08:00:00Z`) or age (`7d`, `12h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to (excluding) this instant or age.
+        #[arg(long)]
+        until: Option<String>,
+        /// `jsonl` (default) or `csv`.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: admin::ExportFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllocationsCommand {
+    /// List live allocations.
+    List {
+        /// Config file (its `storage` names the store).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this team.
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// End live allocations (audited): by id, or by door and name.
+    End {
+        /// Config file (its `storage` names the store).
+        #[arg(long)]
+        config: PathBuf,
+        /// The allocation id (from `list`).
+        #[arg(long)]
+        id: Option<i64>,
+        /// The door (`skypilot`, `vast`, `kubernetes`), with --name.
+        #[arg(long)]
+        door: Option<String>,
+        /// The cluster or instance name, with --door.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 // The door is allocation-heavy (YAML and JSON documents); mimalloc measured
@@ -87,19 +162,6 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-/// Prints a line on stdout; a closed pipe (`warden test ... | head`) ends
-/// the program quietly instead of panicking.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -107,6 +169,22 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Test { config, cases } => test(config, &cases),
         Command::Decide { config, request } => decide(&config, &request),
+        Command::Audit(AuditCommand::Verify { config }) => admin::audit_verify(&config),
+        Command::Audit(AuditCommand::Export {
+            config,
+            since,
+            until,
+            format,
+        }) => admin::audit_export(&config, since.as_deref(), until.as_deref(), format),
+        Command::Allocations(AllocationsCommand::List { config, team }) => {
+            admin::allocations_list(&config, team.as_deref())
+        }
+        Command::Allocations(AllocationsCommand::End {
+            config,
+            id,
+            door,
+            name,
+        }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@
     reason = "test code: a failed expectation is the test failure"
 )]
 
+mod admin;
 mod cases;
 mod cli;
 mod http;

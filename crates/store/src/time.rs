@@ -40,8 +40,132 @@ impl UnixMicros {
     }
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (`civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+impl UnixMicros {
+    /// Parses a UTC instant: `2026-11-23`, `2026-11-23T14:05`,
+    /// `2026-11-23T14:05:09Z`, with an optional fraction of a second.
+    /// Offsets other than `Z` are refused (say the instant in UTC).
+    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{text}` is not a UTC date or time; write e.g. `2026-11-23` or `2026-11-23T14:05:00Z`")
+        };
+        let t = text.trim();
+        let t = t
+            .strip_suffix('Z')
+            .or_else(|| t.strip_suffix('z'))
+            .unwrap_or(t);
+        let (date, time) = match t.split_once(['T', 't', ' ']) {
+            Some((d, tm)) => (d, Some(tm)),
+            None => (t, None),
+        };
+        let mut dp = date.splitn(3, '-');
+        let num = |s: Option<&str>, lo: i64, hi: i64| -> Result<i64, String> {
+            s.and_then(|s| s.parse::<i64>().ok())
+                .filter(|v| (lo..=hi).contains(v))
+                .ok_or_else(bad)
+        };
+        let y = num(dp.next(), 1, 9999)?;
+        let m = num(dp.next(), 1, 12)?;
+        let d = num(dp.next(), 1, 31)?;
+        let mut micros = days_from_civil(y, m, d) * MICROS_PER_DAY;
+        if let Some(time) = time {
+            let (hms, frac) = match time.split_once('.') {
+                Some((a, b)) => (a, Some(b)),
+                None => (time, None),
+            };
+            let mut tp = hms.splitn(3, ':');
+            let h = num(tp.next(), 0, 23)?;
+            let mi = num(tp.next(), 0, 59)?;
+            let s = match tp.next() {
+                Some(s) => num(Some(s), 0, 60)?,
+                None => 0,
+            };
+            micros += ((h * 60 + mi) * 60 + s) * 1_000_000;
+            if let Some(frac) = frac {
+                if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+                micros += digits.parse::<i64>().map_err(|_| bad())?;
+            }
+        }
+        let (cy, cm, cd) = civil_from_days(micros.div_euclid(MICROS_PER_DAY));
+        if (cy, cm, cd) != (y, m, d) && time.is_none() {
+            return Err(bad()); // e.g. 2026-02-30
+        }
+        Ok(Self(micros))
+    }
+}
+
+impl std::fmt::Display for UnixMicros {
+    /// RFC 3339 in UTC with microseconds: `2026-11-23T14:05:09.000123Z`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = self.0.div_euclid(MICROS_PER_DAY);
+        let rest = self.0.rem_euclid(MICROS_PER_DAY);
+        let (y, m, d) = civil_from_days(days);
+        let secs = rest / 1_000_000;
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            rest % 1_000_000
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_and_parses_rfc3339() {
+        let t = UnixMicros::from_micros(1_700_000_000_123_456);
+        assert_eq!(t.to_string(), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(UnixMicros::parse_rfc3339(&t.to_string()), Ok(t));
+        assert_eq!(
+            UnixMicros::parse_rfc3339("1970-01-02").map(UnixMicros::micros),
+            Ok(86_400_000_000)
+        );
+        assert_eq!(
+            UnixMicros::parse_rfc3339("2024-02-29T00:00").map(|t| t.to_string()),
+            Ok("2024-02-29T00:00:00.000000Z".to_owned())
+        );
+        assert!(UnixMicros::parse_rfc3339("2026-02-30").is_err());
+        assert!(UnixMicros::parse_rfc3339("2026-11-23T10:00:00+02:00").is_err());
+        assert!(UnixMicros::parse_rfc3339("yesterday").is_err());
+        assert_eq!(
+            UnixMicros::from_micros(-1).to_string(),
+            "1969-12-31T23:59:59.999999Z"
+        );
+    }
+
     use std::time::Duration;
 
     use super::*;

@@ -1,0 +1,275 @@
+//! Admin commands over the store: `warden audit ...`, `warden allocations ...`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use warden_core::{Door, TeamName};
+use warden_server::config::load_config;
+use warden_store::{AllocationId, AllocationName, AuditRecord, EndTarget, Store, UnixMicros};
+
+/// Output format of `warden audit export`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header row.
+    Csv,
+}
+
+fn now() -> UnixMicros {
+    UnixMicros::from_system_time(SystemTime::now())
+}
+
+/// Parses `--since`/`--until`: a UTC date/time (`2026-11-01`,
+/// `2026-11-01T08:00:00Z`) or an age before now (`90m`, `12h`, `7d`).
+pub fn parse_instant(text: &str, now: UnixMicros) -> Result<UnixMicros, String> {
+    let t = text.trim();
+    let unit = match t.chars().last() {
+        Some('m') => Some(60_000_000_i64),
+        Some('h') => Some(3_600_000_000),
+        Some('d') => Some(86_400_000_000),
+        Some('w') => Some(7 * 86_400_000_000),
+        _ => None,
+    };
+    if let (Some(unit), Some(n)) = (unit, t.get(..t.len().saturating_sub(1))) {
+        if let Ok(n) = n.parse::<i64>() {
+            if n >= 0 {
+                return Ok(UnixMicros::from_micros(
+                    now.micros().saturating_sub(n.saturating_mul(unit)),
+                ));
+            }
+        }
+    }
+    UnixMicros::parse_rfc3339(t).map_err(|e| format!("{e}, or an age such as `7d`, `12h`, `90m`"))
+}
+
+async fn open(config: &Path) -> anyhow::Result<Store> {
+    let cfg = load_config(config).map_err(anyhow::Error::msg)?;
+    Store::connect(&cfg.storage)
+        .await
+        .with_context(|| format!("cannot open the store named by {}", config.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `warden audit verify`: exit 0 when the chain is intact, 1 with the first
+/// problem otherwise.
+pub fn audit_verify(config: &Path) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let store = open(config).await?;
+        let report = store.verify_audit().await?;
+        store.close().await;
+        let head = report.head.as_ref().map_or("empty".to_owned(), |h| {
+            format!("head seq {} hash {}", h.seq, h.hash)
+        });
+        match &report.problem {
+            None => {
+                say!(
+                    "audit chain intact: {} records checked, {head}",
+                    report.records_checked
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(problem) => {
+                eprintln!(
+                    "audit chain BROKEN: {problem} ({} records checked, {head})",
+                    report.records_checked
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn record_json(r: &AuditRecord) -> serde_json::Value {
+    let payload: serde_json::Value = serde_json::from_str(&r.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(r.payload.clone()));
+    serde_json::json!({
+        "seq": r.seq,
+        "at": r.at.to_string(),
+        "kind": r.kind,
+        "payload": payload,
+        "prev_hash": r.prev_hash,
+        "hash": r.hash,
+    })
+}
+
+/// `warden audit export`.
+pub fn audit_export(
+    config: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    format: ExportFormat,
+) -> anyhow::Result<ExitCode> {
+    let now = now();
+    let since = match since {
+        Some(s) => parse_instant(s, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        None => UnixMicros::from_micros(i64::MIN),
+    };
+    let until = match until {
+        Some(s) => parse_instant(s, now).map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+        None => UnixMicros::from_micros(i64::MAX),
+    };
+    if since >= until {
+        anyhow::bail!("--since must be before --until");
+    }
+    runtime()?.block_on(async {
+        let store = open(config).await?;
+        let records = store.export_audit(since, until).await?;
+        store.close().await;
+        match format {
+            ExportFormat::Jsonl => {
+                for r in &records {
+                    say!("{}", record_json(r));
+                }
+            }
+            ExportFormat::Csv => {
+                say!("seq,at,kind,payload,prev_hash,hash");
+                for r in &records {
+                    say!(
+                        "{},{},{},{},{},{}",
+                        r.seq,
+                        r.at,
+                        csv_field(&r.kind),
+                        csv_field(&r.payload),
+                        r.prev_hash,
+                        r.hash
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `warden allocations list`.
+pub fn allocations_list(config: &Path, team: Option<&str>) -> anyhow::Result<ExitCode> {
+    let team = team
+        .map(TeamName::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--team: {e}"))?;
+    runtime()?.block_on(async {
+        let store = open(config).await?;
+        let live = store.list_live(team.as_ref()).await?;
+        store.close().await;
+        say!(
+            "{:>6}  {:<10} {:<16} {:<12} {:<24} {:>5} {:<10} {:>10}  started",
+            "id",
+            "door",
+            "team",
+            "user",
+            "name",
+            "gpus",
+            "model",
+            "$/hour"
+        );
+        for a in &live {
+            say!(
+                "{:>6}  {:<10} {:<16} {:<12} {:<24} {:>5} {:<10} {:>10}  {}",
+                a.id,
+                a.door.as_str(),
+                a.team,
+                a.user.as_deref().unwrap_or("-"),
+                a.name,
+                a.gpus,
+                a.gpu_model.as_ref().map_or("-", |m| m.as_str()),
+                a.hourly.to_string(),
+                a.started
+            );
+        }
+        say!("{} live allocation(s)", live.len());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn parse_door(s: &str) -> anyhow::Result<Door> {
+    match s {
+        "skypilot" => Ok(Door::Skypilot),
+        "vast" => Ok(Door::Vast),
+        "kubernetes" => Ok(Door::Kubernetes),
+        other => anyhow::bail!("--door: unknown door `{other}`; use skypilot, vast or kubernetes"),
+    }
+}
+
+/// `warden allocations end`.
+pub fn allocations_end(
+    config: &Path,
+    id: Option<i64>,
+    door: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let target = match (id, door, name) {
+        (Some(id), None, None) => EndTarget::Id(AllocationId::new(id)),
+        (None, Some(door), Some(name)) => EndTarget::Name {
+            door: parse_door(door)?,
+            name: AllocationName::parse(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?,
+        },
+        _ => anyhow::bail!("give either --id ID, or --door DOOR and --name NAME"),
+    };
+    runtime()?.block_on(async {
+        let store = open(config).await?;
+        let ended = store.end(&target, now()).await?;
+        store.close().await;
+        if ended.is_empty() {
+            eprintln!("no live allocation matches; nothing ended");
+            return Ok(ExitCode::FAILURE);
+        }
+        for a in &ended {
+            say!(
+                "ended allocation {} ({} `{}` of team `{}`)",
+                a.id,
+                a.door.as_str(),
+                a.name,
+                a.team
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_dates_or_ages() {
+        let now = UnixMicros::from_micros(10 * 86_400_000_000);
+        assert_eq!(
+            parse_instant("7d", now).unwrap().micros(),
+            3 * 86_400_000_000
+        );
+        assert_eq!(
+            parse_instant("24h", now).unwrap().micros(),
+            9 * 86_400_000_000
+        );
+        assert_eq!(
+            parse_instant("1970-01-02", now).unwrap().micros(),
+            86_400_000_000
+        );
+        assert!(parse_instant("soon", now).unwrap_err().contains("`7d`"));
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(
+            csv_field(r#"{"a":1,"b":"x"}"#),
+            r#""{""a"":1,""b"":""x""}""#
+        );
+    }
+}
