@@ -47,7 +47,10 @@ pub fn parse_instant(text: &str, now: UnixMicros) -> Result<UnixMicros, String> 
 
 async fn open(config: &Path) -> anyhow::Result<Store> {
     let cfg = load_config(config).map_err(anyhow::Error::msg)?;
-    Store::connect(&cfg.storage)
+    let Some(url) = cfg.storage else {
+        anyhow::bail!("{}: `storage: none` names no store", config.display());
+    };
+    Store::connect(&url)
         .await
         .with_context(|| format!("cannot open the store named by {}", config.display()))
 }

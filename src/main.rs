@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use warden_server::cases;
-use warden_server::config::load_policy;
+use warden_server::config::{load_config, load_policy};
 use warden_server::doors::skypilot::{self, Answer};
 use warden_server::{AppState, Application};
 
@@ -45,6 +45,10 @@ enum Command {
         /// Address to listen on (`127.0.0.1:0` picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Store URL, overriding the config's `storage` (`sqlite://PATH`,
+        /// `postgres://USER@HOST/DB`, or `none` to decide without recording).
+        #[arg(long)]
+        storage: Option<String>,
     },
     /// Validate a config file; exit 0 if valid, 1 with every problem if not.
     Check {
@@ -165,7 +169,11 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(config, listen),
+        Command::Serve {
+            config,
+            listen,
+            storage,
+        } => serve(config, listen, storage),
         Command::Check { config } => check(&config),
         Command::Test { config, cases } => test(config, &cases),
         Command::Decide { config, request } => decide(&config, &request),
@@ -195,9 +203,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: PathBuf, listen: String) -> anyhow::Result<ExitCode> {
+fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Result<ExitCode> {
     let _log_guard = init_logging();
-    let policy = load_policy(&config).map_err(anyhow::Error::msg)?;
+    let cfg = load_config(&config).map_err(anyhow::Error::msg)?;
+    let policy = cfg.policy;
+    let storage = match storage {
+        Some(s) => {
+            warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?
+        }
+        None => cfg.storage,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,7 +220,15 @@ fn serve(config: PathBuf, listen: String) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let teams = policy.team_count();
         let rules = policy.rules().len();
-        let state = AppState::new(policy, Some(config.clone()));
+        let store =
+            match &storage {
+                Some(url) => Some(warden_store::Store::connect(url).await.with_context(|| {
+                    format!("cannot open the store named by {}", config.display())
+                })?),
+                None => None,
+            };
+        let backend = store.as_ref().map_or("none", |s| s.backend_name());
+        let state = AppState::with_store(policy, Some(config.clone()), store);
         let app = Application::build(state, &listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -215,6 +238,7 @@ fn serve(config: PathBuf, listen: String) -> anyhow::Result<ExitCode> {
             config = %config.display(),
             teams,
             rules,
+            store = backend,
             "listening"
         );
         app.run_until_signal().await?;

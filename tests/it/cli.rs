@@ -97,7 +97,7 @@ fn decide_prints_the_decision_and_mutated_documents() {
     );
 }
 
-fn post(addr: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn post(addr: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(

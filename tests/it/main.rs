@@ -12,4 +12,5 @@ mod admin;
 mod cases;
 mod cli;
 mod http;
+mod recording;
 mod skypilot_client;

@@ -112,16 +112,31 @@ fn venv_python() -> PathBuf {
 /// A running `warden serve`; killed on drop, also when the test panics.
 pub(crate) struct Server {
     pub(crate) child: Child,
+    /// Holds the server's SQLite store; removed when the server is dropped.
+    _state: TempDir,
     pub(crate) addr: String,
     log: Arc<Mutex<String>>,
 }
 
 impl Server {
     pub(crate) fn start(config: &Path) -> Server {
+        let state = TempDir::new("warden-store");
+        let storage = format!("sqlite://{}", state.0.join("warden.db").display());
+        Self::spawn(config, &storage, state)
+    }
+
+    /// Starts `warden serve` on the given store.
+    pub(crate) fn start_with_storage(config: &Path, storage: &str) -> Server {
+        Self::spawn(config, storage, TempDir::new("warden-unused"))
+    }
+
+    fn spawn(config: &Path, storage: &str, state: TempDir) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .arg("--storage")
+            .arg(storage)
             .arg("--listen")
             .arg("127.0.0.1:0")
             // The server's own default log level must apply: the `listening`
@@ -158,6 +173,7 @@ impl Server {
 
         let mut server = Server {
             child,
+            _state: state,
             addr: String::new(),
             log,
         };

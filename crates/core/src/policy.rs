@@ -62,6 +62,53 @@ pub struct TeamSpec {
     /// Mode of the team limits (`enforce` default, `warn`, `off`).
     #[serde(default)]
     pub mode: Mode,
+    /// Limits on what the team has running at once, checked against the
+    /// store when a launch is recorded.
+    #[serde(default)]
+    pub quotas: Option<QuotaSpec>,
+}
+
+/// Team quotas as written: limits on live usage, not on one launch.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// Max GPUs live at once, all models.
+    #[serde(default)]
+    pub max_gpus: Option<u64>,
+    /// Max GPUs live at once, per GPU model.
+    #[serde(default)]
+    pub max_gpus_by_model: BTreeMap<String, u64>,
+    /// Max live allocations (clusters, instances) of the team.
+    #[serde(default)]
+    pub max_live: Option<u64>,
+    /// Max live allocations per user of the team.
+    #[serde(default)]
+    pub max_live_per_user: Option<u64>,
+    /// Max estimated USD per hour of all live allocations together.
+    #[serde(default)]
+    pub max_live_hourly_usd: Option<f64>,
+}
+
+/// Compiled team quotas (limits on live usage).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quotas {
+    /// Max GPUs live at once, all models.
+    pub max_gpus: Option<u64>,
+    /// Max GPUs live at once, per model.
+    pub max_gpus_by_model: Vec<(GpuModel, u64)>,
+    /// Max live allocations of the team.
+    pub max_live: Option<u64>,
+    /// Max live allocations per user.
+    pub max_live_per_user: Option<u64>,
+    /// Max estimated $/hour of all live allocations.
+    pub max_live_hourly: Option<Usd>,
+}
+
+impl Quotas {
+    /// Whether no quota is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Quotas::default()
+    }
 }
 
 /// A price override as written.
@@ -257,6 +304,8 @@ pub struct Team {
     pub users: Vec<String>,
     /// Workspaces.
     pub workspaces: Vec<String>,
+    /// Limits on live usage.
+    pub quotas: Quotas,
 }
 
 /// How a request was resolved to a team.
@@ -477,10 +526,12 @@ impl Policy {
             }
             by_name.insert(name.clone(), idx);
             rules.extend(team_rules(&mut p, &path, &name, t));
+            let quotas = compile_quotas(&mut p, &path, t.quotas.as_ref());
             teams.push(Team {
                 name,
                 users: t.users.clone(),
                 workspaces: t.workspaces.clone(),
+                quotas,
             });
         }
 
@@ -565,6 +616,11 @@ impl Policy {
         })
     }
 
+    /// A team by name.
+    pub fn team(&self, name: &TeamName) -> Option<&Team> {
+        self.by_name.get(name).and_then(|i| self.teams.get(*i))
+    }
+
     /// Number of teams.
     pub fn team_count(&self) -> usize {
         self.teams.len()
@@ -620,6 +676,31 @@ impl Policy {
             .or_else(|| label.and_then(by_name).map(|i| (i, ResolvedBy::Label)))
             .or_else(|| self.default_team.map(|i| (i, ResolvedBy::Default)))?;
         self.teams.get(found.0).map(|t| (t.name.clone(), found.1))
+    }
+}
+
+fn compile_quotas(p: &mut Problems, path: &str, q: Option<&QuotaSpec>) -> Quotas {
+    let Some(q) = q else {
+        return Quotas::default();
+    };
+    let mut by_model = Vec::new();
+    for (model, max) in &q.max_gpus_by_model {
+        match GpuModel::parse(model) {
+            Ok(m) => by_model.push((m, *max)),
+            Err(e) => p.add(
+                format!("{path}.quotas.max_gpus_by_model.{model}"),
+                e.to_string(),
+            ),
+        }
+    }
+    Quotas {
+        max_gpus: q.max_gpus,
+        max_gpus_by_model: by_model,
+        max_live: q.max_live,
+        max_live_per_user: q.max_live_per_user,
+        max_live_hourly: q
+            .max_live_hourly_usd
+            .map(|v| dollars(p, format!("{path}.quotas.max_live_hourly_usd"), v)),
     }
 }
 

@@ -119,6 +119,9 @@ pub struct LaunchRequest {
     pub door: Door,
     /// What the client is doing (`launch`, `exec`, `jobs.launch`, `validate`, ...).
     pub request_name: String,
+    /// What the launch is called at the door, when known: the SkyPilot
+    /// cluster name, a Vast instance id.
+    pub target: Option<String>,
     /// Who is asking.
     pub principal: Principal,
     /// Whether the request was evaluated on the user's machine (SkyPilot
@@ -153,6 +156,7 @@ impl LaunchRequest {
         Self {
             door,
             request_name: request_name.into(),
+            target: None,
             principal: Principal::default(),
             at_client_side: false,
             client_api_version: None,

@@ -18,9 +18,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 use warden_core::{Decision, Policy};
 
-use crate::config::load_policy;
+use crate::config::load_config;
 use crate::doors::skypilot::{self, Answer};
 use crate::error::DoorError;
+use crate::recorder::{self, Recorded};
+use warden_store::{Store, UnixMicros};
 
 /// Largest request body a door accepts.
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
@@ -28,6 +30,7 @@ pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// State shared by all handlers.
 pub struct AppState {
     policy: ArcSwap<Policy>,
+    store: Option<Store>,
     config_path: Option<PathBuf>,
     request_seq: AtomicU64,
     boot: u64,
@@ -36,11 +39,22 @@ pub struct AppState {
 impl AppState {
     /// State around a loaded policy; `config_path` is what SIGHUP reloads.
     pub fn new(policy: Policy, config_path: Option<PathBuf>) -> Arc<Self> {
+        Self::with_store(policy, config_path, None)
+    }
+
+    /// State that records every decision in `store` before answering
+    /// (`None`: decide only, as `warden decide` and the unit tests do).
+    pub fn with_store(
+        policy: Policy,
+        config_path: Option<PathBuf>,
+        store: Option<Store>,
+    ) -> Arc<Self> {
         let boot = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Arc::new(Self {
             policy: ArcSwap::from_pointee(policy),
+            store,
             config_path,
             request_seq: AtomicU64::new(0),
             boot,
@@ -58,7 +72,7 @@ impl AppState {
         let Some(path) = &self.config_path else {
             return Err("no config file to reload".to_owned());
         };
-        let policy = load_policy(path)?;
+        let policy = load_config(path)?.policy;
         self.policy.store(Arc::new(policy));
         Ok(())
     }
@@ -128,6 +142,7 @@ fn log_decision(
     door: &str,
     request: &warden_core::LaunchRequest,
     decision: &Decision,
+    allowed: bool,
     started: Instant,
 ) {
     let join =
@@ -139,7 +154,8 @@ fn log_decision(
         team = decision.team.as_ref().map(|t| t.as_str()),
         user = request.principal.user.as_deref(),
         request = request.request_name.as_str(),
-        verdict = if decision.is_allowed() { "allow" } else { "deny" },
+        verdict = if allowed { "allow" } else { "deny" },
+        quota_denied = decision.is_allowed() && !allowed,
         denied = join(decision.denied_by()),
         warned = join(decision.warned_by()),
         mutated = join(decision.mutated_by()),
@@ -156,9 +172,34 @@ async fn skypilot_door(
     let started = Instant::now();
     let request_id = state.request_id(&headers);
     let result = body_or_error(body).and_then(|body| {
-        let policy = state.policy.load();
-        skypilot::handle(&policy, &body)
+        let policy = state.policy.load_full();
+        skypilot::handle(&policy, &body).map(|h| (h, policy))
     });
+    let result = match result {
+        Ok((handled, policy)) => match &state.store {
+            None => Ok(handled),
+            Some(store) => {
+                let now = UnixMicros::from_system_time(SystemTime::now());
+                recorder::record(
+                    store,
+                    &policy,
+                    &request_id,
+                    &handled.request,
+                    &handled.decision,
+                    now,
+                )
+                .await
+                .map(|recorded| match recorded {
+                    Recorded::Recorded => handled,
+                    Recorded::OverQuota(message) => skypilot::Handled {
+                        answer: Answer::Deny(message),
+                        ..handled
+                    },
+                })
+            }
+        },
+        Err(e) => Err(e),
+    };
     match result {
         Ok(handled) => {
             log_decision(
@@ -166,6 +207,7 @@ async fn skypilot_door(
                 "skypilot",
                 &handled.request,
                 &handled.decision,
+                matches!(handled.answer, Answer::Allow(_)),
                 started,
             );
             let (status, content_type, body) = match handled.answer {

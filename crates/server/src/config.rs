@@ -36,8 +36,9 @@ pub struct Config {
     /// The policy.
     pub policy: Policy,
     /// The store URL (`sqlite://PATH` or `postgres://...`), with a relative
-    /// SQLite path resolved against the config file's directory.
-    pub storage: String,
+    /// SQLite path resolved against the config file's directory; `None` for
+    /// `storage: none` (decide only: no audit log, no quotas).
+    pub storage: Option<String>,
 }
 
 fn prefixed(path: &Path, lines: impl IntoIterator<Item = String>) -> String {
@@ -48,8 +49,16 @@ fn prefixed(path: &Path, lines: impl IntoIterator<Item = String>) -> String {
         .join("\n")
 }
 
-/// Resolves `storage` (absent: `warden.db` beside the config file).
-fn storage_url(path: &Path, given: Option<&str>) -> Result<String, String> {
+/// Resolves `storage` (absent: `warden.db` beside the config file; `none`:
+/// no store).
+pub fn storage_url(path: &Path, given: Option<&str>) -> Result<Option<String>, String> {
+    if given.map(str::trim) == Some("none") {
+        return Ok(None);
+    }
+    store_url(path, given).map(Some)
+}
+
+fn store_url(path: &Path, given: Option<&str>) -> Result<String, String> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let Some(url) = given.map(str::trim) else {
         return Ok(format!(
@@ -65,7 +74,7 @@ fn storage_url(path: &Path, given: Option<&str>) -> Result<String, String> {
         .or_else(|| url.strip_prefix("sqlite:"))
     else {
         return Err(format!(
-            "storage: `{}` is not a store URL; use `sqlite://PATH` or `postgres://USER@HOST/DB`",
+            "storage: `{}` is not a store URL; use `sqlite://PATH`, `postgres://USER@HOST/DB` or `none`",
             url.split_once("://").map_or(url, |(scheme, _)| scheme)
         ));
     };
@@ -98,7 +107,19 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
             format!("{}: {at}: {msg}", path.display())
         }
     })?;
-    let storage = storage_url(path, file.storage.as_deref());
+    let quota_teams: Vec<String> = file
+        .teams
+        .iter()
+        .filter(|(_, t)| t.quotas.is_some())
+        .map(|(n, _)| format!("`{n}`"))
+        .collect();
+    let storage = storage_url(path, file.storage.as_deref()).and_then(|s| match s {
+        None if !quota_teams.is_empty() => Err(format!(
+            "storage: `none` cannot enforce the quotas of team(s) {}; name a store or remove the quotas",
+            quota_teams.join(", ")
+        )),
+        s => Ok(s),
+    });
     let spec = PolicySpec {
         default_team: file.default_team,
         teams: file.teams,
@@ -132,22 +153,15 @@ mod tests {
     #[test]
     fn storage_defaults_beside_the_config_and_resolves_relative_paths() {
         let p = Path::new("/etc/warden/warden.yaml");
+        let url = |g| storage_url(p, g).unwrap().unwrap();
+        assert_eq!(url(None), "sqlite:///etc/warden/warden.db");
         assert_eq!(
-            storage_url(p, None).unwrap(),
-            "sqlite:///etc/warden/warden.db"
-        );
-        assert_eq!(
-            storage_url(p, Some("sqlite://state/w.db")).unwrap(),
+            url(Some("sqlite://state/w.db")),
             "sqlite:///etc/warden/state/w.db"
         );
-        assert_eq!(
-            storage_url(p, Some("sqlite:///var/w.db")).unwrap(),
-            "sqlite:///var/w.db"
-        );
-        assert_eq!(
-            storage_url(p, Some("postgres://u@h/db")).unwrap(),
-            "postgres://u@h/db"
-        );
+        assert_eq!(url(Some("sqlite:///var/w.db")), "sqlite:///var/w.db");
+        assert_eq!(url(Some("postgres://u@h/db")), "postgres://u@h/db");
+        assert_eq!(storage_url(p, Some("none")).unwrap(), None);
         let e = storage_url(p, Some("mysql://u:secret@h/db")).unwrap_err();
         assert!(e.contains("`mysql`") && !e.contains("secret"), "{e}");
     }

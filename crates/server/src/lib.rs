@@ -6,6 +6,7 @@ pub mod cases;
 pub mod config;
 pub mod doors;
 pub mod error;
+pub mod recorder;
 
 pub use app::{router, AppState, Application};
 pub use error::DoorError;

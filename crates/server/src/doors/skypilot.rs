@@ -501,6 +501,10 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
         Door::Skypilot,
         req.request_name.unwrap_or_else(|| "unknown".to_owned()),
     );
+    request.target = req
+        .request_options
+        .as_ref()
+        .and_then(|o| o.cluster_name.clone());
     request.principal.user = user;
     request.principal.workspace = workspace;
     request.at_client_side = req.at_client_side;

@@ -1,0 +1,161 @@
+//! Recording decisions: every decision a door answers is written to the
+//! store's audit chain first; an allowed launch also reserves its allocation
+//! against the team's quotas, in the same transaction. If the store cannot
+//! be written, the door denies (fail closed).
+//!
+//! Secrets: the audit payload carries the decision (team, user, request,
+//! verdict, reasons, mutations, price) and the launch target, never the task
+//! text, environment variables or configs.
+
+use warden_core::{Decision, LaunchRequest, Policy, Quotas, Resource, TeamName};
+use warden_store::{
+    AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros,
+};
+
+use crate::error::DoorError;
+
+/// Request names that start (or add to) something that runs and costs:
+/// these reserve an allocation when allowed server side.
+pub const LAUNCH_REQUESTS: &[&str] = &["launch", "exec", "jobs.launch", "serve.up", "serve.update"];
+
+/// What recording changed about the answer.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Recorded; answer as decided.
+    Recorded,
+    /// The launch does not fit the team's quotas: deny with this message.
+    OverQuota(String),
+}
+
+/// The store limits of a team's quotas.
+pub fn limits(q: &Quotas) -> Vec<Limit> {
+    let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let mut out = Vec::new();
+    for (model, max) in &q.max_gpus_by_model {
+        out.push(Limit::ModelGpus {
+            model: model.clone(),
+            scope: Scope::Team,
+            max: n(*max),
+        });
+    }
+    if let Some(max) = q.max_gpus {
+        out.push(Limit::Gpus {
+            scope: Scope::Team,
+            max: n(max),
+        });
+    }
+    if let Some(max) = q.max_live {
+        out.push(Limit::LiveAllocations {
+            scope: Scope::Team,
+            max: n(max),
+        });
+    }
+    if let Some(max) = q.max_live_per_user {
+        out.push(Limit::LiveAllocations {
+            scope: Scope::User,
+            max: n(max),
+        });
+    }
+    if let Some(max) = q.max_live_hourly {
+        out.push(Limit::HourlyCost {
+            scope: Scope::Team,
+            max,
+        });
+    }
+    out
+}
+
+/// The audit payload of a decision.
+pub fn payload(request_id: &str, req: &LaunchRequest, d: &Decision) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": request_id,
+        "door": req.door.as_str(),
+        "request": req.request_name,
+        "target": req.target,
+        "team": d.team,
+        "user": req.principal.user,
+        "at_client_side": req.at_client_side,
+        "verdict": d.verdict,
+        "reasons": d.reasons,
+        "mutations": d.mutations,
+        "hourly_usd": d.hourly_usd,
+    })
+}
+
+/// The candidate a reservation records: the costliest one (the worst case),
+/// else the one with the most GPUs.
+fn worst(req: &LaunchRequest, policy: &Policy) -> Option<Resource> {
+    let cost = |r: &Resource| {
+        r.accelerator
+            .as_ref()
+            .and_then(|a| policy.prices().per_gpu_hour(&a.model, r.use_spot))
+            .map(|p| p.times(req.total_gpus(r)))
+    };
+    req.resources
+        .iter()
+        .max_by_key(|r| (cost(r), req.total_gpus(r)))
+        .cloned()
+}
+
+fn is_launch(req: &LaunchRequest) -> bool {
+    !req.at_client_side && LAUNCH_REQUESTS.contains(&req.request_name.as_str())
+}
+
+fn store_error(e: warden_store::StoreError) -> DoorError {
+    DoorError::Unavailable(format!(
+        "the decision could not be recorded ({e}); the request is denied until the store is back"
+    ))
+}
+
+/// Records one decision; reserves the allocation of an allowed launch.
+pub async fn record(
+    store: &Store,
+    policy: &Policy,
+    request_id: &str,
+    req: &LaunchRequest,
+    decision: &Decision,
+    now: UnixMicros,
+) -> Result<Recorded, DoorError> {
+    let body = payload(request_id, req, decision);
+    let team = decision.team.as_ref();
+    let launch = decision.is_allowed() && is_launch(req);
+    let (Some(team), true) = (team, launch) else {
+        store
+            .append_audit("decision", &body, now)
+            .await
+            .map_err(store_error)?;
+        return Ok(Recorded::Recorded);
+    };
+    let name = req.target.clone().unwrap_or_else(|| {
+        let task = req
+            .task
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unnamed");
+        format!("{}:{task}:{request_id}", req.request_name)
+    });
+    let name = AllocationName::parse(&name)
+        .map_err(|e| DoorError::bad(format!("cannot record launch `{name}`: {e}")))?;
+    let r = worst(req, policy).unwrap_or_default();
+    let gpus = u32::try_from(req.total_gpus(&r)).unwrap_or(u32::MAX);
+    let allocation = AllocationRequest {
+        door: req.door,
+        team: TeamName::clone(team),
+        user: req.principal.user.clone(),
+        name,
+        gpu_model: r.accelerator.map(|a| a.model),
+        gpus,
+        hourly: decision.hourly_usd.unwrap_or_default(),
+        context: Some(body),
+    };
+    let limits = policy
+        .team(team)
+        .map(|t| limits(&t.quotas))
+        .unwrap_or_default();
+    match store.reserve(&allocation, &limits, now).await.map_err(store_error)? {
+        ReserveOutcome::Granted { .. } => Ok(Recorded::Recorded),
+        ReserveOutcome::Denied(denial) => Ok(Recorded::OverQuota(format!(
+            "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
+        ))),
+    }
+}
