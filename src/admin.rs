@@ -1,4 +1,5 @@
-//! Admin commands over the store: `warden audit ...`, `warden allocations ...`.
+//! Admin commands over the store: `warden audit ...`, `warden allocations ...`,
+//! `warden sync ...`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -242,6 +243,41 @@ pub fn allocations_end(
             );
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `warden sync skypilot`: one poll and reconcile; prints the report as JSON.
+/// Exit 0 when everything was done, 1 when something could not be.
+pub fn sync_skypilot(config: &Path) -> anyhow::Result<ExitCode> {
+    use warden_server::sync::{self, skypilot::SkypilotClient, ReconcileOptions};
+    let cfg = load_config(config).map_err(anyhow::Error::msg)?;
+    let Some(api) = cfg.skypilot_api else {
+        anyhow::bail!(
+            "{}: no `skypilot_api` to sync with; add `skypilot_api: {{url: http://HOST:46580}}`",
+            config.display()
+        );
+    };
+    let Some(url) = cfg.storage.as_deref() else {
+        anyhow::bail!(
+            "{}: `storage: none` names no store to sync",
+            config.display()
+        );
+    };
+    let client = SkypilotClient::from_config(&api)?;
+    runtime()?.block_on(async {
+        let store = Store::connect(url)
+            .await
+            .with_context(|| format!("cannot open the store named by {}", config.display()))?;
+        let options = ReconcileOptions { grace: api.grace };
+        let poll = sync::poll_once(&client, &store, &cfg.policy, &options).await;
+        store.close().await;
+        let poll = poll?;
+        say!("{}", serde_json::to_string_pretty(&poll)?);
+        Ok(if poll.report.errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })
 }
 

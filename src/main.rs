@@ -80,6 +80,23 @@ enum Command {
     /// Live allocations (granted launches) in the store.
     #[command(subcommand)]
     Allocations(AllocationsCommand),
+    /// Reconcile allocations with a platform's live resources once (what
+    /// `warden serve` does every `skypilot_api.interval_seconds`).
+    #[command(subcommand)]
+    Sync(SyncCommand),
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Poll the SkyPilot API server named by `skypilot_api`, end the
+    /// allocations of clusters that are gone or stopped, record clusters
+    /// Warden never saw, and print the report (JSON); exit 1 if anything
+    /// failed.
+    Skypilot {
+        /// Config file (`storage` and `skypilot_api`).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +210,7 @@ fn main() -> ExitCode {
             door,
             name,
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
+        Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
     };
     match result {
         Ok(code) => code,
@@ -207,6 +225,7 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
     let _log_guard = init_logging();
     let cfg = load_config(&config).map_err(anyhow::Error::msg)?;
     let policy = cfg.policy;
+    let skypilot_api = cfg.skypilot_api;
     let storage = match storage {
         Some(s) => {
             warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?
@@ -229,6 +248,13 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
             };
         let backend = store.as_ref().map_or("none", |s| s.backend_name());
         let state = AppState::with_store(policy, Some(config.clone()), store);
+        // The usage sync with SkyPilot's API server: a background task, off
+        // the decision path (`warden_server::sync`).
+        if let Some(api) = &skypilot_api {
+            warden_server::sync::spawn_skypilot(&state, api).with_context(|| {
+                format!("{}: cannot start the SkyPilot usage sync", config.display())
+            })?;
+        }
         let app = Application::build(state, &listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -14,3 +14,4 @@ mod cli;
 mod http;
 mod recording;
 mod skypilot_client;
+mod skypilot_sync;

@@ -66,6 +66,11 @@ impl AppState {
         self.policy.load_full()
     }
 
+    /// The store decisions are recorded in, if any (for the usage sync).
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     /// Re-reads the config file. On success the new policy takes over for
     /// new requests; on failure the old one stays and the error says why.
     pub fn reload(&self) -> Result<(), String> {

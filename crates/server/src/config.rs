@@ -2,18 +2,30 @@
 //!
 //! One YAML file holds the policy (`default_team`, `teams`, `prices`,
 //! `rules`, validated by the core) and the server's own settings
-//! (`storage`). Unknown keys are errors.
+//! (`storage`, `skypilot_api`). Unknown keys are errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use warden_core::policy::{PriceSpec, RuleSpec, TeamSpec};
 use warden_core::{Policy, PolicySpec};
 
+use crate::sync::skypilot::ApiUrl;
+
 /// The store used when the config names none: a SQLite file next to the
 /// config file.
 pub const DEFAULT_STORAGE_FILE: &str = "warden.db";
+
+/// Seconds between two polls of the SkyPilot API server, by default.
+pub const DEFAULT_SYNC_INTERVAL_SECONDS: u64 = 30;
+/// Seconds one exchange with the SkyPilot API server may take, by default.
+pub const DEFAULT_SYNC_TIMEOUT_SECONDS: u64 = 20;
+/// Seconds a fresh allocation is left alone although its cluster is not
+/// listed (yet), by default: SkyPilot lists a cluster only once it starts
+/// provisioning, after the admin policy allowed it and the optimizer ran.
+pub const DEFAULT_SYNC_GRACE_SECONDS: u64 = 300;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +40,25 @@ struct ConfigFile {
     prices: BTreeMap<String, PriceSpec>,
     #[serde(default)]
     rules: Vec<RuleSpec>,
+    #[serde(default)]
+    skypilot_api: Option<SkypilotApiFile>,
+}
+
+/// `skypilot_api` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkypilotApiFile {
+    url: String,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    interval_seconds: Option<u64>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    grace_seconds: Option<u64>,
 }
 
 /// A loaded config.
@@ -39,6 +70,113 @@ pub struct Config {
     /// SQLite path resolved against the config file's directory; `None` for
     /// `storage: none` (decide only: no audit log, no quotas).
     pub storage: Option<String>,
+    /// The SkyPilot API server to sync allocations with, if any.
+    pub skypilot_api: Option<SkypilotApi>,
+}
+
+/// `skypilot_api`: where the usage sync reads the live cluster list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkypilotApi {
+    /// The API server's base URL (`http` only).
+    pub url: ApiUrl,
+    /// Where the service-account token is, if the server needs one. Read
+    /// when the sync starts, not at config load.
+    pub token: Option<TokenSource>,
+    /// Time between the starts of two polls.
+    pub interval: Duration,
+    /// Bound on each HTTP exchange.
+    pub timeout: Duration,
+    /// How long a fresh allocation is kept although its cluster is not
+    /// listed.
+    pub grace: Duration,
+}
+
+/// Where the service-account token is kept (never in the config itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// In this environment variable.
+    Env(String),
+    /// In this file, which only its owner may read (`chmod 600`); a relative
+    /// path is resolved against the config file's directory.
+    File(PathBuf),
+}
+
+/// Validates `skypilot_api`; the errors are `key.path: problem` lines.
+fn skypilot_api(path: &Path, f: SkypilotApiFile) -> Result<SkypilotApi, Vec<String>> {
+    let mut problems = Vec::new();
+    let url = ApiUrl::parse(&f.url)
+        .map_err(|e| problems.push(format!("skypilot_api.url: {e}")))
+        .ok();
+    let token = match (f.token_env, f.token_file) {
+        (Some(_), Some(_)) => {
+            problems.push("skypilot_api: give `token_env` or `token_file`, not both".to_owned());
+            None
+        }
+        (Some(var), None) => {
+            let var = var.trim().to_owned();
+            let is_name = var
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            // Service-account tokens begin `sky_`: refuse what looks like
+            // one, so it is never echoed as a variable name later.
+            if !is_name || var.starts_with("sky_") {
+                // Not echoed: it may be the token itself.
+                problems.push("skypilot_api.token_env: not an environment variable name (letters, digits, `_`); name the variable that holds the token, e.g. `SKYPILOT_TOKEN`, not the token itself".to_owned());
+            }
+            Some(TokenSource::Env(var))
+        }
+        (None, Some(file)) => {
+            let file = if file.is_absolute() {
+                file
+            } else {
+                path.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+                    .join(file)
+            };
+            Some(TokenSource::File(file))
+        }
+        (None, None) => None,
+    };
+    let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
+        let v = given.unwrap_or(default);
+        if v < min || v > 86_400 {
+            problems.push(format!(
+                "skypilot_api.{key}: `{v}` is out of range; use {min} to 86400 seconds"
+            ));
+        }
+        Duration::from_secs(v)
+    };
+    let interval = seconds(
+        "interval_seconds",
+        f.interval_seconds,
+        DEFAULT_SYNC_INTERVAL_SECONDS,
+        1,
+    );
+    let timeout = seconds(
+        "timeout_seconds",
+        f.timeout_seconds,
+        DEFAULT_SYNC_TIMEOUT_SECONDS,
+        1,
+    );
+    let grace = seconds(
+        "grace_seconds",
+        f.grace_seconds,
+        DEFAULT_SYNC_GRACE_SECONDS,
+        0,
+    );
+    match url {
+        Some(url) if problems.is_empty() => Ok(SkypilotApi {
+            url,
+            token,
+            interval,
+            timeout,
+            grace,
+        }),
+        _ => Err(problems),
+    }
 }
 
 fn prefixed(path: &Path, lines: impl IntoIterator<Item = String>) -> String {
@@ -120,18 +258,26 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         )),
         s => Ok(s),
     });
+    let api = file.skypilot_api.map(|f| skypilot_api(path, f)).transpose();
     let spec = PolicySpec {
         default_team: file.default_team,
         teams: file.teams,
         prices: file.prices,
         rules: file.rules,
     };
-    match (Policy::compile(spec), storage) {
-        (Ok(policy), Ok(storage)) => Ok(Config { policy, storage }),
-        (policy, storage) => {
+    match (Policy::compile(spec), storage, api) {
+        (Ok(policy), Ok(storage), Ok(skypilot_api)) => Ok(Config {
+            policy,
+            storage,
+            skypilot_api,
+        }),
+        (policy, storage, api) => {
             let mut lines: Vec<String> = Vec::new();
             if let Err(e) = storage {
                 lines.push(e);
+            }
+            if let Err(e) = api {
+                lines.extend(e);
             }
             if let Err(e) = policy {
                 lines.extend(e.problems.iter().map(ToString::to_string));
@@ -164,5 +310,72 @@ mod tests {
         assert_eq!(storage_url(p, Some("none")).unwrap(), None);
         let e = storage_url(p, Some("mysql://u:secret@h/db")).unwrap_err();
         assert!(e.contains("`mysql`") && !e.contains("secret"), "{e}");
+    }
+
+    /// Loads `text` as a config file in a fresh temp dir.
+    fn load(name: &str, text: &str) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("warden-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("warden.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = load_config(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    #[test]
+    fn skypilot_api_has_defaults_and_resolves_the_token_file() {
+        let c = load(
+            "api-ok",
+            "storage: none\nskypilot_api:\n  url: http://127.0.0.1:46580\n  token_file: secret/token\n",
+        )
+        .unwrap();
+        let api = c.skypilot_api.unwrap();
+        assert_eq!(api.url.to_string(), "http://127.0.0.1:46580");
+        assert_eq!(api.interval, Duration::from_secs(30));
+        assert_eq!(api.timeout, Duration::from_secs(20));
+        assert_eq!(api.grace, Duration::from_secs(300));
+        match api.token {
+            Some(TokenSource::File(f)) => assert!(f.ends_with("secret/token") && f.is_absolute()),
+            other => panic!("{other:?}"),
+        }
+        let c = load("api-none", "storage: none\n").unwrap();
+        assert!(c.skypilot_api.is_none());
+    }
+
+    #[test]
+    fn skypilot_api_errors_name_the_key() {
+        let e = load(
+            "api-typo",
+            "skypilot_api:\n  url: http://h:1\n  intervall_seconds: 5\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("skypilot_api") && e.contains("unknown field `intervall_seconds`"),
+            "{e}"
+        );
+        let e = load(
+            "api-bad",
+            "skypilot_api:\n  url: https://sky.example.com\n  token_env: SKYPILOT_TOKEN\n  token_file: /t\n  interval_seconds: 0\n",
+        )
+        .unwrap_err();
+        for want in [
+            "skypilot_api.url: `https` is not supported",
+            "give `token_env` or `token_file`, not both",
+            "skypilot_api.interval_seconds: `0` is out of range",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        let e = load(
+            "api-token",
+            "skypilot_api:\n  url: http://h:1\n  token_env: sky_0123456789abcdef\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("skypilot_api.token_env") && !e.contains("sky_0123"),
+            "{e}"
+        );
+        let e = load("api-no-url", "skypilot_api: {token_env: X}\n").unwrap_err();
+        assert!(e.contains("missing field `url`"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
 //! Warden's server side: the doors (wire formats around the policy core),
-//! the HTTP application, config loading and the policy test runner.
+//! the HTTP application, config loading, the policy test runner and the
+//! usage sync with SkyPilot's API server.
 
 pub mod app;
 pub mod cases;
@@ -7,6 +8,7 @@ pub mod config;
 pub mod doors;
 pub mod error;
 pub mod recorder;
+pub mod sync;
 
 pub use app::{router, AppState, Application};
 pub use error::DoorError;

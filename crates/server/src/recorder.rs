@@ -9,7 +9,8 @@
 
 use warden_core::{Decision, LaunchRequest, Policy, Quotas, Resource, TeamName};
 use warden_store::{
-    AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros,
+    AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros, Write,
+    Written,
 };
 
 use crate::error::DoorError;
@@ -108,6 +109,8 @@ fn store_error(e: warden_store::StoreError) -> DoorError {
 }
 
 /// Records one decision; reserves the allocation of an allowed launch.
+/// Concurrent decisions are committed together by the store's writer (group
+/// commit); this returns once the decision's transaction committed.
 pub async fn record(
     store: &Store,
     policy: &Policy,
@@ -120,10 +123,11 @@ pub async fn record(
     let team = decision.team.as_ref();
     let launch = decision.is_allowed() && is_launch(req);
     let (Some(team), true) = (team, launch) else {
-        store
-            .append_audit("decision", &body, now)
-            .await
-            .map_err(store_error)?;
+        let write = Write::Audit {
+            kind: "decision".to_owned(),
+            payload: body,
+        };
+        store.write(write, now).await.map_err(store_error)?;
         return Ok(Recorded::Recorded);
     };
     let name = req.target.clone().unwrap_or_else(|| {
@@ -152,9 +156,15 @@ pub async fn record(
         .team(team)
         .map(|t| limits(&t.quotas))
         .unwrap_or_default();
-    match store.reserve(&allocation, &limits, now).await.map_err(store_error)? {
-        ReserveOutcome::Granted { .. } => Ok(Recorded::Recorded),
-        ReserveOutcome::Denied(denial) => Ok(Recorded::OverQuota(format!(
+    let write = Write::Reserve {
+        request: allocation,
+        limits,
+    };
+    match store.write(write, now).await.map_err(store_error)? {
+        Written::Reserved(ReserveOutcome::Granted { .. }) | Written::Audited(_) => {
+            Ok(Recorded::Recorded)
+        }
+        Written::Reserved(ReserveOutcome::Denied(denial)) => Ok(Recorded::OverQuota(format!(
             "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
         ))),
     }

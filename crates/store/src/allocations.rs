@@ -6,15 +6,18 @@
 //! process or in several replicas on one PostgreSQL, are granted exactly as
 //! many as fit. How each backend serializes is explained in `src/backend.rs`.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
 use serde_json::json;
 use warden_core::{Door, GpuModel, TeamName, Usd};
 
-use crate::backend::{on_pool, on_tx, Tx};
+use crate::audit::NewRecord;
+use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
 use crate::error::{InputError, StoreError};
 use crate::time::UnixMicros;
+use crate::writer::{Op, Written};
 use crate::Store;
 
 /// An allocation's id, assigned by the store; never reused.
@@ -433,102 +436,450 @@ fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
     })
 }
 
+/// A reservation to decide inside a write transaction: [`Store::reserve`]'s
+/// arguments, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation<'a> {
+    pub(crate) request: &'a AllocationRequest,
+    pub(crate) limits: &'a [Limit],
+    pub(crate) now: UnixMicros,
+}
+
+/// The identity of a live allocation: door, team, name.
+type LiveKey<'a> = (&'a str, &'a str, &'a str);
+
+impl Reservation<'_> {
+    fn key(&self) -> LiveKey<'_> {
+        let req = self.request;
+        (req.door.as_str(), req.team.as_str(), req.name.as_str())
+    }
+}
+
+/// Checks what the store cannot represent, before any transaction.
+pub(crate) fn check_request(req: &AllocationRequest) -> Result<(), InputError> {
+    if req.hourly.micros() < 0 {
+        return Err(InputError::NegativeHourly(req.hourly));
+    }
+    Ok(())
+}
+
+/// Live allocations of one team summed per (user, GPU model): everything a
+/// [`Limit`] can count, small however many allocations are live.
+#[derive(Debug, Default)]
+struct TeamUsage {
+    groups: Vec<UsageGroup>,
+}
+
+#[derive(Debug)]
+struct UsageGroup {
+    user: Option<String>,
+    model: Option<String>,
+    usage: Usage,
+}
+
+impl Usage {
+    /// Adds `other`; a sum past `i64::MAX` saturates, which only denies.
+    fn add(&mut self, other: &Usage, model_matches: bool) {
+        self.gpus = self.gpus.saturating_add(other.gpus);
+        if model_matches {
+            self.model_gpus = self.model_gpus.saturating_add(other.gpus);
+        }
+        self.live = self.live.saturating_add(other.live);
+        self.hourly_micros = self.hourly_micros.saturating_add(other.hourly_micros);
+    }
+}
+
+impl TeamUsage {
+    /// Usage of the whole team and of `user` within it, counting GPUs of
+    /// `model` (when given) as `model_gpus`: what `first_exceeded` needs.
+    fn of(&self, user: Option<&str>, model: Option<&GpuModel>) -> (Usage, Usage) {
+        let (mut team, mut mine) = (Usage::default(), Usage::default());
+        for g in &self.groups {
+            let model_matches = model.is_some_and(|m| g.model.as_deref() == Some(m.as_str()));
+            team.add(&g.usage, model_matches);
+            if g.user.as_deref() == user {
+                mine.add(&g.usage, model_matches);
+            }
+        }
+        (team, mine)
+    }
+
+    /// Counts a newly granted allocation.
+    fn grant(&mut self, req: &AllocationRequest) {
+        let user = req.user.as_deref();
+        let model = req.gpu_model.as_ref().map(GpuModel::as_str);
+        let added = Usage {
+            gpus: i64::from(req.gpus),
+            model_gpus: 0,
+            live: 1,
+            hourly_micros: req.hourly.micros(),
+        };
+        match self
+            .groups
+            .iter_mut()
+            .find(|g| g.user.as_deref() == user && g.model.as_deref() == model)
+        {
+            Some(g) => g.usage.add(&added, false),
+            None => self.groups.push(UsageGroup {
+                user: user.map(str::to_owned),
+                model: model.map(str::to_owned),
+                usage: added,
+            }),
+        }
+    }
+}
+
+/// Where a live allocation's id comes from while a batch is decided.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// Live before the batch.
+    Stored(AllocationId),
+    /// Granted earlier in the batch: the n-th row to insert.
+    New(usize),
+}
+
+enum Verdict {
+    Granted { slot: Slot, relaunch: bool },
+    Denied(Denial),
+}
+
+/// An op of a batch while its reservations are decided.
+enum Pending<'o> {
+    Audit(NewRecord),
+    Reservation(&'o Reservation<'o>, Verdict),
+}
+
+/// Columns of the key-returning statements: id, door, team, name.
+type KeyRow = (i64, String, String, String);
+
 impl Tx {
-    /// The id of the live allocation with this door, team and name.
-    async fn find_live(
+    /// Decides the reservations of `ops` in order, as if each ran alone
+    /// after the ones before it, and returns every op's audit record to
+    /// append (in this transaction), with the decision of each reservation.
+    ///
+    /// All teams are locked first (see [`Tx::lock_teams`]); each team's live
+    /// usage is read once after that and kept up to date in memory as the
+    /// batch grants, so a reservation sees every grant of the batch before
+    /// it; granted rows are inserted together at the end.
+    pub(crate) async fn decide<'o>(
         &mut self,
-        door: Door,
-        team: &TeamName,
-        name: &AllocationName,
-    ) -> Result<Option<AllocationId>, StoreError> {
-        let id: Option<(i64,)> = on_tx!(self, |conn| {
-            sqlx::query_as(
-                "SELECT id FROM allocations \
-                 WHERE door = $1 AND team = $2 AND name = $3 AND state = 'live'",
-            )
-            .bind(door.as_str())
-            .bind(team.as_str())
-            .bind(name.as_str())
-            .fetch_optional(&mut *conn)
-            .await?
-        });
-        Ok(id.map(|(id,)| AllocationId(id)))
+        ops: &'o [Op<'o>],
+    ) -> Result<Vec<(NewRecord, Option<ReserveOutcome>)>, StoreError> {
+        let reservations: Vec<&Reservation<'_>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Reserve(r) => Some(r),
+                Op::Audit { .. } => None,
+            })
+            .collect();
+        let teams: Vec<&TeamName> = reservations.iter().map(|r| &r.request.team).collect();
+        self.lock_teams(&teams).await?;
+
+        let mut keys: Vec<LiveKey<'_>> = reservations.iter().map(|r| r.key()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let stored = self.live_ids(&keys).await?;
+        let mut live: HashMap<LiveKey<'_>, Slot> = HashMap::with_capacity(keys.len());
+        for (id, door, team, name) in &stored {
+            live.insert(
+                (door.as_str(), team.as_str(), name.as_str()),
+                Slot::Stored(AllocationId(*id)),
+            );
+        }
+
+        // Usage is needed for the teams of reservations not already live.
+        let mut needed: Vec<&TeamName> = reservations
+            .iter()
+            .filter(|r| !live.contains_key(&r.key()))
+            .map(|r| &r.request.team)
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let mut loaded = self.team_usages(&needed).await?;
+        let mut usage: HashMap<&str, TeamUsage> = needed
+            .iter()
+            .map(|team| {
+                (
+                    team.as_str(),
+                    loaded.remove(team.as_str()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut fresh: Vec<&Reservation<'_>> = Vec::new();
+        let mut pending: Vec<Pending<'o>> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = match op {
+                Op::Audit { kind, payload, at } => {
+                    pending.push(Pending::Audit(NewRecord {
+                        kind: (*kind).to_owned(),
+                        payload: (*payload).to_owned(),
+                        at: *at,
+                    }));
+                    continue;
+                }
+                Op::Reserve(r) => r,
+            };
+            if let Some(&slot) = live.get(&r.key()) {
+                let verdict = Verdict::Granted {
+                    slot,
+                    relaunch: true,
+                };
+                pending.push(Pending::Reservation(r, verdict));
+                continue;
+            }
+            let req = r.request;
+            // The team is one of `needed`, so its usage is loaded.
+            let team_usage = usage.entry(req.team.as_str()).or_default();
+            let (team, user) = team_usage.of(req.user.as_deref(), req.gpu_model.as_ref());
+            let verdict = match first_exceeded(req, r.limits, &team, &user) {
+                Some(denial) => Verdict::Denied(denial),
+                None => {
+                    team_usage.grant(req);
+                    let slot = Slot::New(fresh.len());
+                    live.insert(r.key(), slot);
+                    fresh.push(r);
+                    Verdict::Granted {
+                        slot,
+                        relaunch: false,
+                    }
+                }
+            };
+            pending.push(Pending::Reservation(r, verdict));
+        }
+
+        let new_ids = self.insert_allocations(&fresh).await?;
+        pending
+            .into_iter()
+            .map(|p| {
+                let (r, verdict) = match p {
+                    Pending::Audit(record) => return Ok((record, None)),
+                    Pending::Reservation(r, verdict) => (r, verdict),
+                };
+                let req = r.request;
+                let context = req.context.as_ref().unwrap_or(&serde_json::Value::Null);
+                let (kind, payload, outcome) = match verdict {
+                    Verdict::Granted { slot, relaunch } => {
+                        let allocation_id = match slot {
+                            Slot::Stored(id) => id,
+                            Slot::New(n) => *new_ids.get(n).ok_or(sqlx::Error::RowNotFound)?,
+                        };
+                        let payload = json!({
+                            "allocation_id": allocation_id,
+                            "relaunch": relaunch,
+                            "request": request_json(req),
+                            "context": context,
+                        });
+                        let outcome = ReserveOutcome::Granted {
+                            allocation_id,
+                            relaunch,
+                        };
+                        ("allocation.granted", payload, outcome)
+                    }
+                    Verdict::Denied(denial) => {
+                        let payload = json!({
+                            "request": request_json(req),
+                            "denial": &denial,
+                            "message": denial.to_string(),
+                            "context": context,
+                        });
+                        ("allocation.denied", payload, ReserveOutcome::Denied(denial))
+                    }
+                };
+                let record = NewRecord {
+                    kind: kind.to_owned(),
+                    payload: payload.to_string(),
+                    at: r.now,
+                };
+                Ok((record, Some(outcome)))
+            })
+            .collect()
     }
 
-    /// Live usage of `team`, and of `user` within it, counting `model`
-    /// GPUs separately: one indexed scan of the team's live rows.
-    async fn usage(
-        &mut self,
-        team: &TeamName,
-        user: Option<&str>,
-        model: Option<&GpuModel>,
-    ) -> Result<(Usage, Usage), StoreError> {
-        type Row = (i64, i64, i64, i64, i64, i64, i64, i64);
-        let row: Row = on_tx!(self, |conn| {
-            sqlx::query_as(
-                "SELECT \
-                   CAST(COALESCE(SUM(gpus), 0) AS BIGINT), \
-                   CAST(COALESCE(SUM(CASE WHEN gpu_model = $2 THEN gpus ELSE 0 END), 0) AS BIGINT), \
-                   CAST(COUNT(*) AS BIGINT), \
-                   CAST(COALESCE(SUM(hourly_micros), 0) AS BIGINT), \
-                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
-                     THEN gpus ELSE 0 END), 0) AS BIGINT), \
-                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
-                     AND gpu_model = $2 THEN gpus ELSE 0 END), 0) AS BIGINT), \
-                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
-                     THEN 1 ELSE 0 END), 0) AS BIGINT), \
-                   CAST(COALESCE(SUM(CASE WHEN user_name IS NOT DISTINCT FROM $3 \
-                     THEN hourly_micros ELSE 0 END), 0) AS BIGINT) \
-                 FROM allocations WHERE team = $1 AND state = 'live'",
-            )
-            .bind(team.as_str())
-            .bind(model.map(GpuModel::as_str))
-            .bind(user)
-            .fetch_one(&mut *conn)
-            .await?
-        });
-        let (t_gpus, t_model, t_live, t_hourly, u_gpus, u_model, u_live, u_hourly) = row;
-        Ok((
-            Usage {
-                gpus: t_gpus,
-                model_gpus: t_model,
-                live: t_live,
-                hourly_micros: t_hourly,
-            },
-            Usage {
-                gpus: u_gpus,
-                model_gpus: u_model,
-                live: u_live,
-                hourly_micros: u_hourly,
-            },
-        ))
+    /// The live allocations with these keys: `(id, door, team, name)`.
+    async fn live_ids(&mut self, keys: &[LiveKey<'_>]) -> Result<Vec<KeyRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Tx::Postgres { tx } => {
+                let doors: Vec<&str> = keys.iter().map(|k| k.0).collect();
+                let teams: Vec<&str> = keys.iter().map(|k| k.1).collect();
+                let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
+                Ok(sqlx::query_as(
+                    "SELECT a.id, a.door, a.team, a.name FROM allocations a \
+                     JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
+                       ON a.door = k.door AND a.team = k.team AND a.name = k.name \
+                     WHERE a.state = 'live'",
+                )
+                .bind(doors)
+                .bind(teams)
+                .bind(names)
+                .fetch_all(&mut **tx)
+                .await?)
+            }
+            Tx::Sqlite { tx, .. } => {
+                let mut rows = Vec::new();
+                for range in sqlite_chunks(keys.len()) {
+                    let chunk = keys.get(range).unwrap_or_default();
+                    // A join, not `(door, team, name) IN (VALUES ...)`:
+                    // SQLite plans that as a scan of every live row.
+                    let sql = format!(
+                        "SELECT a.id, a.door, a.team, a.name FROM (VALUES {}) AS k \
+                         CROSS JOIN allocations a \
+                           ON a.door = k.column1 AND a.team = k.column2 \
+                          AND a.name = k.column3 \
+                         WHERE a.state = 'live'",
+                        values_params(chunk.len(), 3)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for (door, team, name) in chunk {
+                        query = query.bind(*door).bind(*team).bind(*name);
+                    }
+                    rows.extend(query.fetch_all(&mut **tx).await?);
+                }
+                Ok(rows)
+            }
+        }
     }
 
-    async fn insert_allocation(
+    /// Live usage of each of `teams` per (user, GPU model): one indexed
+    /// scan of each team's live rows, in one statement on PostgreSQL. Teams
+    /// without live rows are absent.
+    async fn team_usages(
         &mut self,
-        req: &AllocationRequest,
-        now: UnixMicros,
-    ) -> Result<AllocationId, StoreError> {
-        let (id,): (i64,) = on_tx!(self, |conn| {
-            sqlx::query_as(
-                "INSERT INTO allocations \
-                   (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                    started_us, ended_us, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 'live') \
-                 RETURNING id",
-            )
-            .bind(req.door.as_str())
-            .bind(req.team.as_str())
-            .bind(req.user.as_deref())
-            .bind(req.name.as_str())
-            .bind(req.gpu_model.as_ref().map(GpuModel::as_str))
-            .bind(i64::from(req.gpus))
-            .bind(req.hourly.micros())
-            .bind(now.micros())
-            .fetch_one(&mut *conn)
-            .await?
-        });
-        Ok(AllocationId(id))
+        teams: &[&TeamName],
+    ) -> Result<HashMap<String, TeamUsage>, StoreError> {
+        type Row = (String, Option<String>, Option<String>, i64, i64, i64);
+        let mut rows: Vec<Row> = Vec::new();
+        match self {
+            Tx::Postgres { tx } => {
+                if !teams.is_empty() {
+                    let names: Vec<&str> = teams.iter().map(|t| t.as_str()).collect();
+                    rows = sqlx::query_as(
+                        "SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT), \
+                           CAST(COUNT(*) AS BIGINT), CAST(SUM(hourly_micros) AS BIGINT) \
+                         FROM allocations WHERE team = ANY($1::TEXT[]) AND state = 'live' \
+                         GROUP BY team, user_name, gpu_model",
+                    )
+                    .bind(names)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                }
+            }
+            Tx::Sqlite { tx, .. } => {
+                for team in teams {
+                    let team_rows: Vec<Row> = sqlx::query_as(
+                        "SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT), \
+                           CAST(COUNT(*) AS BIGINT), CAST(SUM(hourly_micros) AS BIGINT) \
+                         FROM allocations WHERE team = $1 AND state = 'live' \
+                         GROUP BY team, user_name, gpu_model",
+                    )
+                    .bind(team.as_str())
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    rows.extend(team_rows);
+                }
+            }
+        }
+        let mut usage: HashMap<String, TeamUsage> = HashMap::with_capacity(teams.len());
+        for (team, user, model, gpus, live, hourly_micros) in rows {
+            usage.entry(team).or_default().groups.push(UsageGroup {
+                user,
+                model,
+                usage: Usage {
+                    gpus,
+                    model_gpus: 0,
+                    live,
+                    hourly_micros,
+                },
+            });
+        }
+        Ok(usage)
+    }
+
+    /// Inserts `fresh` as live allocations, each started at its `now`, and
+    /// returns their ids in the same order.
+    async fn insert_allocations(
+        &mut self,
+        fresh: &[&Reservation<'_>],
+    ) -> Result<Vec<AllocationId>, StoreError> {
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut returned: Vec<KeyRow> = Vec::with_capacity(fresh.len());
+        match self {
+            Tx::Postgres { tx } => {
+                let reqs = || fresh.iter().map(|r| r.request);
+                returned = sqlx::query_as(
+                    "INSERT INTO allocations \
+                       (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                        started_us, ended_us, state) \
+                     SELECT door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                        started_us, NULL, 'live' \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
+                       AS x(door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                            started_us) \
+                     RETURNING id, door, team, name",
+                )
+                .bind(reqs().map(|q| q.door.as_str()).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.team.as_str()).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.user.as_deref()).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.name.as_str()).collect::<Vec<_>>())
+                .bind(
+                    reqs()
+                        .map(|q| q.gpu_model.as_ref().map(GpuModel::as_str))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(reqs().map(|q| i64::from(q.gpus)).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.hourly.micros()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|r| r.now.micros()).collect::<Vec<_>>())
+                .fetch_all(&mut **tx)
+                .await?;
+            }
+            Tx::Sqlite { tx, .. } => {
+                for range in sqlite_chunks(fresh.len()) {
+                    let chunk = fresh.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "INSERT INTO allocations \
+                           (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                            started_us, ended_us, state) \
+                         VALUES {} RETURNING id, door, team, name",
+                        values_params(chunk.len(), 10)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for r in chunk {
+                        let q = r.request;
+                        query = query
+                            .bind(q.door.as_str())
+                            .bind(q.team.as_str())
+                            .bind(q.user.as_deref())
+                            .bind(q.name.as_str())
+                            .bind(q.gpu_model.as_ref().map(GpuModel::as_str))
+                            .bind(i64::from(q.gpus))
+                            .bind(q.hourly.micros())
+                            .bind(r.now.micros())
+                            .bind(None::<i64>)
+                            .bind("live");
+                    }
+                    returned.extend(query.fetch_all(&mut **tx).await?);
+                }
+            }
+        }
+        // RETURNING order is unspecified (SQLite says so): match by key,
+        // which is unique among live rows.
+        let ids: HashMap<LiveKey<'_>, i64> = returned
+            .iter()
+            .map(|(id, door, team, name)| ((door.as_str(), team.as_str(), name.as_str()), *id))
+            .collect();
+        fresh
+            .iter()
+            .map(|r| {
+                ids.get(&r.key())
+                    .map(|&id| AllocationId(id))
+                    .ok_or_else(|| sqlx::Error::RowNotFound.into())
+            })
+            .collect()
     }
 
     /// Teams of the live allocations `target` names, for locking.
@@ -614,65 +965,26 @@ impl Store {
     /// live, the answer is `Granted` with its id and `relaunch: true`, and
     /// nothing new is counted (limits are not re-checked; the stored
     /// allocation is not changed).
+    ///
+    /// Runs in a transaction of its own; [`Store::write`] with
+    /// [`Write::Reserve`](crate::Write::Reserve) decides the same way, committed together with
+    /// other waiting writes, for throughput.
     pub async fn reserve(
         &self,
         req: &AllocationRequest,
         limits: &[Limit],
         now: UnixMicros,
     ) -> Result<ReserveOutcome, StoreError> {
-        if req.hourly.micros() < 0 {
-            return Err(InputError::NegativeHourly(req.hourly).into());
+        check_request(req)?;
+        let op = Op::Reserve(Reservation {
+            request: req,
+            limits,
+            now,
+        });
+        match self.apply_alone(op).await? {
+            Written::Reserved(outcome) => Ok(outcome),
+            Written::Audited(_) => Err(StoreError::Unanswered),
         }
-        let mut tx = self.begin_write().await?;
-        tx.lock_teams(&[&req.team]).await?;
-        let context = req.context.clone().unwrap_or(serde_json::Value::Null);
-
-        if let Some(id) = tx.find_live(req.door, &req.team, &req.name).await? {
-            let payload = json!({
-                "allocation_id": id,
-                "relaunch": true,
-                "request": request_json(req),
-                "context": context,
-            });
-            tx.append_audit("allocation.granted", &payload, now).await?;
-            tx.commit().await?;
-            return Ok(ReserveOutcome::Granted {
-                allocation_id: id,
-                relaunch: true,
-            });
-        }
-
-        let (team, user) = tx
-            .usage(&req.team, req.user.as_deref(), req.gpu_model.as_ref())
-            .await?;
-        let outcome = match first_exceeded(req, limits, &team, &user) {
-            Some(denial) => {
-                let payload = json!({
-                    "request": request_json(req),
-                    "denial": &denial,
-                    "message": denial.to_string(),
-                    "context": context,
-                });
-                tx.append_audit("allocation.denied", &payload, now).await?;
-                ReserveOutcome::Denied(denial)
-            }
-            None => {
-                let id = tx.insert_allocation(req, now).await?;
-                let payload = json!({
-                    "allocation_id": id,
-                    "relaunch": false,
-                    "request": request_json(req),
-                    "context": context,
-                });
-                tx.append_audit("allocation.granted", &payload, now).await?;
-                ReserveOutcome::Granted {
-                    allocation_id: id,
-                    relaunch: false,
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
     }
 
     /// Ends the live allocations `target` names, freeing their quota, and
@@ -694,10 +1006,15 @@ impl Store {
             ended.extend(tx.end_in_team(target, team, now).await?);
         }
         ended.sort_by_key(|a| a.id);
-        for a in &ended {
-            tx.append_audit("allocation.ended", &allocation_json(a), now)
-                .await?;
-        }
+        let records = ended
+            .iter()
+            .map(|a| NewRecord {
+                kind: "allocation.ended".to_owned(),
+                payload: allocation_json(a).to_string(),
+                at: now,
+            })
+            .collect();
+        tx.append_records(records).await?;
         tx.commit().await?;
         Ok(ended)
     }

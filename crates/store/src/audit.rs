@@ -59,9 +59,10 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{on_pool, on_tx, Tx};
+use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
 use crate::error::{InputError, StoreError};
 use crate::time::UnixMicros;
+use crate::writer::{Op, Written};
 use crate::Store;
 
 /// The `prev_hash` of the first record: 64 zeros.
@@ -274,7 +275,7 @@ impl fmt::Display for ChainProblem {
 }
 
 /// Audit kinds are short dotted words, e.g. `allocation.granted`.
-fn check_kind(kind: &str) -> Result<(), InputError> {
+pub(crate) fn check_kind(kind: &str) -> Result<(), InputError> {
     let ok = !kind.is_empty()
         && kind.len() <= 64
         && kind
@@ -300,17 +301,34 @@ fn record((seq, at_us, kind, payload, prev_hash, hash): RecordRow) -> AuditRecor
     }
 }
 
+/// A record to append; [`Tx::append_records`] numbers and hashes it.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRecord {
+    pub(crate) kind: String,
+    /// Compact JSON text, stored and hashed exactly as given.
+    pub(crate) payload: String,
+    pub(crate) at: UnixMicros,
+}
+
 impl Tx {
-    /// Appends a record to the chain inside this transaction. On PostgreSQL
-    /// the head row stays locked until commit, so keep what follows short.
-    pub(crate) async fn append_audit(
+    /// Appends `records` to the chain, in order, inside this transaction:
+    /// one read of the head, one insert of all the records (hashes computed
+    /// here), one update of the head. On PostgreSQL the head row stays
+    /// locked until commit, so keep what follows short.
+    pub(crate) async fn append_records(
         &mut self,
-        kind: &str,
-        payload: &serde_json::Value,
-        at: UnixMicros,
-    ) -> Result<AuditRecord, StoreError> {
-        check_kind(kind)?;
-        let payload = payload.to_string();
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        for r in &records {
+            check_kind(&r.kind)?;
+        }
+        let corrupt_head = |detail: String| StoreError::Corrupt {
+            what: "audit head".to_owned(),
+            detail,
+        };
         // `FOR UPDATE` makes concurrent appenders queue here and read the
         // head their predecessor committed; SQLite has one writer anyway.
         let read_head = if self.is_postgres() {
@@ -318,44 +336,84 @@ impl Tx {
         } else {
             "SELECT seq, hash FROM audit_head WHERE id = 1"
         };
-        on_tx!(self, |conn| {
-            let head: Option<(i64, String)> =
-                sqlx::query_as(read_head).fetch_optional(&mut *conn).await?;
-            let (head_seq, prev_hash) = head.ok_or_else(|| StoreError::Corrupt {
-                what: "audit head".to_owned(),
-                detail: "the row is missing".to_owned(),
-            })?;
-            let seq = head_seq.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-                what: "audit head".to_owned(),
-                detail: format!("seq `{head_seq}` cannot grow"),
-            })?;
-            let hash = chain_hash(seq, at, kind, &payload, &prev_hash);
-            sqlx::query(
-                "INSERT INTO audit (seq, at_us, kind, payload, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(seq)
-            .bind(at.micros())
-            .bind(kind)
-            .bind(&payload)
-            .bind(&prev_hash)
-            .bind(&hash)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                .bind(seq)
-                .bind(&hash)
-                .execute(&mut *conn)
-                .await?;
-            Ok(AuditRecord {
+        let head: Option<(i64, String)> = on_tx!(self, |conn| {
+            sqlx::query_as(read_head).fetch_optional(&mut *conn).await?
+        });
+        let (mut seq, mut prev_hash) =
+            head.ok_or_else(|| corrupt_head("the row is missing".to_owned()))?;
+
+        let mut chained = Vec::with_capacity(records.len());
+        for NewRecord { kind, payload, at } in records {
+            seq = seq
+                .checked_add(1)
+                .ok_or_else(|| corrupt_head(format!("seq `{seq}` cannot grow")))?;
+            let hash = chain_hash(seq, at, &kind, &payload, &prev_hash);
+            let prev = std::mem::replace(&mut prev_hash, hash.clone());
+            chained.push(AuditRecord {
                 seq,
                 at,
-                kind: kind.to_owned(),
+                kind,
                 payload,
-                prev_hash,
+                prev_hash: prev,
                 hash,
-            })
-        })
+            });
+        }
+
+        match self {
+            Tx::Postgres { tx } => {
+                sqlx::query(
+                    "INSERT INTO audit (seq, at_us, kind, payload, prev_hash, hash) \
+                     SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], \
+                                          $4::TEXT[], $5::TEXT[], $6::TEXT[])",
+                )
+                .bind(chained.iter().map(|r| r.seq).collect::<Vec<_>>())
+                .bind(chained.iter().map(|r| r.at.micros()).collect::<Vec<_>>())
+                .bind(chained.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+                .bind(
+                    chained
+                        .iter()
+                        .map(|r| r.payload.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chained
+                        .iter()
+                        .map(|r| r.prev_hash.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(chained.iter().map(|r| r.hash.as_str()).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+            }
+            Tx::Sqlite { tx, .. } => {
+                for range in sqlite_chunks(chained.len()) {
+                    let chunk = chained.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "INSERT INTO audit (seq, at_us, kind, payload, prev_hash, hash) VALUES {}",
+                        values_params(chunk.len(), 6)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for r in chunk {
+                        query = query
+                            .bind(r.seq)
+                            .bind(r.at.micros())
+                            .bind(r.kind.as_str())
+                            .bind(r.payload.as_str())
+                            .bind(r.prev_hash.as_str())
+                            .bind(r.hash.as_str());
+                    }
+                    query.execute(&mut **tx).await?;
+                }
+            }
+        }
+        on_tx!(self, |conn| {
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(seq)
+                .bind(&prev_hash)
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(chained)
     }
 }
 
@@ -363,16 +421,27 @@ impl Store {
     /// Appends a record on its own, e.g. a policy decision that changes no
     /// state, and returns it once committed. `kind` is a short dotted word
     /// (`decision.denied`); `payload` must hold no secret.
+    ///
+    /// Runs in a transaction of its own; [`Store::write`] with
+    /// [`Write::Audit`](crate::Write::Audit) appends the same record, committed together with
+    /// other waiting writes, for throughput.
     pub async fn append_audit(
         &self,
         kind: &str,
         payload: &serde_json::Value,
         now: UnixMicros,
     ) -> Result<AuditRecord, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let record = tx.append_audit(kind, payload, now).await?;
-        tx.commit().await?;
-        Ok(record)
+        check_kind(kind)?;
+        let payload = payload.to_string();
+        let op = Op::Audit {
+            kind,
+            payload: &payload,
+            at: now,
+        };
+        match self.apply_alone(op).await? {
+            Written::Audited(record) => Ok(record),
+            Written::Reserved(_) => Err(StoreError::Unanswered),
+        }
     }
 
     /// Records written at `since <= at_us < until`, in chain order.

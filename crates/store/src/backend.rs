@@ -5,6 +5,7 @@
 //! one body for each backend's concrete connection type. Only beginning a
 //! transaction and taking locks differ, and they live here.
 
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use warden_core::TeamName;
 
 use crate::error::StoreError;
+use crate::writer::Writer;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -28,20 +30,25 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The store: one handle over either backend. Cheap to clone (it holds a
-/// connection pool); all methods take `&self` and are safe to call from many
-/// tasks at once.
+/// connection pool and a handle on the store's writer task); all methods
+/// take `&self` and are safe to call from many tasks at once. Clones share
+/// one pool and one writer task, which stops when the last clone is dropped
+/// or on [`Store::close`].
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    pub(crate) writer: Arc<Writer>,
 }
 
+/// The connection pool of either backend, shared by a [`Store`]'s clones and
+/// its writer task.
 #[derive(Debug, Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite {
         pool: SqlitePool,
         /// Serializes this process's write transactions before they reach
         /// SQLite, whose own busy handler waits by sleeping and polling.
-        writer: Arc<Mutex<()>>,
+        write_lock: Arc<Mutex<()>>,
     },
     Postgres {
         pool: PgPool,
@@ -79,7 +86,7 @@ impl Store {
                     })?;
                 Backend::Sqlite {
                     pool,
-                    writer: Arc::new(Mutex::new(())),
+                    write_lock: Arc::new(Mutex::new(())),
                 }
             }
             "postgres" | "postgresql" => {
@@ -100,7 +107,8 @@ impl Store {
             }
             other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
         };
-        Ok(Store { backend })
+        let writer = Arc::new(Writer::spawn(backend.clone()));
+        Ok(Store { backend, writer })
     }
 
     /// `sqlite` or `postgres`, for logs and metrics.
@@ -111,14 +119,39 @@ impl Store {
         }
     }
 
-    /// Closes every connection, waiting for checked-out ones to come back.
+    /// Stops the writer task, then closes every connection, waiting for
+    /// checked-out ones to come back. Writes already queued with
+    /// [`Store::write`] are committed and answered first; later ones fail
+    /// with [`StoreError::Closed`], as do all other calls once the pool is
+    /// closed.
     pub async fn close(&self) {
+        self.writer.close().await;
         match &self.backend {
             Backend::Sqlite { pool, .. } => pool.close().await,
             Backend::Postgres { pool } => pool.close().await,
         }
     }
 
+    /// Begins a write transaction; see [`Backend::begin_write`].
+    pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        self.backend.begin_write().await
+    }
+
+    /// Begins a read-only snapshot; see [`Backend::begin_snapshot`].
+    pub(crate) async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
+        self.backend.begin_snapshot().await
+    }
+
+    /// The pool, for [`on_pool!`].
+    pub(crate) fn pool(&self) -> PoolRef<'_> {
+        match &self.backend {
+            Backend::Sqlite { pool, .. } => PoolRef::Sqlite(pool),
+            Backend::Postgres { pool } => PoolRef::Postgres(pool),
+        }
+    }
+}
+
+impl Backend {
     /// Begins a write transaction that sees every write committed before it
     /// and serializes with other writers where it matters:
     ///
@@ -135,16 +168,16 @@ impl Store {
     ///   snapshot could predate the lock wait.) Writers serialize on the
     ///   explicit locks of [`Tx::lock_teams`] and the audit head row.
     pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
-        match &self.backend {
-            Backend::Sqlite { pool, writer } => {
-                let guard = Arc::clone(writer).lock_owned().await;
+        match self {
+            Self::Sqlite { pool, write_lock } => {
+                let guard = Arc::clone(write_lock).lock_owned().await;
                 let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 Ok(Tx::Sqlite {
                     tx,
                     _writer: Some(guard),
                 })
             }
-            Backend::Postgres { pool } => {
+            Self::Postgres { pool } => {
                 let tx = pool
                     .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
                     .await?;
@@ -157,25 +190,17 @@ impl Store {
     /// SQLite in WAL mode keeps a read transaction's snapshot from its first
     /// read; PostgreSQL needs REPEATABLE READ for that.
     pub(crate) async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
-        match &self.backend {
-            Backend::Sqlite { pool, .. } => {
+        match self {
+            Self::Sqlite { pool, .. } => {
                 let tx = pool.begin_with("BEGIN DEFERRED").await?;
                 Ok(Tx::Sqlite { tx, _writer: None })
             }
-            Backend::Postgres { pool } => {
+            Self::Postgres { pool } => {
                 let tx = pool
                     .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?;
                 Ok(Tx::Postgres { tx })
             }
-        }
-    }
-
-    /// The pool, for [`on_pool!`].
-    pub(crate) fn pool(&self) -> PoolRef<'_> {
-        match &self.backend {
-            Backend::Sqlite { pool, .. } => PoolRef::Sqlite(pool),
-            Backend::Postgres { pool } => PoolRef::Postgres(pool),
         }
     }
 }
@@ -245,7 +270,9 @@ impl Tx {
     }
 
     /// Serializes this transaction with every other writer that locks one of
-    /// `teams`, until commit or rollback.
+    /// `teams`, until commit or rollback. A transaction calls it once, before
+    /// reading anything of those teams: a batch of [`crate::Store::write`]
+    /// passes the teams of all its reservations.
     ///
     /// PostgreSQL: a transaction-scoped advisory lock per team
     /// (`pg_advisory_xact_lock`), keyed by the first 8 bytes of
@@ -296,9 +323,72 @@ fn team_lock_key(team: &TeamName) -> i64 {
     i64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7])
 }
 
+/// The most rows one SQLite multi-row statement carries.
+const MAX_SQLITE_CHUNK: usize = 64;
+
+/// Splits `0..n` into consecutive ranges whose lengths are powers of two of
+/// at most [`MAX_SQLITE_CHUNK`], largest first.
+///
+/// SQLite has no array parameters, so a batch of rows goes in as multi-row
+/// `VALUES` lists. With these lengths seven statement texts serve every
+/// batch size, and they stay in each connection's prepared-statement cache
+/// (one text per batch size would not). PostgreSQL binds whole columns as
+/// arrays and `UNNEST`s them in one statement instead.
+pub(crate) fn sqlite_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let left = n.checked_sub(start).filter(|&left| left > 0)?;
+        let len = MAX_SQLITE_CHUNK.min(1 << left.ilog2());
+        let range = start..start + len;
+        start = range.end;
+        Some(range)
+    })
+}
+
+/// `($1, $2), ($3, $4)`: a `VALUES` list of `rows` rows of `cols`
+/// parameters each.
+pub(crate) fn values_params(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for row in 0..rows {
+        out.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..cols {
+            if col > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(row * cols + col + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_chunks_are_few_powers_of_two() {
+        let lens = |n| sqlite_chunks(n).map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(lens(0), Vec::<usize>::new());
+        assert_eq!(lens(1), [1]);
+        assert_eq!(lens(7), [4, 2, 1]);
+        assert_eq!(lens(64), [64]);
+        assert_eq!(lens(200), [64, 64, 64, 8]);
+        for n in 0..600 {
+            let chunks: Vec<_> = sqlite_chunks(n).collect();
+            assert_eq!(chunks.iter().map(Range::len).sum::<usize>(), n);
+            for pair in chunks.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+            }
+        }
+    }
+
+    #[test]
+    fn values_params_number_rows_then_columns() {
+        assert_eq!(values_params(1, 1), "($1)");
+        assert_eq!(values_params(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
 
     #[test]
     fn team_lock_keys_are_stable_and_distinct() {

@@ -1,5 +1,7 @@
 //! Errors of the store.
 
+use std::sync::Arc;
+
 use warden_core::Usd;
 
 /// A value handed to the store was not acceptable.
@@ -76,12 +78,30 @@ pub enum StoreError {
     /// The caller handed an unacceptable value.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The store was closed ([`crate::Store::close`]); the write was not
+    /// taken, nothing was recorded.
+    #[error("the store is closed")]
+    Closed,
+    /// The store gave no answer for a write: its writer task stopped (its
+    /// runtime shut down) before answering. The write may or may not have
+    /// been recorded.
+    #[error("the store stopped before answering; the write may or may not be recorded")]
+    Unanswered,
+    /// The transaction that carried this write together with others
+    /// ([`crate::Store::write`]) failed, so none of them was recorded. Every
+    /// write of the batch is answered with this same error.
+    #[error("the write was not recorded, as its batch failed: {0}")]
+    Batch(#[source] Arc<StoreError>),
 }
 
 impl StoreError {
     /// Whether trying the same call again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Busy(_))
+        match self {
+            StoreError::Busy(_) => true,
+            StoreError::Batch(cause) => cause.is_retryable(),
+            _ => false,
+        }
     }
 }
 

@@ -15,3 +15,4 @@ mod support;
 mod allocations;
 mod audit;
 mod migrations;
+mod writer;

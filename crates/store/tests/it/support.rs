@@ -278,3 +278,87 @@ pub fn launch(
 pub fn at(s: i64) -> warden_store::UnixMicros {
     warden_store::UnixMicros::from_micros(s * 1_000_000)
 }
+
+/// Polls `futures` in the given order until all are ready and returns their
+/// outputs in that order. Each future is first polled before the next one
+/// is, so writes are queued in the given order: their arrival order. (Run
+/// unconstrained: tokio's cooperative budget would otherwise make a send
+/// pause partway through a long list.)
+pub async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    tokio::task::unconstrained(std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }))
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+/// A transaction of another client holding what every store write needs
+/// (SQLite's write lock; PostgreSQL's audit head row), so writes wait.
+pub enum HeldLock {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl TestDb {
+    /// Takes the lock every write transaction of the store waits for.
+    pub async fn hold_writes(&self) -> HeldLock {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::connect(&self.url).await.unwrap();
+                conn.execute("BEGIN IMMEDIATE").await.unwrap();
+                HeldLock::Sqlite(conn)
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                conn.execute("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+                    .await
+                    .unwrap();
+                HeldLock::Postgres(conn)
+            }
+        }
+    }
+}
+
+impl HeldLock {
+    /// Rolls back, letting the waiting writes in.
+    pub async fn release(self) {
+        match self {
+            HeldLock::Sqlite(mut conn) => {
+                conn.execute("ROLLBACK").await.unwrap();
+                conn.close().await.unwrap();
+            }
+            HeldLock::Postgres(mut conn) => {
+                conn.execute("ROLLBACK").await.unwrap();
+                conn.close().await.unwrap();
+            }
+        }
+    }
+}
+
+/// Waits until `store`'s writer has taken `batches` batches in all.
+pub async fn until_batches_taken(store: &Store, batches: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.write_stats().batches < batches {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer took no batch within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
