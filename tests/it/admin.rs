@@ -1,26 +1,13 @@
 //! `warden audit` and `warden allocations` against a real SQLite store
 //! named by the config's `storage` key.
 
-use std::process::Command;
-
 use warden_core::{Door, GpuModel, TeamName, Usd};
 use warden_store::{
     AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros,
 };
 
+use crate::cli::warden;
 use crate::skypilot_client::TempDir;
-
-fn warden(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 #[tokio::test]
 async fn audit_and_allocation_commands_work_on_the_configured_store() {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::skypilot_client::{Server, TempDir};
 
-fn warden(args: &[&str]) -> (i32, String, String) {
+/// Runs the `warden` binary in the repository root: exit code, stdout, stderr.
+pub(crate) fn warden(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))

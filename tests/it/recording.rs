@@ -2,9 +2,8 @@
 //! live launches, idempotent re-launch, and nothing lost on SIGKILL.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::cli::post;
+use crate::cli::{post, warden};
 use crate::skypilot_client::{Server, TempDir};
 
 /// Fixture 07 (the API server's worker launching a CPU cluster) with another
@@ -19,18 +18,6 @@ fn launch_body(cluster: &str) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_str(&inner).unwrap();
     v["request_options"]["cluster_name"] = serde_json::Value::String(cluster.to_owned());
     serde_json::to_vec(&v.to_string()).unwrap()
-}
-
-fn warden(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 #[test]
