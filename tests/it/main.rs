@@ -13,5 +13,6 @@ mod cases;
 mod cli;
 mod http;
 mod recording;
+mod replicas;
 mod skypilot_client;
 mod skypilot_sync;

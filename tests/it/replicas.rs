@@ -1,0 +1,143 @@
+//! Two `warden serve` processes on one PostgreSQL: 200 concurrent launches
+//! against a quota of 8 live clusters grant exactly 8.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::cli::{post, warden};
+use crate::skypilot_client::{Server, TempDir};
+
+fn admin_url() -> String {
+    std::env::var("WARDEN_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh database, dropped at the end (also when the test fails).
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let admin = admin_url();
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not answering at {admin} ({e}); run scripts/ensure-postgres.sh or set WARDEN_TEST_PG")
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("warden_it_{}_{nanos}", std::process::id());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Database {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let admin = admin_url();
+        let name = self.name.clone();
+        // A fresh runtime on its own thread: drop may run inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn launch_body(cluster: &str) -> Vec<u8> {
+    let raw = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json"),
+    )
+    .unwrap();
+    let inner: String = serde_json::from_slice(&raw).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&inner).unwrap();
+    v["request_options"]["cluster_name"] = serde_json::Value::String(cluster.to_owned());
+    serde_json::to_vec(&v.to_string()).unwrap()
+}
+
+#[test]
+fn two_replicas_on_one_postgres_grant_exactly_the_quota() {
+    let db = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(Database::create());
+    let dir = TempDir::new("warden-replicas");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: {}\nteams:\n  ml:\n    users: [root]\n    quotas: {{max_live: 8}}\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let a = Server::start_with_storage(&config, &db.url);
+    let b = Server::start_with_storage(&config, &db.url);
+    let addrs = Arc::new([a.addr.clone(), b.addr.clone()]);
+
+    let (granted, denied) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let threads: Vec<_> = (0..50)
+        .map(|t| {
+            let (addrs, granted, denied) = (
+                Arc::clone(&addrs),
+                Arc::clone(&granted),
+                Arc::clone(&denied),
+            );
+            std::thread::spawn(move || {
+                for i in 0..4 {
+                    let n = t * 4 + i;
+                    let (status, text) = post(&addrs[n % 2], &launch_body(&format!("c{n}")));
+                    match status {
+                        200 => granted.fetch_add(1, Ordering::SeqCst),
+                        400 if text.contains("[team.quotas]") => {
+                            denied.fetch_add(1, Ordering::SeqCst)
+                        }
+                        other => panic!("unexpected answer {other}: {text}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        granted.load(Ordering::SeqCst),
+        8,
+        "exactly the quota is granted"
+    );
+    assert_eq!(denied.load(Ordering::SeqCst), 192);
+
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = warden(&["allocations", "list", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("8 live allocation(s)"), "{out}");
+    let (code, out, err) = warden(&["audit", "verify", "--config", cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("200 records checked"), "{out}");
+    drop((a, b));
+}
