@@ -5,6 +5,8 @@
 //! under concurrency: callers racing for the last GPU of a quota, in one
 //! process or in several replicas on one PostgreSQL, are granted exactly as
 //! many as fit. How each backend serializes is explained in `src/backend.rs`.
+//! Budgets ([`Limit::Budget`]) are checked in the same transaction; what
+//! they count is in [`crate::spend`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +18,7 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
 use crate::error::{InputError, StoreError};
+use crate::spend::{overlap, scaled_cost, scaled_held, unscale, MICROS_PER_HOUR};
 use crate::time::UnixMicros;
 use crate::writer::{Op, Written};
 use crate::Store;
@@ -129,7 +132,8 @@ impl fmt::Display for Scope {
     }
 }
 
-/// A quota on live allocations, always within the request's team.
+/// A quota on live allocations, or a budget on spend, always within the
+/// request's team.
 ///
 /// A request is denied by a limit when it adds something to what the limit
 /// counts and the total would then exceed `max`. A request that adds nothing
@@ -169,6 +173,23 @@ pub enum Limit {
         /// The most allowed.
         max: Usd,
     },
+    /// A hard budget: what the team's allocations cost since `from`, plus
+    /// what its live allocations still hold of their reservations, plus
+    /// this request's `reservation`, must not exceed `max`. Always per
+    /// team. The exact rule is in [`crate::spend`]; the grant stores
+    /// `reservation` with the allocation, which then holds it (less what it
+    /// has accrued) while live.
+    Budget {
+        /// Start of the budget's period (say, midnight UTC for a daily
+        /// budget); spend before it is not counted.
+        from: UnixMicros,
+        /// The most the period may cost.
+        max: Usd,
+        /// What this launch reserves: its estimated price per hour × the
+        /// reservation window. Zero or less reserves nothing and is never
+        /// denied.
+        reservation: Usd,
+    },
 }
 
 impl Limit {
@@ -179,6 +200,7 @@ impl Limit {
             | Limit::Gpus { scope, .. }
             | Limit::LiveAllocations { scope, .. }
             | Limit::HourlyCost { scope, .. } => *scope,
+            Limit::Budget { .. } => Scope::Team,
         }
     }
 
@@ -186,6 +208,7 @@ impl Limit {
     fn amount(&self, n: i64) -> String {
         match self {
             Limit::HourlyCost { .. } => format!("{}/h", Usd::from_micros(n)),
+            Limit::Budget { .. } => Usd::from_micros(n).to_string(),
             Limit::ModelGpus { .. } | Limit::Gpus { .. } | Limit::LiveAllocations { .. } => {
                 n.to_string()
             }
@@ -206,13 +229,20 @@ impl fmt::Display for Limit {
             Limit::HourlyCost { scope, max } => {
                 write!(f, "at most {max}/h of live allocations {scope}")
             }
+            Limit::Budget { from, max, .. } => {
+                write!(f, "budget {max} per team since {from}")
+            }
         }
     }
 }
 
 /// Why [`Store::reserve`] said no: the first limit, in the order given, that
 /// the request would exceed. Amounts are in the limit's unit: GPUs,
-/// allocations, or micro-dollars per hour.
+/// allocations, micro-dollars per hour, or, for [`Limit::Budget`],
+/// micro-dollars: `in_use` is what the budget counts already (spend since
+/// `from` plus what live allocations still hold of their reservations,
+/// rounded down to the micro-dollar), `requested` the reservation, `max`
+/// the budget.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Denial {
     /// The limit exceeded.
@@ -228,7 +258,21 @@ pub struct Denial {
 impl fmt::Display for Denial {
     /// `quota exceeded: at most 8 concurrent `H100` GPUs per team; 8 in
     /// use, 1 requested`
+    ///
+    /// `budget exceeded: budget $100.00 per team since
+    /// 2026-11-23T00:00:00.000000Z; $95.00 spent or held by live
+    /// allocations, this launch reserves $10.00`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Limit::Budget { .. } = self.limit {
+            return write!(
+                f,
+                "budget exceeded: {}; {} spent or held by live allocations, \
+                 this launch reserves {}",
+                self.limit,
+                self.limit.amount(self.in_use),
+                self.limit.amount(self.requested)
+            );
+        }
         write!(
             f,
             "quota exceeded: {}; {} in use, {} requested",
@@ -316,12 +360,15 @@ struct Usage {
     hourly_micros: i64,
 }
 
-/// The first limit `req` would exceed, given usage by `team` and by `user`.
+/// The first limit `req` would exceed, given usage by `team` and by `user`,
+/// and, for a [`Limit::Budget`] from a given instant, what the budget counts
+/// already (`budget_used`, scaled as in [`crate::spend`]).
 fn first_exceeded(
     req: &AllocationRequest,
     limits: &[Limit],
     team: &Usage,
     user: &Usage,
+    budget_used: &dyn Fn(UnixMicros) -> i128,
 ) -> Option<Denial> {
     limits.iter().find_map(|limit| {
         let usage = match limit.scope() {
@@ -340,6 +387,23 @@ fn first_exceeded(
             Limit::LiveAllocations { max, .. } => (usage.live, 1, i64::from(*max)),
             Limit::HourlyCost { max, .. } => {
                 (usage.hourly_micros, req.hourly.micros(), max.micros())
+            }
+            Limit::Budget {
+                from,
+                max,
+                reservation,
+            } => {
+                // Compared exactly, before any rounding.
+                let used = budget_used(*from);
+                let total = used.saturating_add(i128::from(reservation.micros()) * MICROS_PER_HOUR);
+                let exceeds =
+                    reservation.micros() > 0 && total > i128::from(max.micros()) * MICROS_PER_HOUR;
+                return exceeds.then(|| Denial {
+                    limit: limit.clone(),
+                    in_use: unscale(used),
+                    requested: reservation.micros(),
+                    max: max.micros(),
+                });
             }
         };
         let exceeds = requested > 0 && in_use.checked_add(requested).is_none_or(|t| t > max);
@@ -453,6 +517,26 @@ impl Reservation<'_> {
         let req = self.request;
         (req.door.as_str(), req.team.as_str(), req.name.as_str())
     }
+}
+
+/// What a grant under `limits` reserves against its team's budgets: the
+/// largest positive `reservation` of its [`Limit::Budget`]s, else 0.
+fn reserved_micros(limits: &[Limit]) -> i64 {
+    limits
+        .iter()
+        .filter_map(|limit| match limit {
+            Limit::Budget { reservation, .. } => Some(reservation.micros()),
+            _ => None,
+        })
+        .fold(0, i64::max)
+}
+
+/// A grant earlier in the batch, not yet inserted, as budgets count it.
+#[derive(Debug, Clone, Copy)]
+struct BatchGrant {
+    hourly_micros: i64,
+    started: UnixMicros,
+    reserved_micros: i64,
 }
 
 /// Checks what the store cannot represent, before any transaction.
@@ -606,6 +690,7 @@ impl Tx {
             })
             .collect();
         let mut fresh: Vec<&Reservation<'_>> = Vec::new();
+        let mut batch_grants: HashMap<&str, Vec<BatchGrant>> = HashMap::new();
         let mut pending: Vec<Pending<'o>> = Vec::with_capacity(ops.len());
         for op in ops {
             let r = match op {
@@ -628,13 +713,30 @@ impl Tx {
                 continue;
             }
             let req = r.request;
+            let budgets = self
+                .budgets_used(r, batch_grants.get(req.team.as_str()))
+                .await?;
+            let budget_used = |from: UnixMicros| {
+                budgets
+                    .iter()
+                    .find(|(f, _)| *f == from)
+                    .map_or(0, |(_, used)| *used)
+            };
             // The team is one of `needed`, so its usage is loaded.
             let team_usage = usage.entry(req.team.as_str()).or_default();
             let (team, user) = team_usage.of(req.user.as_deref(), req.gpu_model.as_ref());
-            let verdict = match first_exceeded(req, r.limits, &team, &user) {
+            let verdict = match first_exceeded(req, r.limits, &team, &user, &budget_used) {
                 Some(denial) => Verdict::Denied(denial),
                 None => {
                     team_usage.grant(req);
+                    batch_grants
+                        .entry(req.team.as_str())
+                        .or_default()
+                        .push(BatchGrant {
+                            hourly_micros: req.hourly.micros(),
+                            started: r.now,
+                            reserved_micros: reserved_micros(r.limits),
+                        });
                     let slot = Slot::New(fresh.len());
                     live.insert(r.key(), slot);
                     fresh.push(r);
@@ -693,6 +795,50 @@ impl Tx {
                 Ok((record, Some(outcome)))
             })
             .collect()
+    }
+
+    /// For each distinct `from` of `r`'s budget limits, what that budget
+    /// counts already at `r.now` (scaled as in [`crate::spend`]): spend since
+    /// `from` and held reservations, of the stored allocations and of
+    /// `batch`, the team's grants earlier in this batch. Empty, and no
+    /// query, when `r` has no budget limit.
+    async fn budgets_used(
+        &mut self,
+        r: &Reservation<'_>,
+        batch: Option<&Vec<BatchGrant>>,
+    ) -> Result<Vec<(UnixMicros, i128)>, StoreError> {
+        let mut froms: Vec<UnixMicros> = r
+            .limits
+            .iter()
+            .filter_map(|limit| match limit {
+                Limit::Budget { from, .. } => Some(*from),
+                _ => None,
+            })
+            .collect();
+        if froms.is_empty() {
+            return Ok(Vec::new());
+        }
+        froms.sort_unstable();
+        froms.dedup();
+        let (team, now) = (&r.request.team, r.now);
+        let batch = batch.map_or(&[][..], Vec::as_slice);
+        let held = batch
+            .iter()
+            .map(|g| scaled_held(g.hourly_micros, g.started, g.reserved_micros, now))
+            .fold(self.scaled_held(team, now).await?, i128::saturating_add);
+        let mut used = Vec::with_capacity(froms.len());
+        for from in froms {
+            let (f, n) = (from.micros(), now.micros());
+            let spend = batch
+                .iter()
+                .map(|g| scaled_cost(g.hourly_micros, overlap(g.started.micros(), n, f, n)))
+                .fold(
+                    self.scaled_spend(team, from, now).await?,
+                    i128::saturating_add,
+                );
+            used.push((from, spend.saturating_add(held)));
+        }
+        Ok(used)
     }
 
     /// The live allocations with these keys: `(id, door, team, name)`.
@@ -813,13 +959,13 @@ impl Tx {
                 returned = sqlx::query_as(
                     "INSERT INTO allocations \
                        (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                        started_us, ended_us, state) \
+                        started_us, ended_us, state, reserved_micros) \
                      SELECT door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                        started_us, NULL, 'live' \
+                        started_us, NULL, 'live', reserved_micros \
                      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
-                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
+                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[]) \
                        AS x(door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                            started_us) \
+                            started_us, reserved_micros) \
                      RETURNING id, door, team, name",
                 )
                 .bind(reqs().map(|q| q.door.as_str()).collect::<Vec<_>>())
@@ -834,6 +980,12 @@ impl Tx {
                 .bind(reqs().map(|q| i64::from(q.gpus)).collect::<Vec<_>>())
                 .bind(reqs().map(|q| q.hourly.micros()).collect::<Vec<_>>())
                 .bind(fresh.iter().map(|r| r.now.micros()).collect::<Vec<_>>())
+                .bind(
+                    fresh
+                        .iter()
+                        .map(|r| reserved_micros(r.limits))
+                        .collect::<Vec<_>>(),
+                )
                 .fetch_all(&mut **tx)
                 .await?;
             }
@@ -843,9 +995,9 @@ impl Tx {
                     let sql = format!(
                         "INSERT INTO allocations \
                            (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                            started_us, ended_us, state) \
+                            started_us, ended_us, state, reserved_micros) \
                          VALUES {} RETURNING id, door, team, name",
-                        values_params(chunk.len(), 10)
+                        values_params(chunk.len(), 11)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for r in chunk {
@@ -860,7 +1012,8 @@ impl Tx {
                             .bind(q.hourly.micros())
                             .bind(r.now.micros())
                             .bind(None::<i64>)
-                            .bind("live");
+                            .bind("live")
+                            .bind(reserved_micros(r.limits));
                     }
                     returned.extend(query.fetch_all(&mut **tx).await?);
                 }
@@ -1077,7 +1230,7 @@ mod tests {
                 max: 8,
             },
         ];
-        let denial = first_exceeded(&req, &limits, &team, &user).unwrap();
+        let denial = first_exceeded(&req, &limits, &team, &user, &|_| 0).unwrap();
         assert_eq!(denial.in_use, 20_000_000);
         assert_eq!(denial.requested, 5_000_000);
         assert_eq!(denial.max, 24_000_000);
@@ -1107,11 +1260,14 @@ mod tests {
                 max: 0,
             },
         ];
-        assert_eq!(first_exceeded(&request(0, 0), &limits, &over, &over), None);
+        assert_eq!(
+            first_exceeded(&request(0, 0), &limits, &over, &over, &|_| 0),
+            None
+        );
         // Another model's limit does not apply to an H100 launch.
         let fresh = Usage::default();
         assert_eq!(
-            first_exceeded(&request(1, 0), &limits[1..], &fresh, &fresh),
+            first_exceeded(&request(1, 0), &limits[1..], &fresh, &fresh, &|_| 0),
             None
         );
     }

@@ -52,10 +52,13 @@
 //! epoch, UTC ([`UnixMicros`]), on both backends.
 //!
 //! - `allocations(id, door, team, user_name, name, gpu_model, gpus,
-//!   hourly_micros, started_us, ended_us, state)`: granted launches. `gpus`
-//!   is GPUs per node × nodes; `state` is `live` or `ended`, and `ended_us`
-//!   is set exactly when it is `ended`. A partial unique index allows one
-//!   live row per (door, team, name), which makes re-launches idempotent.
+//!   hourly_micros, started_us, ended_us, state, reserved_micros)`: granted
+//!   launches. `gpus` is GPUs per node × nodes; `state` is `live` or
+//!   `ended`, and `ended_us` is set exactly when it is `ended`. A partial
+//!   unique index allows one live row per (door, team, name), which makes
+//!   re-launches idempotent. `reserved_micros` is what the grant reserved
+//!   against its team's budgets (see [`spend`]); an index on
+//!   `(team, started_us)` serves spend over a window.
 //! - `audit(seq, at_us, kind, payload, prev_hash, hash)`: the hash-chained
 //!   audit log; `payload` is JSON text. See [`audit`].
 //! - `audit_head(id = 1, seq, hash)`: the chain's last record, updated by
@@ -73,6 +76,10 @@
 //!   fits; on SQLite, write transactions begin with `BEGIN IMMEDIATE` and
 //!   hold the database's write lock. The lock choices are explained on
 //!   `Tx::lock_teams` and `Store::begin_write` in `src/backend.rs`.
+//! - **Budgets are exact too.** A [`Limit::Budget`] is checked in the same
+//!   transaction, under the same team lock, against [`Store::spend`] since
+//!   its start plus what live allocations (stored, or granted earlier in
+//!   the batch) still hold of their reservations; the rule is in [`spend`].
 //! - **Audit before answer.** Every reservation (granted or denied) and
 //!   every end writes its audit record in the same transaction as the
 //!   change; a call that returned `Ok` has both committed. So does a
@@ -90,6 +97,7 @@ pub mod allocations;
 pub mod audit;
 mod backend;
 pub mod error;
+pub mod spend;
 pub mod time;
 pub mod writer;
 

@@ -15,4 +15,5 @@ mod support;
 mod allocations;
 mod audit;
 mod migrations;
+mod spend;
 mod writer;
