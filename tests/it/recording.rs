@@ -113,3 +113,50 @@ fn launches_reserve_quota_relaunch_counts_once_and_kill_loses_nothing() {
         "{out}"
     );
 }
+
+/// A server-side launch of `cluster` asking for 8 H100 on demand ($24/hour
+/// at the built-in price).
+fn gpu_launch_body(cluster: &str) -> Vec<u8> {
+    let raw = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json"),
+    )
+    .unwrap();
+    let inner: String = serde_json::from_slice(&raw).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&inner).unwrap();
+    v["request_options"]["cluster_name"] = serde_json::Value::String(cluster.to_owned());
+    v["task"] =
+        serde_json::Value::String("name: train\nresources:\n  accelerators: H100:8\n".to_owned());
+    serde_json::to_vec(&v.to_string()).unwrap()
+}
+
+#[test]
+fn a_daily_budget_denies_the_launch_that_would_exceed_it_and_says_when_it_resets() {
+    let dir = TempDir::new("warden-budget");
+    let config = dir.0.join("warden.yaml");
+    let db = dir.0.join("state.db");
+    std::fs::write(
+        &config,
+        "teams:\n  ml:\n    users: [root]\n    budgets: {daily_usd: 50, monthly_usd: 1000, reservation_hours: 1}\n",
+    )
+    .unwrap();
+    let server = Server::start_with_storage(&config, &format!("sqlite://{}", db.display()));
+    assert_eq!(post(&server.addr, &gpu_launch_body("g1")).0, 200);
+    assert_eq!(post(&server.addr, &gpu_launch_body("g2")).0, 200);
+    let (status, text) = post(&server.addr, &gpu_launch_body("g3"));
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("[team.budgets] budget exceeded: budget $50.00"),
+        "{text}"
+    );
+    assert!(
+        text.contains("$48.00 spent or held") && text.contains("this launch reserves $24.00"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the daily budget resets at ") && text.contains("T00:00:00.000000Z"),
+        "{text}"
+    );
+    // A re-launch of a running cluster reserves nothing new.
+    assert_eq!(post(&server.addr, &gpu_launch_body("g1")).0, 200);
+}

@@ -66,6 +66,37 @@ pub struct TeamSpec {
     /// store when a launch is recorded.
     #[serde(default)]
     pub quotas: Option<QuotaSpec>,
+    /// Hard spending limits per UTC day and month, checked against the store
+    /// when a launch is recorded.
+    #[serde(default)]
+    pub budgets: Option<BudgetSpec>,
+}
+
+/// Team budgets as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// USD per UTC day.
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    /// USD per UTC calendar month.
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
+    /// Hours of a launch's estimated price reserved against the budget
+    /// while it runs (default 1).
+    #[serde(default)]
+    pub reservation_hours: Option<f64>,
+}
+
+/// Compiled team budgets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    /// Per UTC day.
+    pub daily: Option<Usd>,
+    /// Per UTC calendar month.
+    pub monthly: Option<Usd>,
+    /// Reservation window in seconds.
+    pub reservation_secs: u64,
 }
 
 /// Team quotas as written: limits on live usage, not on one launch.
@@ -306,6 +337,8 @@ pub struct Team {
     pub workspaces: Vec<String>,
     /// Limits on live usage.
     pub quotas: Quotas,
+    /// Spending limits.
+    pub budgets: Budgets,
 }
 
 /// How a request was resolved to a team.
@@ -527,11 +560,13 @@ impl Policy {
             by_name.insert(name.clone(), idx);
             rules.extend(team_rules(&mut p, &path, &name, t));
             let quotas = compile_quotas(&mut p, &path, t.quotas.as_ref());
+            let budgets = compile_budgets(&mut p, &path, t.budgets.as_ref());
             teams.push(Team {
                 name,
                 users: t.users.clone(),
                 workspaces: t.workspaces.clone(),
                 quotas,
+                budgets,
             });
         }
 
@@ -676,6 +711,28 @@ impl Policy {
             .or_else(|| label.and_then(by_name).map(|i| (i, ResolvedBy::Label)))
             .or_else(|| self.default_team.map(|i| (i, ResolvedBy::Default)))?;
         self.teams.get(found.0).map(|t| (t.name.clone(), found.1))
+    }
+}
+
+fn compile_budgets(p: &mut Problems, path: &str, b: Option<&BudgetSpec>) -> Budgets {
+    let Some(b) = b else {
+        return Budgets::default();
+    };
+    let hours = b.reservation_hours.unwrap_or(1.0);
+    if !(hours.is_finite() && (0.0..=744.0).contains(&hours)) {
+        p.add(
+            format!("{path}.budgets.reservation_hours"),
+            "must be a number of hours from 0 to 744",
+        );
+    }
+    Budgets {
+        daily: b
+            .daily_usd
+            .map(|v| dollars(p, format!("{path}.budgets.daily_usd"), v)),
+        monthly: b
+            .monthly_usd
+            .map(|v| dollars(p, format!("{path}.budgets.monthly_usd"), v)),
+        reservation_secs: (hours.clamp(0.0, 744.0) * 3600.0).round() as u64,
     }
 }
 

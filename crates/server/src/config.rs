@@ -248,12 +248,12 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
     let quota_teams: Vec<String> = file
         .teams
         .iter()
-        .filter(|(_, t)| t.quotas.is_some())
+        .filter(|(_, t)| t.quotas.is_some() || t.budgets.is_some())
         .map(|(n, _)| format!("`{n}`"))
         .collect();
     let storage = storage_url(path, file.storage.as_deref()).and_then(|s| match s {
         None if !quota_teams.is_empty() => Err(format!(
-            "storage: `none` cannot enforce the quotas of team(s) {}; name a store or remove the quotas",
+            "storage: `none` cannot enforce the quotas or budgets of team(s) {}; name a store or remove them",
             quota_teams.join(", ")
         )),
         s => Ok(s),

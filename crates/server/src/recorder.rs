@@ -7,7 +7,7 @@
 //! verdict, reasons, mutations, price) and the launch target, never the task
 //! text, environment variables or configs.
 
-use warden_core::{Decision, LaunchRequest, Policy, Quotas, Resource, TeamName};
+use warden_core::{Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd};
 use warden_store::{
     AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros, Write,
     Written,
@@ -64,6 +64,45 @@ pub fn limits(q: &Quotas) -> Vec<Limit> {
         });
     }
     out
+}
+
+/// The store limits of a team's budgets for a launch costing `hourly`, at `now`
+/// (periods are UTC days and calendar months).
+pub fn budget_limits(b: &Budgets, hourly: Usd, now: UnixMicros) -> Vec<Limit> {
+    let secs = i128::from(b.reservation_secs);
+    let reservation = i128::from(hourly.micros()) * secs / 3600;
+    let reservation = Usd::from_micros(i64::try_from(reservation).unwrap_or(i64::MAX));
+    let mut out = Vec::new();
+    if let Some(max) = b.daily {
+        out.push(Limit::Budget {
+            from: now.start_of_day(),
+            max,
+            reservation,
+        });
+    }
+    if let Some(max) = b.monthly {
+        out.push(Limit::Budget {
+            from: now.start_of_month(),
+            max,
+            reservation,
+        });
+    }
+    out
+}
+
+/// What a budget denial adds: when the period resets.
+fn budget_hint(limit: &Limit, now: UnixMicros) -> String {
+    match limit {
+        Limit::Budget { from, .. } if *from == now.start_of_day() => format!(
+            "; the daily budget resets at {}: pause provisioning until then, or ask a platform admin to raise `budgets.daily_usd`",
+            now.start_of_next_day()
+        ),
+        Limit::Budget { .. } => format!(
+            "; the monthly budget resets at {}: pause provisioning until then, or ask a platform admin to raise `budgets.monthly_usd`",
+            now.start_of_next_month()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The audit payload of a decision.
@@ -152,9 +191,14 @@ pub async fn record(
         hourly: decision.hourly_usd.unwrap_or_default(),
         context: Some(body),
     };
+    let hourly = decision.hourly_usd.unwrap_or_default();
     let limits = policy
         .team(team)
-        .map(|t| limits(&t.quotas))
+        .map(|t| {
+            let mut l = limits(&t.quotas);
+            l.extend(budget_limits(&t.budgets, hourly, now));
+            l
+        })
         .unwrap_or_default();
     let write = Write::Reserve {
         request: allocation,
@@ -164,8 +208,16 @@ pub async fn record(
         Written::Reserved(ReserveOutcome::Granted { .. }) | Written::Audited(_) => {
             Ok(Recorded::Recorded)
         }
-        Written::Reserved(ReserveOutcome::Denied(denial)) => Ok(Recorded::OverQuota(format!(
-            "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
-        ))),
+        Written::Reserved(ReserveOutcome::Denied(denial)) => Ok(Recorded::OverQuota(
+            match &denial.limit {
+                Limit::Budget { .. } => format!(
+                    "Warden denied this request (team `{team}`):\n  - [team.budgets] {denial}{}",
+                    budget_hint(&denial.limit, now)
+                ),
+                _ => format!(
+                    "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
+                ),
+            },
+        )),
     }
 }

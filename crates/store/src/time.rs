@@ -69,6 +69,29 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 impl UnixMicros {
+    /// Midnight UTC of this instant's day.
+    pub fn start_of_day(self) -> Self {
+        Self(self.0.div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY)
+    }
+
+    /// Midnight UTC of the next day.
+    pub fn start_of_next_day(self) -> Self {
+        Self(self.start_of_day().0.saturating_add(MICROS_PER_DAY))
+    }
+
+    /// Midnight UTC of the first day of this instant's month.
+    pub fn start_of_month(self) -> Self {
+        let (y, m, _) = civil_from_days(self.0.div_euclid(MICROS_PER_DAY));
+        Self(days_from_civil(y, m, 1) * MICROS_PER_DAY)
+    }
+
+    /// Midnight UTC of the first day of the next month.
+    pub fn start_of_next_month(self) -> Self {
+        let (y, m, _) = civil_from_days(self.0.div_euclid(MICROS_PER_DAY));
+        let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        Self(days_from_civil(y, m, 1) * MICROS_PER_DAY)
+    }
+
     /// Parses a UTC instant: `2026-11-23`, `2026-11-23T14:05`,
     /// `2026-11-23T14:05:09Z`, with an optional fraction of a second.
     /// Offsets other than `Z` are refused (say the instant in UTC).
