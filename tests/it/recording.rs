@@ -7,8 +7,8 @@ use crate::cli::{post, warden};
 use crate::skypilot_client::{Server, TempDir};
 
 /// Fixture 07 (the API server's worker launching a CPU cluster) with another
-/// cluster name.
-fn launch_body(cluster: &str) -> Vec<u8> {
+/// cluster name and, optionally, another task.
+pub(crate) fn launch_body_with(cluster: &str, task: Option<&str>) -> Vec<u8> {
     let raw = std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json"),
@@ -17,7 +17,14 @@ fn launch_body(cluster: &str) -> Vec<u8> {
     let inner: String = serde_json::from_slice(&raw).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&inner).unwrap();
     v["request_options"]["cluster_name"] = serde_json::Value::String(cluster.to_owned());
+    if let Some(task) = task {
+        v["task"] = serde_json::Value::String(task.to_owned());
+    }
     serde_json::to_vec(&v.to_string()).unwrap()
+}
+
+fn launch_body(cluster: &str) -> Vec<u8> {
+    launch_body_with(cluster, None)
 }
 
 #[test]
@@ -117,17 +124,10 @@ fn launches_reserve_quota_relaunch_counts_once_and_kill_loses_nothing() {
 /// A server-side launch of `cluster` asking for 8 H100 on demand ($24/hour
 /// at the built-in price).
 fn gpu_launch_body(cluster: &str) -> Vec<u8> {
-    let raw = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json"),
+    launch_body_with(
+        cluster,
+        Some("name: train\nresources:\n  accelerators: H100:8\n"),
     )
-    .unwrap();
-    let inner: String = serde_json::from_slice(&raw).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&inner).unwrap();
-    v["request_options"]["cluster_name"] = serde_json::Value::String(cluster.to_owned());
-    v["task"] =
-        serde_json::Value::String("name: train\nresources:\n  accelerators: H100:8\n".to_owned());
-    serde_json::to_vec(&v.to_string()).unwrap()
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! Two `warden serve` processes on one PostgreSQL: 200 concurrent launches
 //! against a quota of 8 live clusters grant exactly 8.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::cli::{post, warden};
+use crate::recording::launch_body_with;
 use crate::skypilot_client::{Server, TempDir};
 
 fn admin_url() -> String {
@@ -66,18 +66,6 @@ impl Drop for Database {
     }
 }
 
-fn launch_body(cluster: &str) -> Vec<u8> {
-    let raw = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json"),
-    )
-    .unwrap();
-    let inner: String = serde_json::from_slice(&raw).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&inner).unwrap();
-    v["request_options"]["cluster_name"] = serde_json::Value::String(cluster.to_owned());
-    serde_json::to_vec(&v.to_string()).unwrap()
-}
-
 #[test]
 fn two_replicas_on_one_postgres_grant_exactly_the_quota() {
     let db = tokio::runtime::Builder::new_current_thread()
@@ -110,7 +98,8 @@ fn two_replicas_on_one_postgres_grant_exactly_the_quota() {
             std::thread::spawn(move || {
                 for i in 0..4 {
                     let n = t * 4 + i;
-                    let (status, text) = post(&addrs[n % 2], &launch_body(&format!("c{n}")));
+                    let (status, text) =
+                        post(&addrs[n % 2], &launch_body_with(&format!("c{n}"), None));
                     match status {
                         200 => granted.fetch_add(1, Ordering::SeqCst),
                         400 if text.contains("[team.quotas]") => {
