@@ -839,11 +839,7 @@ impl SkypilotClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Answer, ApiError> {
-        let method_name = if method == Method::POST {
-            "POST"
-        } else {
-            "GET"
-        };
+        let method_name = method_name(&method);
         let url = self.url.show(path);
         tokio::time::timeout(self.timeout, self.exchange_unbounded(method, path, body))
             .await
@@ -862,11 +858,7 @@ impl SkypilotClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Answer, ApiError> {
-        let method_name = if method == Method::POST {
-            "POST"
-        } else {
-            "GET"
-        };
+        let method_name = method_name(&method);
         let url = self.url.show(path);
         let broke = |e: &dyn fmt::Display| ApiError::Exchange {
             method: method_name,
@@ -1020,6 +1012,15 @@ fn shorten(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// The name of a method this client sends (POST or GET), for messages.
+fn method_name(method: &Method) -> &'static str {
+    if *method == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    }
 }
 
 #[cfg(test)]

@@ -1,31 +1,15 @@
 use std::collections::BTreeSet;
 
 use warden_core::{Door, GpuModel, TeamName, Usd};
-use warden_store::{
-    AllocationName, AllocationState, Denial, EndTarget, Limit, ReserveOutcome, Scope,
-};
+use warden_store::{AllocationName, AllocationState, EndTarget, Limit, ReserveOutcome, Scope};
 
-use crate::support::{at, h100, launch, on_both_backends};
+use crate::support::{at, denied, granted, h100, launch, on_both_backends};
 
 fn h100_limit(max: u32) -> Limit {
     Limit::ModelGpus {
         model: GpuModel::parse("H100").unwrap(),
         scope: Scope::Team,
         max,
-    }
-}
-
-fn granted(outcome: ReserveOutcome) -> warden_store::AllocationId {
-    match outcome {
-        ReserveOutcome::Granted { allocation_id, .. } => allocation_id,
-        ReserveOutcome::Denied(denial) => panic!("denied: {denial}"),
-    }
-}
-
-fn denied(outcome: ReserveOutcome) -> Denial {
-    match outcome {
-        ReserveOutcome::Denied(denial) => denial,
-        granted @ ReserveOutcome::Granted { .. } => panic!("granted: {granted:?}"),
     }
 }
 

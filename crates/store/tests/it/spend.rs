@@ -3,10 +3,10 @@
 
 use warden_core::{TeamName, Usd};
 use warden_store::{
-    AllocationRequest, Denial, EndTarget, Limit, ReserveOutcome, Store, UnixMicros, Write, Written,
+    AllocationRequest, EndTarget, Limit, ReserveOutcome, Store, UnixMicros, Write, Written,
 };
 
-use crate::support::{at, launch, on_both_backends};
+use crate::support::{at, denied, granted, launch, on_both_backends};
 
 const HOUR: i64 = 3600;
 
@@ -31,20 +31,6 @@ fn budget(max: i64, reservation: i64) -> Limit {
         from: at(0),
         max: dollars(max),
         reservation: dollars(reservation),
-    }
-}
-
-fn granted(outcome: ReserveOutcome) -> warden_store::AllocationId {
-    match outcome {
-        ReserveOutcome::Granted { allocation_id, .. } => allocation_id,
-        ReserveOutcome::Denied(denial) => panic!("denied: {denial}"),
-    }
-}
-
-fn denied(outcome: ReserveOutcome) -> Denial {
-    match outcome {
-        ReserveOutcome::Denied(denial) => denial,
-        granted @ ReserveOutcome::Granted { .. } => panic!("granted: {granted:?}"),
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
-use warden_store::Store;
+use warden_store::{Denial, ReserveOutcome, Store};
 
 /// Where the PostgreSQL tests create their databases; `WARDEN_TEST_PG`
 /// overrides it. The user must be allowed to create databases.
@@ -360,5 +360,21 @@ pub async fn until_batches_taken(store: &Store, batches: u64) {
             "the writer took no batch within 10 s"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The id of a granted reservation; fails the test on a denial.
+pub fn granted(outcome: ReserveOutcome) -> warden_store::AllocationId {
+    match outcome {
+        ReserveOutcome::Granted { allocation_id, .. } => allocation_id,
+        ReserveOutcome::Denied(denial) => panic!("denied: {denial}"),
+    }
+}
+
+/// The denial of a reservation; fails the test on a grant.
+pub fn denied(outcome: ReserveOutcome) -> Denial {
+    match outcome {
+        ReserveOutcome::Denied(denial) => denial,
+        granted @ ReserveOutcome::Granted { .. } => panic!("granted: {granted:?}"),
     }
 }
