@@ -93,6 +93,7 @@
 //! (`sqlx::query` with `.bind`), and the tests run each body against both
 //! backends.
 
+pub mod alerts;
 pub mod allocations;
 pub mod audit;
 mod backend;
@@ -101,6 +102,7 @@ pub mod spend;
 pub mod time;
 pub mod writer;
 
+pub use alerts::{BudgetAlert, StoredAlert};
 pub use allocations::{
     Allocation, AllocationId, AllocationName, AllocationRequest, AllocationState, Denial,
     EndTarget, Limit, ReserveOutcome, Scope,
@@ -108,5 +110,5 @@ pub use allocations::{
 pub use audit::{chain_hash, AuditRecord, ChainHead, ChainProblem, VerifyReport, GENESIS_HASH};
 pub use backend::Store;
 pub use error::{InputError, StoreError};
-pub use time::UnixMicros;
+pub use time::{parse_time_zone, Period, PeriodKind, TimeZone, UnixMicros};
 pub use writer::{Write, WriteStats, Written, MAX_BATCH};

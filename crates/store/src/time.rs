@@ -147,6 +147,79 @@ impl UnixMicros {
     }
 }
 
+/// A budget period's kind: a calendar day or a calendar month, in the
+/// configured time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodKind {
+    /// A calendar day (midnight to midnight, 23 to 25 hours around DST changes).
+    Day,
+    /// A calendar month.
+    Month,
+}
+
+impl PeriodKind {
+    /// `day` or `month`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodKind::Day => "day",
+            PeriodKind::Month => "month",
+        }
+    }
+}
+
+/// One period: the instants [start, end) of a calendar day or month in a
+/// time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Period {
+    /// Day or month.
+    pub kind: PeriodKind,
+    /// Its first instant (local midnight).
+    pub start: UnixMicros,
+    /// The first instant of the next period.
+    pub end: UnixMicros,
+}
+
+/// A time zone for budget periods and reports: `UTC` by default, or any IANA
+/// name (`Europe/Berlin`). The tz database is bundled into the binary.
+pub use jiff::tz::TimeZone;
+
+/// Parses an IANA time zone name; the error says what to write.
+pub fn parse_time_zone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name).map_err(|_| {
+        format!("`{name}` is not a known IANA time zone; write e.g. `UTC`, `Europe/Berlin` or `America/New_York`")
+    })
+}
+
+impl UnixMicros {
+    /// The day or month holding this instant in `tz`. Far outside the years
+    /// 1 to 9999 (where `tz` cannot say), the UTC period.
+    pub fn period(self, kind: PeriodKind, tz: &TimeZone) -> Period {
+        let utc = || match kind {
+            PeriodKind::Day => (self.start_of_day(), self.start_of_next_day()),
+            PeriodKind::Month => (self.start_of_month(), self.start_of_next_month()),
+        };
+        let zoned = || -> Result<(UnixMicros, UnixMicros), jiff::Error> {
+            let at = jiff::Timestamp::from_microsecond(self.0)?.to_zoned(tz.clone());
+            let first = match kind {
+                PeriodKind::Day => at.date(),
+                PeriodKind::Month => at.date().first_of_month(),
+            };
+            let next = match kind {
+                PeriodKind::Day => first.tomorrow()?,
+                PeriodKind::Month => first.last_of_month().tomorrow()?,
+            };
+            let micros = |d: jiff::civil::Date| -> Result<UnixMicros, jiff::Error> {
+                let z = d.to_zoned(tz.clone())?.start_of_day()?;
+                Ok(UnixMicros(z.timestamp().as_microsecond()))
+            };
+            Ok((micros(first)?, micros(next)?))
+        };
+        let (start, end) = zoned().unwrap_or_else(|_| utc());
+        Period { kind, start, end }
+    }
+}
+
 impl std::fmt::Display for UnixMicros {
     /// RFC 3339 in UTC with microseconds: `2026-11-23T14:05:09.000123Z`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,5 +276,44 @@ mod tests {
         let earlier = UNIX_EPOCH - Duration::from_micros(5);
         assert_eq!(UnixMicros::from_system_time(earlier).micros(), -5);
         assert_eq!(UnixMicros::from_system_time(UNIX_EPOCH), UnixMicros::EPOCH);
+    }
+
+    #[test]
+    fn periods_follow_the_time_zone() {
+        let at = |s: &str| UnixMicros::parse_rfc3339(s).unwrap();
+        let utc = TimeZone::UTC;
+        let p = at("2026-11-23T14:05:00Z").period(PeriodKind::Day, &utc);
+        assert_eq!((p.start, p.end), (at("2026-11-23"), at("2026-11-24")));
+        let p = at("2026-12-31T23:00:00Z").period(PeriodKind::Month, &utc);
+        assert_eq!((p.start, p.end), (at("2026-12-01"), at("2027-01-01")));
+
+        // Berlin: 23:30 UTC on the 22nd is already the 23rd there (UTC+1).
+        let berlin = parse_time_zone("Europe/Berlin").unwrap();
+        let p = at("2026-11-22T23:30:00Z").period(PeriodKind::Day, &berlin);
+        assert_eq!(
+            (p.start, p.end),
+            (at("2026-11-22T23:00:00Z"), at("2026-11-23T23:00:00Z"))
+        );
+        // The day summer time ends has 25 hours.
+        let p = at("2026-10-25T12:00:00Z").period(PeriodKind::Day, &berlin);
+        assert_eq!(
+            (p.start, p.end),
+            (at("2026-10-24T22:00:00Z"), at("2026-10-25T23:00:00Z"))
+        );
+        let p = at("2026-11-01T00:30:00Z").period(PeriodKind::Month, &berlin);
+        assert_eq!(
+            (p.start, p.end),
+            (at("2026-10-31T23:00:00Z"), at("2026-11-30T23:00:00Z"))
+        );
+        // Half-hour offsets.
+        let kolkata = parse_time_zone("Asia/Kolkata").unwrap();
+        let p = at("2026-11-23T20:00:00Z").period(PeriodKind::Day, &kolkata);
+        assert_eq!(
+            (p.start, p.end),
+            (at("2026-11-23T18:30:00Z"), at("2026-11-24T18:30:00Z"))
+        );
+        assert!(parse_time_zone("Mars/Olympus")
+            .unwrap_err()
+            .contains("Europe/Berlin"));
     }
 }

@@ -12,6 +12,7 @@
 
 mod support;
 
+mod alerts;
 mod allocations;
 mod audit;
 mod migrations;
