@@ -18,6 +18,7 @@ mod admin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -226,6 +227,7 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
     let cfg = load_config(&config).map_err(anyhow::Error::msg)?;
     let policy = cfg.policy;
     let skypilot_api = cfg.skypilot_api;
+    let settings = cfg.settings;
     let storage = match storage {
         Some(s) => {
             warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?
@@ -248,6 +250,9 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
             };
         let backend = store.as_ref().map_or("none", |s| s.backend_name());
         let state = AppState::with_store(policy, Some(config.clone()), store);
+        state.apply_settings(settings);
+        // Budget alerts for spend that accrues between launches.
+        warden_server::alerts::spawn_watch(Arc::clone(&state));
         // The usage sync with SkyPilot's API server: a background task, off
         // the decision path (`warden_server::sync`).
         if let Some(api) = &skypilot_api {

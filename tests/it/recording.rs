@@ -137,7 +137,7 @@ fn a_daily_budget_denies_the_launch_that_would_exceed_it_and_says_when_it_resets
     let db = dir.0.join("state.db");
     std::fs::write(
         &config,
-        "teams:\n  ml:\n    users: [root]\n    budgets: {daily_usd: 50, monthly_usd: 1000, reservation_hours: 1}\n",
+        "time_zone: Asia/Kolkata\nteams:\n  ml:\n    users: [root]\n    budgets: {daily_usd: 50, monthly_usd: 1000, reservation_hours: 1}\n",
     )
     .unwrap();
     let server = Server::start_with_storage(&config, &format!("sqlite://{}", db.display()));
@@ -154,9 +154,102 @@ fn a_daily_budget_denies_the_launch_that_would_exceed_it_and_says_when_it_resets
         "{text}"
     );
     assert!(
-        text.contains("the daily budget resets at ") && text.contains("T00:00:00.000000Z"),
+        text.contains("the daily budget resets at ")
+            && text.contains("T18:30:00.000000Z (midnight Asia/Kolkata)"),
         "{text}"
     );
     // A re-launch of a running cluster reserves nothing new.
     assert_eq!(post(&server.addr, &gpu_launch_body("g1")).0, 200);
+}
+
+/// A minimal HTTP server for webhook tests: answers each POST with the next
+/// status of `statuses` (then 200) and hands the bodies to the test.
+fn webhook_receiver(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut statuses = statuses.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let status = statuses.next().unwrap_or(200);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            if status == 200 && tx.send(String::from_utf8(body).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// A soft budget never denies; as running clusters spend, each alert
+/// threshold fires once: a log line, a `budget.alert` audit record and a
+/// webhook POST (retried after a failure).
+#[test]
+fn soft_budget_alerts_fire_once_per_threshold_to_the_webhook_and_the_audit_chain() {
+    let dir = TempDir::new("warden-alerts");
+    let config = dir.0.join("warden.yaml");
+    let db = dir.0.join("state.db");
+    let (url, bodies) = webhook_receiver(vec![500]);
+    // Two H100:8 clusters spend $48/h: the $0.01 budget is reached in
+    // under a second; the watch checks every second.
+    std::fs::write(
+        &config,
+        format!(
+            "storage: sqlite://{}\nbudget_alerts:\n  webhook_url: {url}\n  check_interval_seconds: 1\n  webhook_attempts: 3\nteams:\n  ml:\n    users: [root]\n    budgets: {{daily_usd: 0.01, mode: soft, alert_percent: [50, 100]}}\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let server = Server::start_with_storage(&config, &format!("sqlite://{}", db.display()));
+    assert_eq!(post(&server.addr, &gpu_launch_body("g1")).0, 200);
+    assert_eq!(
+        post(&server.addr, &gpu_launch_body("g2")).0,
+        200,
+        "a soft budget does not deny"
+    );
+    let wait = std::time::Duration::from_secs(60);
+    let mut got: Vec<serde_json::Value> = (0..2)
+        .map(|_| serde_json::from_str(&bodies.recv_timeout(wait).unwrap()).unwrap())
+        .collect();
+    got.sort_by_key(|b| b["percent"].as_u64());
+    for (body, percent) in got.iter().zip([50, 100]) {
+        assert_eq!(body["kind"], "budget.alert");
+        assert_eq!(body["team"], "ml");
+        assert_eq!(body["period"], "day");
+        assert_eq!(body["percent"], percent);
+        assert_eq!(body["budget_usd"], "$0.01");
+        assert!(
+            body["text"].as_str().unwrap().contains("daily budget"),
+            "{body}"
+        );
+    }
+    // Checks go on every second; no threshold fires twice.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(bodies.try_recv().is_err(), "an alert was sent twice");
+    drop(server);
+    let (code, out, err) = warden(&["audit", "export", "--config", cfg, "--format", "jsonl"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("\"kind\":\"budget.alert\"").count(), 2, "{out}");
 }

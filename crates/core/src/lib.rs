@@ -30,6 +30,8 @@ pub use error::{IdError, MoneyError, PolicyError, PolicyProblem};
 pub use eval::{get_path, set_path};
 pub use ids::{GpuModel, RuleName, TeamName};
 pub use money::Usd;
-pub use policy::{normalize_cloud, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team};
+pub use policy::{
+    normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team,
+};
 pub use price::{GpuPrice, PriceTable};
 pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Resource};

@@ -66,8 +66,9 @@ pub struct TeamSpec {
     /// store when a launch is recorded.
     #[serde(default)]
     pub quotas: Option<QuotaSpec>,
-    /// Hard spending limits per UTC day and month, checked against the store
-    /// when a launch is recorded.
+    /// Spending limits per day and month (in the config's `time_zone`),
+    /// checked against the store when a launch is recorded, with alerts at
+    /// soft thresholds.
     #[serde(default)]
     pub budgets: Option<BudgetSpec>,
 }
@@ -76,27 +77,53 @@ pub struct TeamSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
-    /// USD per UTC day.
+    /// USD per day.
     #[serde(default)]
     pub daily_usd: Option<f64>,
-    /// USD per UTC calendar month.
+    /// USD per calendar month.
     #[serde(default)]
     pub monthly_usd: Option<f64>,
     /// Hours of a launch's estimated price reserved against the budget
     /// while it runs (default 1).
     #[serde(default)]
     pub reservation_hours: Option<f64>,
+    /// `hard` (default): a launch that would pass a budget is denied.
+    /// `soft`: never denied; only the alerts fire.
+    #[serde(default)]
+    pub mode: Option<BudgetMode>,
+    /// Alert thresholds in percent of each budget (default 50, 80, 100);
+    /// each fires once per period. `[]` turns alerts off.
+    #[serde(default)]
+    pub alert_percent: Option<Vec<u32>>,
 }
+
+/// Whether a budget denies launches or only alerts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetMode {
+    /// Deny a launch whose reservation would pass the budget.
+    #[default]
+    Hard,
+    /// Never deny; alert only.
+    Soft,
+}
+
+/// Alert thresholds used when a team's budgets name none.
+pub const DEFAULT_ALERT_PERCENT: [u32; 3] = [50, 80, 100];
 
 /// Compiled team budgets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Budgets {
-    /// Per UTC day.
+    /// Per day.
     pub daily: Option<Usd>,
-    /// Per UTC calendar month.
+    /// Per calendar month.
     pub monthly: Option<Usd>,
     /// Reservation window in seconds.
     pub reservation_secs: u64,
+    /// Hard (deny) or soft (alert only).
+    pub mode: BudgetMode,
+    /// Alert thresholds, percent of a budget, ascending, no duplicates.
+    pub alert_percent: Vec<u32>,
 }
 
 /// Team quotas as written: limits on live usage, not on one launch.
@@ -656,6 +683,11 @@ impl Policy {
         self.by_name.get(name).and_then(|i| self.teams.get(*i))
     }
 
+    /// The teams, in config order.
+    pub fn teams(&self) -> &[Team] {
+        &self.teams
+    }
+
     /// Number of teams.
     pub fn team_count(&self) -> usize {
         self.teams.len()
@@ -733,7 +765,29 @@ fn compile_budgets(p: &mut Problems, path: &str, b: Option<&BudgetSpec>) -> Budg
             .monthly_usd
             .map(|v| dollars(p, format!("{path}.budgets.monthly_usd"), v)),
         reservation_secs: (hours.clamp(0.0, 744.0) * 3600.0).round() as u64,
+        mode: b.mode.unwrap_or_default(),
+        alert_percent: alert_percent(p, path, b.alert_percent.as_deref()),
     }
+}
+
+fn alert_percent(p: &mut Problems, path: &str, given: Option<&[u32]>) -> Vec<u32> {
+    let Some(given) = given else {
+        return DEFAULT_ALERT_PERCENT.to_vec();
+    };
+    let mut out = Vec::with_capacity(given.len());
+    for &v in given {
+        if (1..=1000).contains(&v) {
+            out.push(v);
+        } else {
+            p.add(
+                format!("{path}.budgets.alert_percent"),
+                format!("`{v}` is not a percentage from 1 to 1000"),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn compile_quotas(p: &mut Problems, path: &str, q: Option<&QuotaSpec>) -> Quotas {
@@ -1087,6 +1141,31 @@ mod tests {
         assert!(e.contains("rules[0]") && e.contains("mdoe"), "{e}");
         let e = err("teams:\n  ml:\n    max_gpu: 3\n");
         assert!(e.contains("teams.ml") && e.contains("max_gpu"), "{e}");
+    }
+
+    #[test]
+    fn budgets_compile_mode_and_alert_thresholds() {
+        let p = Policy::from_yaml(
+            "teams:\n  ml:\n    budgets: {daily_usd: 10, mode: soft, alert_percent: [100, 50, 50]}\n  cv:\n    budgets: {monthly_usd: 10}\n",
+        )
+        .unwrap();
+        let b = |t: &str| {
+            p.team(&TeamName::parse(t).unwrap())
+                .unwrap()
+                .budgets
+                .clone()
+        };
+        assert_eq!(b("ml").mode, BudgetMode::Soft);
+        assert_eq!(b("ml").alert_percent, vec![50, 100]);
+        assert_eq!(b("cv").mode, BudgetMode::Hard);
+        assert_eq!(b("cv").alert_percent, DEFAULT_ALERT_PERCENT.to_vec());
+        let e = err("teams:\n  ml:\n    budgets: {daily_usd: 1, alert_percent: [0, 80]}\n");
+        assert!(
+            e.contains("teams.ml.budgets.alert_percent") && e.contains("`0` is not a percentage"),
+            "{e}"
+        );
+        let e = err("teams:\n  ml:\n    budgets: {daily_usd: 1, mode: sometimes}\n");
+        assert!(e.contains("unknown variant `sometimes`"), "{e}");
     }
 
     #[test]

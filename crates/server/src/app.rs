@@ -18,7 +18,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use warden_core::{Decision, Policy};
 
-use crate::config::load_config;
+use crate::alerts::Alerter;
+use crate::config::{load_config, Settings};
 use crate::doors::skypilot::{self, Answer};
 use crate::error::DoorError;
 use crate::recorder::{self, Recorded};
@@ -30,6 +31,8 @@ pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// State shared by all handlers.
 pub struct AppState {
     policy: ArcSwap<Policy>,
+    settings: ArcSwap<Settings>,
+    alerter: ArcSwap<Alerter>,
     store: Option<Store>,
     config_path: Option<PathBuf>,
     request_seq: AtomicU64,
@@ -54,6 +57,8 @@ impl AppState {
             .map_or(0, |d| d.as_secs());
         Arc::new(Self {
             policy: ArcSwap::from_pointee(policy),
+            settings: ArcSwap::from_pointee(Settings::default()),
+            alerter: ArcSwap::from_pointee(Alerter::log_only()),
             store,
             config_path,
             request_seq: AtomicU64::new(0),
@@ -64,6 +69,26 @@ impl AppState {
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
+    }
+
+    /// The settings in force (time zone, alert delivery).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the settings and (re)starts alert delivery accordingly.
+    /// Needs a tokio runtime when `settings` names a webhook.
+    pub fn apply_settings(&self, settings: Settings) {
+        if settings.alerts != self.settings.load().alerts {
+            self.alerter
+                .store(Arc::new(Alerter::start(&settings.alerts)));
+        }
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Where budget alerts go.
+    pub fn alerter(&self) -> Arc<Alerter> {
+        self.alerter.load_full()
     }
 
     /// The store decisions are recorded in, if any (for the usage sync).
@@ -77,8 +102,9 @@ impl AppState {
         let Some(path) = &self.config_path else {
             return Err("no config file to reload".to_owned());
         };
-        let policy = load_config(path)?.policy;
-        self.policy.store(Arc::new(policy));
+        let config = load_config(path)?;
+        self.policy.store(Arc::new(config.policy));
+        self.apply_settings(config.settings);
         Ok(())
     }
 
@@ -185,6 +211,7 @@ async fn skypilot_door(
             None => Ok(handled),
             Some(store) => {
                 let now = UnixMicros::from_system_time(SystemTime::now());
+                let settings = state.settings();
                 recorder::record(
                     store,
                     &policy,
@@ -192,10 +219,25 @@ async fn skypilot_door(
                     &handled.request,
                     &handled.decision,
                     now,
+                    &settings.time_zone,
                 )
                 .await
                 .map(|recorded| match recorded {
                     Recorded::Recorded => handled,
+                    Recorded::Granted => {
+                        if let Some(team) =
+                            handled.decision.team.as_ref().and_then(|t| policy.team(t))
+                        {
+                            crate::alerts::spawn_check(
+                                store.clone(),
+                                team.clone(),
+                                settings.time_zone.clone(),
+                                state.alerter(),
+                                now,
+                            );
+                        }
+                        handled
+                    }
                     Recorded::OverQuota(message) => skypilot::Handled {
                         answer: Answer::Deny(message),
                         ..handled

@@ -2,7 +2,8 @@
 //!
 //! One YAML file holds the policy (`default_team`, `teams`, `prices`,
 //! `rules`, validated by the core) and the server's own settings
-//! (`storage`, `skypilot_api`). Unknown keys are errors.
+//! (`storage`, `skypilot_api`, `time_zone`, `budget_alerts`). Unknown keys
+//! are errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,120 @@ struct ConfigFile {
     rules: Vec<RuleSpec>,
     #[serde(default)]
     skypilot_api: Option<SkypilotApiFile>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    budget_alerts: Option<BudgetAlertsFile>,
+}
+
+/// `budget_alerts` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetAlertsFile {
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default)]
+    webhook_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    webhook_attempts: Option<u32>,
+    #[serde(default)]
+    check_interval_seconds: Option<u64>,
+}
+
+/// Seconds between two checks of every team's spend against its alert
+/// thresholds, by default.
+pub const DEFAULT_ALERT_CHECK_SECONDS: u64 = 60;
+/// Seconds one webhook POST may take, by default.
+pub const DEFAULT_WEBHOOK_TIMEOUT_SECONDS: u64 = 10;
+/// Tries of one webhook POST (the first and the retries), by default.
+pub const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
+
+/// Server settings besides the policy that a reload (SIGHUP) also replaces.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The time zone of budget days and months (`time_zone`, default UTC).
+    pub time_zone: warden_store::TimeZone,
+    /// Budget alert delivery (`budget_alerts`).
+    pub alerts: AlertSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            time_zone: warden_store::TimeZone::UTC,
+            alerts: AlertSettings::default(),
+        }
+    }
+}
+
+/// `budget_alerts`: where alerts go besides the log and the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    /// `http(s)://` URL each alert is POSTed to as JSON, if any.
+    pub webhook_url: Option<String>,
+    /// Bound on one POST.
+    pub webhook_timeout: Duration,
+    /// Tries per alert (with backoff 1 s, 2 s, 4 s, ... up to 60 s).
+    pub webhook_attempts: u32,
+    /// Time between two checks of every team's spend.
+    pub check_interval: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_timeout: Duration::from_secs(DEFAULT_WEBHOOK_TIMEOUT_SECONDS),
+            webhook_attempts: DEFAULT_WEBHOOK_ATTEMPTS,
+            check_interval: Duration::from_secs(DEFAULT_ALERT_CHECK_SECONDS),
+        }
+    }
+}
+
+fn alert_settings(f: BudgetAlertsFile) -> Result<AlertSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let webhook_url = f.webhook_url.map(|u| u.trim().to_owned());
+    if let Some(url) = &webhook_url {
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        let rest = url.split_once("://").map_or("", |(_, r)| r);
+        if !scheme_ok || rest.is_empty() || rest.starts_with('/') {
+            problems.push(
+                "budget_alerts.webhook_url: not an `http://` or `https://` URL with a host; write e.g. `https://hooks.example.com/warden`".to_owned(),
+            );
+        }
+    }
+    let timeout = f
+        .webhook_timeout_seconds
+        .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT_SECONDS);
+    if !(1..=300).contains(&timeout) {
+        problems.push(format!(
+            "budget_alerts.webhook_timeout_seconds: `{timeout}` is out of range; use 1 to 300"
+        ));
+    }
+    let attempts = f.webhook_attempts.unwrap_or(DEFAULT_WEBHOOK_ATTEMPTS);
+    if !(1..=20).contains(&attempts) {
+        problems.push(format!(
+            "budget_alerts.webhook_attempts: `{attempts}` is out of range; use 1 to 20"
+        ));
+    }
+    let interval = f
+        .check_interval_seconds
+        .unwrap_or(DEFAULT_ALERT_CHECK_SECONDS);
+    if !(1..=86_400).contains(&interval) {
+        problems.push(format!(
+            "budget_alerts.check_interval_seconds: `{interval}` is out of range; use 1 to 86400"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(AlertSettings {
+            webhook_url,
+            webhook_timeout: Duration::from_secs(timeout),
+            webhook_attempts: attempts,
+            check_interval: Duration::from_secs(interval),
+        })
+    } else {
+        Err(problems)
+    }
 }
 
 /// `skypilot_api` as written.
@@ -72,6 +187,8 @@ pub struct Config {
     pub storage: Option<String>,
     /// The SkyPilot API server to sync allocations with, if any.
     pub skypilot_api: Option<SkypilotApi>,
+    /// Time zone and alert delivery.
+    pub settings: Settings,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -259,6 +376,22 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         s => Ok(s),
     });
     let api = file.skypilot_api.map(|f| skypilot_api(path, f)).transpose();
+    let mut settings_problems = Vec::new();
+    let time_zone = match file.time_zone.as_deref().map(str::trim) {
+        None => warden_store::TimeZone::UTC,
+        Some(name) => warden_store::parse_time_zone(name).unwrap_or_else(|e| {
+            settings_problems.push(format!("time_zone: {e}"));
+            warden_store::TimeZone::UTC
+        }),
+    };
+    let alerts = match file.budget_alerts.map(alert_settings).transpose() {
+        Ok(a) => a.unwrap_or_default(),
+        Err(e) => {
+            settings_problems.extend(e);
+            AlertSettings::default()
+        }
+    };
+    let settings = Settings { time_zone, alerts };
     let spec = PolicySpec {
         default_team: file.default_team,
         teams: file.teams,
@@ -266,13 +399,14 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         rules: file.rules,
     };
     match (Policy::compile(spec), storage, api) {
-        (Ok(policy), Ok(storage), Ok(skypilot_api)) => Ok(Config {
+        (Ok(policy), Ok(storage), Ok(skypilot_api)) if settings_problems.is_empty() => Ok(Config {
             policy,
             storage,
             skypilot_api,
+            settings,
         }),
         (policy, storage, api) => {
-            let mut lines: Vec<String> = Vec::new();
+            let mut lines: Vec<String> = settings_problems;
             if let Err(e) = storage {
                 lines.push(e);
             }
@@ -341,6 +475,36 @@ mod tests {
         }
         let c = load("api-none", "storage: none\n").unwrap();
         assert!(c.skypilot_api.is_none());
+    }
+
+    #[test]
+    fn time_zone_and_alerts_have_defaults_and_precise_errors() {
+        let c = load("tz-default", "storage: none\n").unwrap();
+        assert_eq!(c.settings.time_zone, warden_store::TimeZone::UTC);
+        assert_eq!(c.settings.alerts, AlertSettings::default());
+        let c = load(
+            "tz-ok",
+            "storage: none\ntime_zone: Europe/Berlin\nbudget_alerts:\n  webhook_url: https://hooks.example.com/w\n  webhook_attempts: 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.settings.time_zone.iana_name(), Some("Europe/Berlin"));
+        assert_eq!(c.settings.alerts.webhook_attempts, 3);
+        assert_eq!(
+            c.settings.alerts.webhook_url.as_deref(),
+            Some("https://hooks.example.com/w")
+        );
+        let e = load(
+            "tz-bad",
+            "storage: none\ntime_zone: Europe/Berlín\nbudget_alerts:\n  webhook_url: ftp://x\n  check_interval_seconds: 0\n",
+        )
+        .unwrap_err();
+        for want in [
+            "time_zone: `Europe/Berlín` is not a known IANA time zone",
+            "budget_alerts.webhook_url: not an `http://` or `https://` URL",
+            "budget_alerts.check_interval_seconds: `0` is out of range",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

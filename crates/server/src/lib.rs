@@ -2,6 +2,7 @@
 //! the HTTP application, config loading, the policy test runner and the
 //! usage sync with SkyPilot's API server.
 
+pub mod alerts;
 pub mod app;
 pub mod cases;
 pub mod config;

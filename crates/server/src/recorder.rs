@@ -7,10 +7,12 @@
 //! verdict, reasons, mutations, price) and the launch target, never the task
 //! text, environment variables or configs.
 
-use warden_core::{Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd};
+use warden_core::{
+    BudgetMode, Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
+};
 use warden_store::{
-    AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros, Write,
-    Written,
+    AllocationName, AllocationRequest, Limit, PeriodKind, ReserveOutcome, Scope, Store, TimeZone,
+    UnixMicros, Write, Written,
 };
 
 use crate::error::DoorError;
@@ -24,6 +26,9 @@ pub const LAUNCH_REQUESTS: &[&str] = &["launch", "exec", "jobs.launch", "serve.u
 pub enum Recorded {
     /// Recorded; answer as decided.
     Recorded,
+    /// Recorded, and the launch's allocation granted (or re-launched):
+    /// answer as decided; the team's spend may have reached an alert.
+    Granted,
     /// The launch does not fit the team's quotas: deny with this message.
     OverQuota(String),
 }
@@ -66,23 +71,27 @@ pub fn limits(q: &Quotas) -> Vec<Limit> {
     out
 }
 
-/// The store limits of a team's budgets for a launch costing `hourly`, at `now`
-/// (periods are UTC days and calendar months).
-pub fn budget_limits(b: &Budgets, hourly: Usd, now: UnixMicros) -> Vec<Limit> {
+/// The store limits of a team's hard budgets for a launch costing `hourly`,
+/// at `now` (periods are days and calendar months in `tz`); none for soft
+/// budgets, which only alert.
+pub fn budget_limits(b: &Budgets, hourly: Usd, now: UnixMicros, tz: &TimeZone) -> Vec<Limit> {
+    if b.mode == BudgetMode::Soft {
+        return Vec::new();
+    }
     let secs = i128::from(b.reservation_secs);
     let reservation = i128::from(hourly.micros()) * secs / 3600;
     let reservation = Usd::from_micros(i64::try_from(reservation).unwrap_or(i64::MAX));
     let mut out = Vec::new();
     if let Some(max) = b.daily {
         out.push(Limit::Budget {
-            from: now.start_of_day(),
+            from: now.period(PeriodKind::Day, tz).start,
             max,
             reservation,
         });
     }
     if let Some(max) = b.monthly {
         out.push(Limit::Budget {
-            from: now.start_of_month(),
+            from: now.period(PeriodKind::Month, tz).start,
             max,
             reservation,
         });
@@ -91,15 +100,17 @@ pub fn budget_limits(b: &Budgets, hourly: Usd, now: UnixMicros) -> Vec<Limit> {
 }
 
 /// What a budget denial adds: when the period resets.
-fn budget_hint(limit: &Limit, now: UnixMicros) -> String {
+fn budget_hint(limit: &Limit, now: UnixMicros, tz: &TimeZone) -> String {
+    let day = now.period(PeriodKind::Day, tz);
+    let zone = tz.iana_name().unwrap_or("UTC");
     match limit {
-        Limit::Budget { from, .. } if *from == now.start_of_day() => format!(
-            "; the daily budget resets at {}: pause provisioning until then, or ask a platform admin to raise `budgets.daily_usd`",
-            now.start_of_next_day()
+        Limit::Budget { from, .. } if *from == day.start => format!(
+            "; the daily budget resets at {} (midnight {zone}): pause provisioning until then, or ask a platform admin to raise `budgets.daily_usd`",
+            day.end
         ),
         Limit::Budget { .. } => format!(
-            "; the monthly budget resets at {}: pause provisioning until then, or ask a platform admin to raise `budgets.monthly_usd`",
-            now.start_of_next_month()
+            "; the monthly budget resets at {} (midnight {zone}): pause provisioning until then, or ask a platform admin to raise `budgets.monthly_usd`",
+            now.period(PeriodKind::Month, tz).end
         ),
         _ => String::new(),
     }
@@ -157,6 +168,7 @@ pub async fn record(
     req: &LaunchRequest,
     decision: &Decision,
     now: UnixMicros,
+    tz: &TimeZone,
 ) -> Result<Recorded, DoorError> {
     let body = payload(request_id, req, decision);
     let team = decision.team.as_ref();
@@ -196,7 +208,7 @@ pub async fn record(
         .team(team)
         .map(|t| {
             let mut l = limits(&t.quotas);
-            l.extend(budget_limits(&t.budgets, hourly, now));
+            l.extend(budget_limits(&t.budgets, hourly, now, tz));
             l
         })
         .unwrap_or_default();
@@ -205,14 +217,13 @@ pub async fn record(
         limits,
     };
     match store.write(write, now).await.map_err(store_error)? {
-        Written::Reserved(ReserveOutcome::Granted { .. }) | Written::Audited(_) => {
-            Ok(Recorded::Recorded)
-        }
+        Written::Reserved(ReserveOutcome::Granted { .. }) => Ok(Recorded::Granted),
+        Written::Audited(_) => Ok(Recorded::Recorded),
         Written::Reserved(ReserveOutcome::Denied(denial)) => Ok(Recorded::OverQuota(
             match &denial.limit {
                 Limit::Budget { .. } => format!(
                     "Warden denied this request (team `{team}`):\n  - [team.budgets] {denial}{}",
-                    budget_hint(&denial.limit, now)
+                    budget_hint(&denial.limit, now, tz)
                 ),
                 _ => format!(
                     "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
