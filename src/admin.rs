@@ -312,3 +312,153 @@ mod tests {
         );
     }
 }
+
+/// Output format of `warden replay`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// A summary per team and one line per change.
+    Table,
+    /// The whole report as one JSON object.
+    Json,
+}
+
+/// `warden replay`: re-decide the recorded requests under `config`'s policy.
+pub fn replay(
+    config: &Path,
+    storage: Option<&str>,
+    since: &str,
+    until: Option<&str>,
+    format: ReplayFormat,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config).map_err(anyhow::Error::msg)?;
+    let url = match storage {
+        Some(s) => {
+            warden_server::config::storage_url(config, Some(s)).map_err(anyhow::Error::msg)?
+        }
+        None => cfg.storage.clone(),
+    };
+    let Some(url) = url else {
+        anyhow::bail!(
+            "{}: `storage: none` names no store; give the store holding the audit log with --storage",
+            config.display()
+        );
+    };
+    let now = now();
+    let since = parse_instant(since, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let until = match until {
+        Some(u) => parse_instant(u, now).map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+        None => UnixMicros::from_micros(i64::MAX),
+    };
+    if since >= until {
+        anyhow::bail!("--since must be before --until");
+    }
+    let records = runtime()?.block_on(async {
+        let store = Store::connect(&url)
+            .await
+            .with_context(|| format!("cannot open the store `{}`", redact_url(&url)))?;
+        let records = store.export_audit(since, until).await?;
+        store.close().await;
+        anyhow::Ok(records)
+    })?;
+    let report = warden_server::replay::replay(&cfg.policy, &records);
+    match format {
+        ReplayFormat::Json => say!("{}", serde_json::to_string_pretty(&report)?),
+        ReplayFormat::Table => print_replay(config, since, &report),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A store URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = url.get(scheme + 3..at).unwrap_or("");
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***{}",
+                url.get(..scheme + 3).unwrap_or(""),
+                url.get(at..).unwrap_or("")
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn print_replay(config: &Path, since: UnixMicros, r: &warden_server::replay::ReplayReport) {
+    use warden_server::replay::ChangeKind;
+    say!(
+        "replayed {} recorded decisions since {since} against {}",
+        r.records,
+        config.display()
+    );
+    if r.skipped_without_input > 0 {
+        say!(
+            "  {} skipped: recorded before Warden kept the request",
+            r.skipped_without_input
+        );
+    }
+    for (door, n) in &r.skipped_doors {
+        say!("  {n} skipped: door `{door}` cannot be replayed yet");
+    }
+    if r.failed > 0 {
+        say!(
+            "  {} failed: the door now refuses the recorded request",
+            r.failed
+        );
+    }
+    say!(
+        "\n{:<20} {:>9} {:>10} {:>13} {:>14} {:>18}",
+        "team",
+        "replayed",
+        "unchanged",
+        "newly denied",
+        "newly allowed",
+        "mutations changed"
+    );
+    for (team, c) in &r.teams {
+        say!(
+            "{team:<20} {:>9} {:>10} {:>13} {:>14} {:>18}",
+            c.replayed,
+            c.unchanged,
+            c.newly_denied,
+            c.newly_allowed,
+            c.mutations_changed
+        );
+    }
+    if r.changes.is_empty() {
+        say!("\nno decision would change");
+        return;
+    }
+    say!("\nchanges:");
+    for c in &r.changes {
+        let what = match c.kind {
+            ChangeKind::NewlyDenied => "newly denied",
+            ChangeKind::NewlyAllowed => "newly allowed",
+            ChangeKind::MutationsChanged => "mutations changed",
+        };
+        say!(
+            "{} #{} team {} user {} {} {}: {what} (rules then: {}; now: {})",
+            c.at,
+            c.seq,
+            c.team,
+            c.user.as_deref().unwrap_or("-"),
+            c.request,
+            c.target.as_deref().unwrap_or("-"),
+            list_or_none(&c.before_rules),
+            list_or_none(&c.after_rules)
+        );
+        if let Some(m) = &c.message {
+            for line in m.lines() {
+                say!("    {line}");
+            }
+        }
+    }
+}
+
+fn list_or_none(rules: &[String]) -> String {
+    if rules.is_empty() {
+        "none".to_owned()
+    } else {
+        rules.join(", ")
+    }
+}

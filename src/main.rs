@@ -81,6 +81,28 @@ enum Command {
     /// Live allocations (granted launches) in the store.
     #[command(subcommand)]
     Allocations(AllocationsCommand),
+    /// What-if: re-decide the requests recorded in the audit log under
+    /// another config's policy and print what would change, per team
+    /// (newly denied, newly allowed, different mutations). Quotas and
+    /// budgets are not replayed.
+    Replay {
+        /// The new config (its policy is replayed; its `storage` names the
+        /// store unless --storage is given).
+        #[arg(long)]
+        config: PathBuf,
+        /// The store holding the audit log, overriding the config's `storage`.
+        #[arg(long)]
+        storage: Option<String>,
+        /// From this UTC instant (`2026-11-01`) or age (`7d`, `12h`).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Up to (excluding) this instant or age; default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// `table` (default) or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: admin::ReplayFormat,
+    },
     /// Reconcile allocations with a platform's live resources once (what
     /// `warden serve` does every `skypilot_api.interval_seconds`).
     #[command(subcommand)]
@@ -212,6 +234,19 @@ fn main() -> ExitCode {
             name,
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
+        Command::Replay {
+            config,
+            storage,
+            since,
+            until,
+            format,
+        } => admin::replay(
+            &config,
+            storage.as_deref(),
+            &since,
+            until.as_deref(),
+            format,
+        ),
     };
     match result {
         Ok(code) => code,

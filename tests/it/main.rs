@@ -13,6 +13,7 @@ mod cases;
 mod cli;
 mod http;
 mod recording;
+mod replay;
 mod replicas;
 mod skypilot_client;
 mod skypilot_sync;

@@ -202,6 +202,8 @@ async fn skypilot_door(
 ) -> Response {
     let started = Instant::now();
     let request_id = state.request_id(&headers);
+    // A reference to the same buffer, for the audit record's replay input.
+    let raw = body.as_ref().ok().cloned();
     let result = body_or_error(body).and_then(|body| {
         let policy = state.policy.load_full();
         skypilot::handle(&policy, &body).map(|h| (h, policy))
@@ -212,37 +214,36 @@ async fn skypilot_door(
             Some(store) => {
                 let now = UnixMicros::from_system_time(SystemTime::now());
                 let settings = state.settings();
-                recorder::record(
-                    store,
-                    &policy,
-                    &request_id,
-                    &handled.request,
-                    &handled.decision,
-                    now,
-                    &settings.time_zone,
-                )
-                .await
-                .map(|recorded| match recorded {
-                    Recorded::Recorded => handled,
-                    Recorded::Granted => {
-                        if let Some(team) =
-                            handled.decision.team.as_ref().and_then(|t| policy.team(t))
-                        {
-                            crate::alerts::spawn_check(
-                                store.clone(),
-                                team.clone(),
-                                settings.time_zone.clone(),
-                                state.alerter(),
-                                now,
-                            );
+                let input = raw.as_deref().and_then(skypilot::replay_input);
+                let decided = recorder::Decided {
+                    request_id: &request_id,
+                    request: &handled.request,
+                    decision: &handled.decision,
+                    input,
+                };
+                recorder::record(store, &policy, decided, now, &settings.time_zone)
+                    .await
+                    .map(|recorded| match recorded {
+                        Recorded::Recorded => handled,
+                        Recorded::Granted => {
+                            if let Some(team) =
+                                handled.decision.team.as_ref().and_then(|t| policy.team(t))
+                            {
+                                crate::alerts::spawn_check(
+                                    store.clone(),
+                                    team.clone(),
+                                    settings.time_zone.clone(),
+                                    state.alerter(),
+                                    now,
+                                );
+                            }
+                            handled
                         }
-                        handled
-                    }
-                    Recorded::OverQuota(message) => skypilot::Handled {
-                        answer: Answer::Deny(message),
-                        ..handled
-                    },
-                })
+                        Recorded::OverQuota(message) => skypilot::Handled {
+                            answer: Answer::Deny(message),
+                            ..handled
+                        },
+                    })
             }
         },
         Err(e) => Err(e),

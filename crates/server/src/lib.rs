@@ -9,6 +9,8 @@ pub mod config;
 pub mod doors;
 pub mod error;
 pub mod recorder;
+pub mod redact;
+pub mod replay;
 pub mod sync;
 
 pub use app::{router, AppState, Application};

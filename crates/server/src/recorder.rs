@@ -4,8 +4,10 @@
 //! be written, the door denies (fail closed).
 //!
 //! Secrets: the audit payload carries the decision (team, user, request,
-//! verdict, reasons, mutations, price) and the launch target, never the task
-//! text, environment variables or configs.
+//! verdict, reasons, mutations, price), the launch target and, for
+//! `warden replay`, the door's request with its task and config documents
+//! redacted by [`crate::redact`] (no environment variable or secret values,
+//! no tokens or keys).
 
 use warden_core::{
     BudgetMode, Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
@@ -116,8 +118,14 @@ fn budget_hint(limit: &Limit, now: UnixMicros, tz: &TimeZone) -> String {
     }
 }
 
-/// The audit payload of a decision.
-pub fn payload(request_id: &str, req: &LaunchRequest, d: &Decision) -> serde_json::Value {
+/// The audit payload of a decision; `input` is the door's redacted request
+/// (see the door's `replay_input`), kept for `warden replay`.
+pub fn payload(
+    request_id: &str,
+    req: &LaunchRequest,
+    d: &Decision,
+    input: Option<serde_json::Value>,
+) -> serde_json::Value {
     serde_json::json!({
         "request_id": request_id,
         "door": req.door.as_str(),
@@ -130,6 +138,7 @@ pub fn payload(request_id: &str, req: &LaunchRequest, d: &Decision) -> serde_jso
         "reasons": d.reasons,
         "mutations": d.mutations,
         "hourly_usd": d.hourly_usd,
+        "input": input,
     })
 }
 
@@ -158,19 +167,36 @@ fn store_error(e: warden_store::StoreError) -> DoorError {
     ))
 }
 
+/// One decision to record.
+#[derive(Debug)]
+pub struct Decided<'a> {
+    /// The request's id (logs, audit).
+    pub request_id: &'a str,
+    /// The normalized request.
+    pub request: &'a LaunchRequest,
+    /// The core's decision.
+    pub decision: &'a Decision,
+    /// The door's redacted request, for `warden replay`.
+    pub input: Option<serde_json::Value>,
+}
+
 /// Records one decision; reserves the allocation of an allowed launch.
 /// Concurrent decisions are committed together by the store's writer (group
 /// commit); this returns once the decision's transaction committed.
 pub async fn record(
     store: &Store,
     policy: &Policy,
-    request_id: &str,
-    req: &LaunchRequest,
-    decision: &Decision,
+    decided: Decided<'_>,
     now: UnixMicros,
     tz: &TimeZone,
 ) -> Result<Recorded, DoorError> {
-    let body = payload(request_id, req, decision);
+    let Decided {
+        request_id,
+        request: req,
+        decision,
+        input,
+    } = decided;
+    let body = payload(request_id, req, decision, input);
     let team = decision.team.as_ref();
     let launch = decision.is_allowed() && is_launch(req);
     let (Some(team), true) = (team, launch) else {

@@ -160,6 +160,47 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
     }
 }
 
+/// The request as the audit chain keeps it for `warden replay`: the body's
+/// object with `task` and `skypilot_config` parsed from YAML and secrets
+/// redacted ([`crate::redact`]). `None` when the body cannot be decoded
+/// (such a request was answered 4xx and decided nothing).
+pub fn replay_input(body: &[u8]) -> Option<Value> {
+    let trimmed = body.trim_ascii_start();
+    let mut v: Value = if trimmed.first() == Some(&b'"') {
+        let inner: String = serde_json::from_slice(trimmed).ok()?;
+        serde_json::from_str(&inner).ok()?
+    } else {
+        serde_json::from_slice(trimmed).ok()?
+    };
+    let map = v.as_object_mut()?;
+    for key in ["task", "skypilot_config"] {
+        if let Some(Value::String(text)) = map.get(key) {
+            let mut doc = parse_yaml(key, text).ok()?;
+            crate::redact::redact(&mut doc);
+            map.insert(key.to_owned(), doc);
+        }
+    }
+    Some(v)
+}
+
+/// A body [`handle`] accepts, rebuilt from a [`replay_input`]: the
+/// documents as JSON text (which is YAML).
+pub fn replay_body(input: &Value) -> Result<Vec<u8>, String> {
+    let mut v = input.clone();
+    let map = v
+        .as_object_mut()
+        .ok_or("the recorded SkyPilot request is not an object")?;
+    for key in ["task", "skypilot_config"] {
+        if let Some(doc) = map.get(key) {
+            if !doc.is_string() {
+                let text = doc.to_string();
+                map.insert(key.to_owned(), Value::String(text));
+            }
+        }
+    }
+    serde_json::to_vec(&v.to_string()).map_err(|e| e.to_string())
+}
+
 fn parse_yaml(what: &str, text: &str) -> Result<Value, DoorError> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Map::new()));
@@ -866,6 +907,29 @@ mod tests {
 
     fn policy(yaml: &str) -> Policy {
         Policy::from_yaml(yaml).expect("policy")
+    }
+
+    #[test]
+    fn replay_input_round_trips_without_secrets() {
+        let inner = serde_json::json!({
+            "task": "name: t\nenvs:\n  HF_TOKEN: hf_secret\nresources:\n  accelerators: H100:8\n",
+            "skypilot_config": "api_server:\n  service_account_token: sky_secret\n",
+            "request_name": "launch",
+            "at_client_side": false,
+        });
+        let body = serde_json::to_vec(&inner.to_string()).unwrap();
+        let input = replay_input(&body).unwrap();
+        let text = input.to_string();
+        assert!(
+            !text.contains("hf_secret") && !text.contains("sky_secret"),
+            "{text}"
+        );
+        assert_eq!(input["task"]["resources"]["accelerators"], "H100:8");
+        let p = policy("rules:\n  - name: spot\n    use_spot: true\n");
+        let original = handle(&p, &body).unwrap();
+        let replayed = handle(&p, &replay_body(&input).unwrap()).unwrap();
+        assert_eq!(replayed.decision, original.decision);
+        assert!(replay_input(b"not json").is_none());
     }
 
     fn body(task: &str) -> Vec<u8> {

@@ -1,0 +1,195 @@
+//! What-if: re-decide the requests recorded in the audit chain under another
+//! policy, and say what would change (`warden replay`).
+//!
+//! Every decision record written by a door with a store carries the door's
+//! request (redacted, see [`crate::redact`]) under `input`. Replay rebuilds
+//! the request from it, runs it through the same door code and the new
+//! policy, and compares the policy's verdict and mutations with the
+//! recorded ones. Quotas and budgets are not replayed: they depend on what
+//! was running at the time, not on the policy text. Records without an
+//! `input` (written before Warden kept it) are counted as skipped.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use warden_core::Policy;
+use warden_store::{AuditRecord, UnixMicros};
+
+use crate::doors::skypilot;
+
+/// How one replayed request's outcome changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Allowed then, denied now.
+    NewlyDenied,
+    /// Denied then, allowed now.
+    NewlyAllowed,
+    /// Allowed both times, with different mutations.
+    MutationsChanged,
+}
+
+/// One request whose outcome would change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// The audit record's sequence number.
+    pub seq: i64,
+    /// When it was decided.
+    pub at: UnixMicros,
+    /// What changed.
+    pub kind: ChangeKind,
+    /// The team under the new policy (else the recorded one).
+    pub team: String,
+    /// The user, if known.
+    pub user: Option<String>,
+    /// The request name (`launch`, ...).
+    pub request: String,
+    /// The cluster or instance, if known.
+    pub target: Option<String>,
+    /// Rules that denied or mutated it then.
+    pub before_rules: Vec<String>,
+    /// Rules that deny or mutate it now.
+    pub after_rules: Vec<String>,
+    /// The new denial message (newly denied only).
+    pub message: Option<String>,
+}
+
+/// Counts for one team.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TeamCounts {
+    /// Requests re-decided.
+    pub replayed: u64,
+    /// Same verdict and mutations.
+    pub unchanged: u64,
+    /// Allowed then, denied now.
+    pub newly_denied: u64,
+    /// Denied then, allowed now.
+    pub newly_allowed: u64,
+    /// Different mutations.
+    pub mutations_changed: u64,
+}
+
+/// The whole answer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// Decision records read.
+    pub records: u64,
+    /// Records without a recorded request (older Warden), not replayed.
+    pub skipped_without_input: u64,
+    /// Records whose door cannot be replayed yet, by door.
+    pub skipped_doors: BTreeMap<String, u64>,
+    /// Recorded requests the door now refuses as malformed.
+    pub failed: u64,
+    /// Per team (the new policy's team; `(none)` when unresolved).
+    pub teams: BTreeMap<String, TeamCounts>,
+    /// Every change, in chain order.
+    pub changes: Vec<Change>,
+}
+
+/// The decision payload of a record, if it is one: `decision` records hold
+/// it directly; `allocation.granted`/`allocation.denied` under `context`.
+fn decision_payload(record: &AuditRecord) -> Option<Value> {
+    let payload: Value = serde_json::from_str(&record.payload).ok()?;
+    match record.kind.as_str() {
+        "decision" => Some(payload),
+        "allocation.granted" | "allocation.denied" => {
+            payload.get("context").filter(|c| c.is_object()).cloned()
+        }
+        _ => None,
+    }
+}
+
+fn rules_of(reasons: &Value, effects: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in reasons.as_array().into_iter().flatten() {
+        let effect = r.get("effect").and_then(Value::as_str).unwrap_or("");
+        if effects.contains(&effect) {
+            if let Some(rule) = r.get("rule").and_then(Value::as_str) {
+                if !out.iter().any(|o| o == rule) {
+                    out.push(rule.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Re-decides every decision in `records` (chain order) under `policy`.
+pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
+    let mut report = ReplayReport::default();
+    for record in records {
+        let Some(old) = decision_payload(record) else {
+            continue;
+        };
+        report.records += 1;
+        let Some(input) = old.get("input").filter(|i| i.is_object()) else {
+            report.skipped_without_input += 1;
+            continue;
+        };
+        let door = old.get("door").and_then(Value::as_str).unwrap_or("");
+        let handled = match door {
+            "skypilot" => skypilot::replay_body(input)
+                .ok()
+                .and_then(|body| skypilot::handle(policy, &body).ok()),
+            other => {
+                *report.skipped_doors.entry(other.to_owned()).or_default() += 1;
+                continue;
+            }
+        };
+        let Some(new) = handled else {
+            report.failed += 1;
+            continue;
+        };
+        let new_reasons = serde_json::to_value(&new.decision.reasons).unwrap_or(Value::Null);
+        let new_mutations = serde_json::to_value(&new.decision.mutations).unwrap_or(Value::Null);
+        let old_reasons = old.get("reasons").cloned().unwrap_or(Value::Null);
+        let old_allowed = old.get("verdict").and_then(Value::as_str) == Some("allow");
+        let new_allowed = new.decision.is_allowed();
+        let old_mutations = old
+            .get("mutations")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        let kind = match (old_allowed, new_allowed) {
+            (true, false) => Some(ChangeKind::NewlyDenied),
+            (false, true) => Some(ChangeKind::NewlyAllowed),
+            (true, true) if old_mutations != new_mutations => Some(ChangeKind::MutationsChanged),
+            _ => None,
+        };
+        let team = new
+            .decision
+            .team
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| text(old.get("team")))
+            .unwrap_or_else(|| "(none)".to_owned());
+        let counts = report.teams.entry(team.clone()).or_default();
+        counts.replayed += 1;
+        let Some(kind) = kind else {
+            counts.unchanged += 1;
+            continue;
+        };
+        match kind {
+            ChangeKind::NewlyDenied => counts.newly_denied += 1,
+            ChangeKind::NewlyAllowed => counts.newly_allowed += 1,
+            ChangeKind::MutationsChanged => counts.mutations_changed += 1,
+        }
+        report.changes.push(Change {
+            seq: record.seq,
+            at: record.at,
+            kind,
+            team,
+            user: text(old.get("user")),
+            request: text(old.get("request")).unwrap_or_default(),
+            target: text(old.get("target")),
+            before_rules: rules_of(&old_reasons, &["deny", "mutate"]),
+            after_rules: rules_of(&new_reasons, &["deny", "mutate"]),
+            message: (kind == ChangeKind::NewlyDenied).then(|| new.decision.denial_message()),
+        });
+    }
+    report
+}
