@@ -64,11 +64,33 @@ const MODELS: [GpuModel; 8] = [
 
 const GPU_COUNTS: [u64; 4] = [1, 2, 4, 8];
 
-#[rustfmt::skip]
-const LOCATIONS: [&str; 15] = [
-    "Sweden, SE", "Norway, NO", "Germany, DE", "Netherlands, NL", "Poland, PL",
-    "United Kingdom, GB", "United States, US", "California, US", "Texas, US", "Canada, CA",
-    "Japan, JP", "Taiwan, TW", "Vietnam, VN", "China, CN", "Australia, AU",
+/// Places by region; offer `i` is in region `(i / 32) % 3`.
+const REGIONS: [&[&str]; 3] = [
+    &[
+        "Sweden, SE",
+        "Norway, NO",
+        "Germany, DE",
+        "Netherlands, NL",
+        "Poland, PL",
+        "United Kingdom, GB",
+        "France, FR",
+        "Finland, FI",
+    ],
+    &[
+        "United States, US",
+        "California, US",
+        "Texas, US",
+        "Canada, CA",
+        "Brazil, BR",
+    ],
+    &[
+        "Japan, JP",
+        "Taiwan, TW",
+        "Vietnam, VN",
+        "China, CN",
+        "Australia, AU",
+        "Singapore, SG",
+    ],
 ];
 
 const CPUS: [(&str, f64); 4] = [
@@ -119,9 +141,12 @@ pub(crate) fn storage_per_hour(storage_cost: u64, gb: f64) -> u64 {
     (storage_cost as f64 * gb.max(0.0) / HOURS_PER_MONTH).round() as u64
 }
 
-/// Builds `count` offers from `seed`. Models and GPU counts cycle so that
-/// every model appears with every count once there are 32 offers or more;
-/// the rest (price, place, hardware) is drawn from the seed.
+/// Builds `count` offers from `seed`. Models and GPU counts cycle, so each
+/// block of 32 offers has every model with every count; the blocks go to
+/// Europe, the Americas and Asia-Pacific in turn, and the first block is all
+/// verified, so a CLI example like `launch instance -g RTX_4090 -n 2 -r
+/// Europe` finds an offer whatever the seed. The rest (price, country,
+/// reliability, hardware) is drawn from the seed.
 pub(crate) fn generate(seed: u64, count: usize, first_id: u64, now_unix: f64) -> Vec<Offer> {
     let mut rng = SplitMix64::new(seed);
     (0..count)
@@ -129,19 +154,39 @@ pub(crate) fn generate(seed: u64, count: usize, first_id: u64, now_unix: f64) ->
             let model = MODELS.get(i % MODELS.len())?;
             let num_gpus = *GPU_COUNTS.get((i / MODELS.len()) % GPU_COUNTS.len())?;
             let id = first_id + u64::try_from(i).ok()?;
-            Some(offer(&mut rng, id, model, num_gpus, now_unix))
+            let region = REGIONS.get((i / BLOCK) % REGIONS.len())?;
+            Some(offer(
+                &mut rng,
+                id,
+                model,
+                num_gpus,
+                region,
+                i < BLOCK,
+                now_unix,
+            ))
         })
         .collect()
 }
 
-fn offer(rng: &mut SplitMix64, id: u64, model: &GpuModel, num_gpus: u64, now_unix: f64) -> Offer {
+/// Offers per block: every model with every GPU count.
+const BLOCK: usize = MODELS.len() * GPU_COUNTS.len();
+
+fn offer(
+    rng: &mut SplitMix64,
+    id: u64,
+    model: &GpuModel,
+    num_gpus: u64,
+    region: &[&str],
+    showcase: bool,
+    now_unix: f64,
+) -> Offer {
     let n = num_gpus as f64;
     let dph_base =
         (model.usd_micros_per_gpu as f64 * n * rng.range(0.8, 1.3) / 100.0).round() as u64 * 100;
     let min_bid = (dph_base as f64 * rng.range(0.4, 0.6)).round() as u64;
     let storage_cost = (rng.range(0.1, 0.3) * 100.0).round() as u64 * 10_000;
     let reliability = round(rng.range(0.9, 0.9999), 4);
-    let verified = rng.unit() < 0.85;
+    let verified = showcase || rng.unit() < 0.85;
     let (cpu_name, cpu_ghz) = *rng.pick(&CPUS).unwrap_or(&CPUS[0]);
     let (driver, cuda) = *rng.pick(&DRIVERS).unwrap_or(&DRIVERS[0]);
     let duration = (1.0 + rng.range(0.0, 90.0)).floor() * 86_400.0;
@@ -179,12 +224,12 @@ fn offer(rng: &mut SplitMix64, id: u64, model: &GpuModel, num_gpus: u64, now_uni
         "inet_down_cost": round(rng.range(0.0, 0.02), 4),
         "direct_port_count": *rng.pick(&[0u64, 20, 100, 500]).unwrap_or(&100),
         "static_ip": rng.unit() < 0.6,
-        "geolocation": *rng.pick(&LOCATIONS).unwrap_or(&LOCATIONS[0]),
+        "geolocation": *rng.pick(region).unwrap_or(&"Sweden, SE"),
         "reliability": reliability,
         "reliability2": reliability,
         "verified": verified,
         "verification": if verified { "verified" } else { "unverified" },
-        "external": rng.unit() < 0.05,
+        "external": !showcase && rng.unit() < 0.05,
         "duration": duration,
         "end_date": round(now_unix + duration, 3),
     });
@@ -281,20 +326,25 @@ mod tests {
     }
 
     #[test]
-    fn every_model_appears_with_every_gpu_count_in_32_offers() {
-        let offers = generate(1, 32, 1, 0.0);
+    fn the_first_block_has_every_model_and_count_verified_in_europe() {
+        let offers = generate(1, 40, 1, 0.0);
+        let first_block = offers.get(..32).unwrap();
         for model in &MODELS {
             for count in GPU_COUNTS {
-                assert!(
-                    offers
-                        .iter()
-                        .any(|o| o.fields.get("gpu_name") == Some(&json!(model.name))
-                            && o.fields.get("num_gpus") == Some(&json!(count))),
-                    "{} x{count} missing",
-                    model.name
-                );
+                let offer = first_block
+                    .iter()
+                    .find(|o| o.fields["gpu_name"] == model.name && o.fields["num_gpus"] == count)
+                    .unwrap_or_else(|| panic!("{} x{count} missing", model.name));
+                assert_eq!(offer.fields["verified"], true);
+                assert_eq!(offer.fields["external"], false);
+                let place = offer.fields["geolocation"].as_str().unwrap();
+                assert!(REGIONS[0].contains(&place), "{place}");
             }
         }
+        let later = offers.get(32..).unwrap();
+        assert!(later
+            .iter()
+            .all(|o| REGIONS[1].contains(&o.fields["geolocation"].as_str().unwrap())));
     }
 
     #[test]

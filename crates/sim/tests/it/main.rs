@@ -8,6 +8,8 @@
     reason = "test code: a failed expectation is the test failure"
 )]
 
+mod faults;
+mod fixtures;
 mod lifecycle;
 mod search;
 mod support;
