@@ -30,7 +30,7 @@ pub(crate) enum ApiError {
     #[error("no route {0}")]
     NoRoute(String),
     /// A fault injected on purpose (see [`crate::Fault`]).
-    #[error("simulated failure (injected fault, HTTP {0})")]
+    #[error("simulated failure (injected fault, HTTP {})", .0.as_u16())]
     Injected(StatusCode),
     /// A hung request released because the simulator is stopping.
     #[error("the simulator is shutting down")]

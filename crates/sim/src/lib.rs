@@ -3,33 +3,59 @@
 //! upstream: try every door with no cloud account, and test the Vast proxy
 //! against a peer whose clock, catalog and failures the test controls.
 //!
+//! # Endpoints
+//! All answers are JSON with `Content-Type: application/json` exactly (the
+//! CLI rejects `; charset=utf-8` on searches). Auth: `Authorization: Bearer
+//! KEY` (all the CLI sends) or `?api_key=KEY`; otherwise 401.
+//!
+//! | call | answer |
+//! |---|---|
+//! | `GET /api/v0/users/current` | user object; `credit` falls with spend; includes `api_key` as Vast does |
+//! | `GET /api/v0/gpu_names/unique/` (no key) | `{"gpu_names": [...]}` |
+//! | `POST /api/v0/bundles/` (body = query), `PUT /api/v0/search/asks/` (`{"q": query}`), `GET /api/v0/bundles/?q=` | `{"offers": [...]}` |
+//! | `PUT /api/v0/asks/{offer}/` | `{"success": true, "new_contract": id}` |
+//! | `POST /api/v0/asks/bulk/` (`ids`) | `{"success": true, "new_contracts": [...]}` (all or none) |
+//! | `PUT /api/v0/launch_instance/` (`q` + create fields) | as create, on the best matching offer |
+//! | `GET /api/v1/instances/?select_filters=&order_by=&limit=&after_token=&select_cols=` | `{"instances", "next_token", "total_instances", "label_counts"}` |
+//! | `GET /api/v0/instances/` | `{"instances": [...]}` |
+//! | `GET /api/v0/instances/filters/` | `{"filters": [{actual_status, verification, gpu_name}]}` |
+//! | `GET /api/v0/instances/{id}/` | `{"instances": row}` or `{"instances": null}` |
+//! | `PUT /api/v0/instances/{id}/` (`state`, `label`), `PUT /api/v0/instances/` (`state`, `ids`) | `{"success": true}` |
+//! | `DELETE /api/v0/instances/{id}/`, `DELETE /api/v0/instances/` (`instance_ids`) | `{"success": true}` |
+//!
+//! Errors: `{"success": false, "error": code, "msg": text}`: 400
+//! `invalid_args`, 401 `invalid_user_key`, 404 `no_such_ask` (offer unknown
+//! or rented), 404 `no_such_instance`, 404 `not_found` (no route).
+//!
 //! # Model
-//! - **Offers**: a catalog generated from a seed ([`SimConfig::seed`]):
-//!   RTX 3090/4090, RTX A6000, L40S, A100 PCIE/SXM4, H100 PCIE/SXM with 1, 2,
-//!   4 or 8 GPUs, each offer one whole machine with its price, reliability,
-//!   place and hardware fields named and typed as Vast sends them. Searches
-//!   (`POST /api/v0/bundles/`) honour `eq neq gt gte lt lte in notin`,
-//!   `order`, `limit` (default 64), `type` (`bid` prices at `min_bid`) and
-//!   `allocated_storage` (priced into `dph_total`); see the `query` module.
-//! - **Instances**: one simulated account; every accepted API key sees every
-//!   instance, and each instance records the key that created it
-//!   ([`InstanceInfo::owner_key`]). Renting an offer makes it `rented` (and
-//!   not `rentable`) until the instance is destroyed, stopped or not.
-//!   Lifecycle and cost are described in the `market` module: `loading` for
-//!   [`SimConfig::boot_delay`], then `running`; stopped instances pay storage
-//!   only. Row field `total_cost` (USD, simulator only) is the cost so far.
+//! - **Offers**: generated from [`SimConfig::seed`]: RTX 3090/4090, RTX
+//!   A6000, L40S, A100 PCIE/SXM4, H100 PCIE/SXM with 1, 2, 4 or 8 GPUs; each
+//!   offer is one whole machine with price, reliability, place and the
+//!   hardware fields named and typed as Vast sends them. Searches honour
+//!   `eq neq gt gte lt lte in notin` with the CLI's value encodings (numbers
+//!   as strings, `driver_version` as an integer, `geolocation` by country
+//!   code), `order`, `limit` (default 64), `type` (`bid` prices at
+//!   `min_bid`) and `allocated_storage` (its storage price is in `dph_total`).
+//! - **Instances**: one account; every accepted key sees every instance, and
+//!   each records the key that created it ([`InstanceInfo::owner_key`]). An
+//!   instance holds its offer (`rented: true`, `rentable: false`) until it is
+//!   destroyed, stopped or not. Created or started, it is `loading` for
+//!   [`SimConfig::boot_delay`] on the sim clock, then `running`; stopped, it
+//!   shows `actual_status: "exited"`; destroyed, it leaves every listing.
+//! - **Cost**: loading and running accrue `dph_total` (GPU plus disk
+//!   storage); stopped accrues storage only (`storage_cost` $/GB/month × GB /
+//!   720 h). Kept in integer micro-dollars; the row field `total_cost` (USD,
+//!   simulator only: Vast has no such field) and
+//!   [`InstanceInfo::cost_micros`] give the cost so far, frozen at destroy.
 //! - **Time** comes from a [`Clock`]; tests use a [`ManualClock`].
 //! - **Faults** ([`Fault`]): latency, error statuses before or after the
 //!   action is performed, dropped connections and hung requests, per
 //!   endpoint, for the next N requests or with a seeded probability.
 //!
 //! # Simplified
-//! One machine per offer (no partial rentals of a machine's GPUs); no
-//! networking, ports, volumes, templates, invoices or balance enforcement
-//! (`credit` in `users/current` just decreases with spend); bids never get
-//! outbid; errors use Vast's shape (`{"success": false, "error", "msg"}`) but
-//! their exact codes and statuses are the simulator's best guess
-//! (`no_such_ask` and `no_such_instance` answer 404, a bad key 401).
+//! No partial rentals of a machine's GPUs; no networking, ports, volumes,
+//! templates, invoices, reboots or balance enforcement; bids are never
+//! outbid; error codes and statuses are the simulator's best guess at Vast's.
 
 mod api;
 mod catalog;

@@ -154,6 +154,7 @@ struct Instance {
 }
 
 /// Offer fields an instance row repeats.
+#[rustfmt::skip]
 const HARDWARE_FIELDS: [&str; 16] = [
     "machine_id",
     "host_id",

@@ -1,6 +1,7 @@
 //! The simulator's configuration and its shared state, which is also the
 //! handle tests and tools use to inspect and drive it.
 
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,7 @@ use crate::market::{InstanceInfo, Market};
 
 /// How to build a simulator. `SimConfig::default()` is a ready marketplace
 /// on the system clock that accepts any API key.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SimConfig {
     /// Seed of the offer catalog and of probabilistic faults.
     pub seed: u64,
@@ -56,6 +57,24 @@ impl Default for SimConfig {
     }
 }
 
+// By hand, so the keys are never printed.
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("seed", &self.seed)
+            .field("offers", &self.offers)
+            .field("api_keys", &format_args!("[{} keys]", self.api_keys.len()))
+            .field("clock", &self.clock)
+            .field("boot_delay", &self.boot_delay)
+            .field("first_offer_id", &self.first_offer_id)
+            .field("first_instance_id", &self.first_instance_id)
+            .field("credit_micros", &self.credit_micros)
+            .field("latency", &self.latency)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
 /// A snapshot of one offer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OfferInfo {
@@ -76,12 +95,19 @@ pub struct OfferInfo {
 /// The simulator: catalog, instances, clock and faults. Cheap to clone;
 /// clones share everything, so a clone kept by a test drives the one the
 /// router serves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SimState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl fmt::Debug for SimState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimState")
+            .field("clock", &self.inner.clock)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     api_keys: Vec<String>,
     clock: Clock,
