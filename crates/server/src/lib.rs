@@ -10,6 +10,7 @@ pub mod doors;
 pub mod error;
 pub mod recorder;
 pub mod sync;
+pub mod upstream_key;
 
 pub use app::{router, AppState, Application};
 pub use error::DoorError;
