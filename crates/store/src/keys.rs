@@ -719,6 +719,19 @@ impl Store {
             .collect()
     }
 
+    /// The key `id`, if there is one (never its secret or hash).
+    pub async fn get_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row: Option<KeyRow> = on_pool!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(|row| key_row(row).map(|(key, _hash)| key))
+            .transpose()
+    }
+
     /// Revokes a key from `now` on, with a `key.revoked` audit record in the
     /// same transaction. Revoking a revoked key is an error
     /// ([`KeyAdminError::Revoked`] says when) and records nothing.

@@ -190,6 +190,9 @@ on_both_backends! {
         assert_eq!(all[0].state(at(62)), KeyState::Active);
         assert_eq!(all[0].state(at(63)), KeyState::Expired);
         assert_eq!(all[1].state(at(5)), KeyState::Revoked);
+        assert_eq!(store.get_key(&b.key.id).await.unwrap().as_ref(), Some(&all[1]));
+        let unknown = ApiKeyId::parse("0123456789abcdef").unwrap();
+        assert_eq!(store.get_key(&unknown).await.unwrap(), None);
         let ml = store.list_keys(Some(&TeamName::parse("ml").unwrap())).await.unwrap();
         assert_eq!(ml.len(), 2);
         assert!(ml.iter().all(|k| k.team.as_str() == "ml"));
