@@ -19,7 +19,7 @@ pub enum ExportFormat {
     Csv,
 }
 
-fn now() -> UnixMicros {
+pub(crate) fn now() -> UnixMicros {
     UnixMicros::from_system_time(SystemTime::now())
 }
 
@@ -56,7 +56,7 @@ async fn open(config: &Path) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open the store named by {}", config.display()))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

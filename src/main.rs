@@ -1,5 +1,6 @@
 //! The `warden` command: serve the doors, check a config, run policy tests,
-//! decide one captured request.
+//! decide one captured request, administer the store (audit, allocations,
+//! keys).
 
 /// Prints a line on stdout; a closed pipe (`warden test ... | head`) ends
 /// the program quietly instead of panicking.
@@ -15,6 +16,7 @@ macro_rules! say {
 }
 
 mod admin;
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +105,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: admin::ReplayFormat,
     },
+    /// Team API keys in the store: create (shown once), list, revoke, rotate.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Reconcile allocations with a platform's live resources once (what
     /// `warden serve` does every `skypilot_api.interval_seconds`).
     #[command(subcommand)]
@@ -233,6 +238,7 @@ fn main() -> ExitCode {
             door,
             name,
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
+        Command::Keys(command) => keys::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
         Command::Replay {
             config,

@@ -12,6 +12,7 @@ mod admin;
 mod cases;
 mod cli;
 mod http;
+mod keys;
 mod recording;
 mod replay;
 mod replicas;

@@ -12,6 +12,7 @@ pub mod recorder;
 pub mod redact;
 pub mod replay;
 pub mod sync;
+pub mod upstream_key;
 
 pub use app::{router, AppState, Application};
 pub use error::DoorError;

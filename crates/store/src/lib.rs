@@ -64,6 +64,9 @@
 //! - `audit_head(id = 1, seq, hash)`: the chain's last record, updated by
 //!   every transaction that appends; it serializes appends and exposes a
 //!   truncated tail.
+//! - `api_keys(id, hash, name, team, user_name, created_us, expires_us,
+//!   revoked_us, rotated_to)`: team API keys, stored as hashes; `id` is the
+//!   public part of the key and the primary key. See [`keys`].
 //!
 //! # Guarantees
 //!
@@ -98,6 +101,7 @@ pub mod allocations;
 pub mod audit;
 mod backend;
 pub mod error;
+pub mod keys;
 pub mod spend;
 pub mod time;
 pub mod writer;
@@ -110,5 +114,9 @@ pub use allocations::{
 pub use audit::{chain_hash, AuditRecord, ChainHead, ChainProblem, VerifyReport, GENESIS_HASH};
 pub use backend::Store;
 pub use error::{InputError, StoreError};
+pub use keys::{
+    ApiKey, ApiKeyId, IssuedKey, KeyAdminError, KeyError, KeyInputError, KeyName, KeyPrincipal,
+    KeySecret, KeyState, KeyUser, NewKey, Rotated, RotatedExpiry,
+};
 pub use time::{parse_time_zone, Period, PeriodKind, TimeZone, UnixMicros};
 pub use writer::{Write, WriteStats, Written, MAX_BATCH};

@@ -15,6 +15,7 @@ mod support;
 mod alerts;
 mod allocations;
 mod audit;
+mod keys;
 mod migrations;
 mod spend;
 mod writer;
