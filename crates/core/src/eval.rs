@@ -168,6 +168,10 @@ impl<'r> State<'r> {
     }
 
     fn hourly(&self, policy: &Policy, r: &Resource) -> Option<Usd> {
+        if let Some(q) = &r.quote {
+            let per_node = if r.use_spot { q.spot } else { q.on_demand };
+            return Some(per_node.times(u64::from(self.req.num_nodes)));
+        }
         match &r.accelerator {
             None => Some(Usd::ZERO),
             Some(a) => policy

@@ -22,6 +22,7 @@ pub mod money;
 pub mod policy;
 pub mod price;
 pub mod request;
+pub mod vast;
 
 pub use decision::{
     AppliedMutation, Decision, Doc, Effect, Mutation, Reason, ResourceField, Verdict,
@@ -34,4 +35,5 @@ pub use policy::{
     normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team,
 };
 pub use price::{GpuPrice, PriceTable};
-pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Resource};
+pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Quote, Resource};
+pub use vast::{BudgetAction, LaunchLimits, VastTeam, VastTeamSpec};

@@ -71,6 +71,9 @@ pub struct TeamSpec {
     /// soft thresholds.
     #[serde(default)]
     pub budgets: Option<BudgetSpec>,
+    /// Offer constraints and budget action at the Vast door.
+    #[serde(default)]
+    pub vast: Option<crate::vast::VastTeamSpec>,
 }
 
 /// Team budgets as written.
@@ -366,6 +369,8 @@ pub struct Team {
     pub quotas: Quotas,
     /// Spending limits.
     pub budgets: Budgets,
+    /// Options at the Vast door.
+    pub vast: crate::vast::VastTeam,
 }
 
 /// How a request was resolved to a team.
@@ -588,12 +593,15 @@ impl Policy {
             rules.extend(team_rules(&mut p, &path, &name, t));
             let quotas = compile_quotas(&mut p, &path, t.quotas.as_ref());
             let budgets = compile_budgets(&mut p, &path, t.budgets.as_ref());
+            let (vast, problems) = crate::vast::compile(&path, t.vast.as_ref());
+            problems.into_iter().for_each(|(at, msg)| p.add(at, msg));
             teams.push(Team {
                 name,
                 users: t.users.clone(),
                 workspaces: t.workspaces.clone(),
                 quotas,
                 budgets,
+                vast,
             });
         }
 

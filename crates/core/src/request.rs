@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::ids::GpuModel;
+use crate::money::Usd;
 
 /// Which door a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +72,20 @@ pub struct Resource {
     pub image_id: Option<String>,
     /// Ports to open.
     pub ports: Vec<String>,
+    /// The price the door was quoted for one node of this candidate (a
+    /// marketplace offer's `dph_total`), when it knows one: limits and the
+    /// recorded cost then use it instead of the price table.
+    pub quote: Option<Quote>,
+}
+
+/// A price quoted for one node of a candidate, per hour: what this very
+/// machine costs, on demand and as spot (interruptible) capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Quote {
+    /// On-demand $/hour.
+    pub on_demand: Usd,
+    /// Spot (interruptible) $/hour.
+    pub spot: Usd,
 }
 
 impl Resource {

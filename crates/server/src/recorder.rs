@@ -145,11 +145,15 @@ pub fn payload(
 /// The candidate a reservation records: the costliest one (the worst case),
 /// else the one with the most GPUs.
 fn worst(req: &LaunchRequest, policy: &Policy) -> Option<Resource> {
-    let cost = |r: &Resource| {
-        r.accelerator
+    let cost = |r: &Resource| match &r.quote {
+        Some(q) => {
+            Some(if r.use_spot { q.spot } else { q.on_demand }.times(u64::from(req.num_nodes)))
+        }
+        None => r
+            .accelerator
             .as_ref()
             .and_then(|a| policy.prices().per_gpu_hour(&a.model, r.use_spot))
-            .map(|p| p.times(req.total_gpus(r)))
+            .map(|p| p.times(req.total_gpus(r))),
     };
     req.resources
         .iter()

@@ -506,6 +506,7 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
                 disk_size,
                 image_id: get("image_id").and_then(Value::as_str).map(str::to_owned),
                 ports: ports(get("ports")),
+                quote: None,
             });
             origins.push(Origin {
                 alt: alt.map(|(i, _)| i),

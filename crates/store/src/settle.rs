@@ -1,0 +1,293 @@
+//! Settling allocations a door reserved before it knew what it launched.
+//!
+//! A door that proxies a create (the Vast door) must reserve quota and
+//! budget *before* the upstream call, so two racing creates cannot both
+//! fit; it learns the resource's name (the instance id) only from the
+//! answer, and sometimes never gets the answer (a time-out, a dropped
+//! connection). So it reserves under a placeholder name, then:
+//!
+//! - [`Store::settle`] renames the placeholder to the real name, once the
+//!   resource is known to exist, and records the price it actually costs;
+//! - [`Store::void`] ends a placeholder whose resource never came to exist
+//!   *at its start*, so it costs nothing: a failed create leaves no spend.
+//!
+//! Both write their audit record in the same transaction, under the team's
+//! lock, like every other allocation change. [`Store::allocations_named`]
+//! answers who an allocation name belongs to, live or ended (which team
+//! owns a stopped instance).
+
+use serde_json::json;
+use warden_core::{Door, GpuModel, TeamName, Usd};
+
+use crate::allocations::{Allocation, AllocationId, AllocationName, AllocationState};
+use crate::audit::NewRecord;
+use crate::backend::{on_pool, on_tx, Tx};
+use crate::error::StoreError;
+use crate::time::UnixMicros;
+use crate::Store;
+
+/// What [`Store::settle`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The placeholder now carries the real name.
+    Renamed(Allocation),
+    /// An allocation with the real name was live already (settled by
+    /// someone else first): the placeholder, if still live, was voided.
+    AlreadySettled(Allocation),
+    /// Neither the placeholder nor the real name is live (the placeholder
+    /// was voided or ended meanwhile); nothing changed.
+    Missing,
+}
+
+const COLUMNS: &str = "id, door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                       started_us, ended_us, state";
+
+type Row = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+);
+
+fn row_allocation(row: Row) -> Result<Allocation, StoreError> {
+    let (id, door, team, user, name, gpu_model, gpus, hourly, started, ended, state) = row;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: format!("allocation `{id}`"),
+        detail,
+    };
+    let door = match door.as_str() {
+        "skypilot" => Door::Skypilot,
+        "vast" => Door::Vast,
+        "kubernetes" => Door::Kubernetes,
+        other => return Err(corrupt(format!("unknown door `{other}`"))),
+    };
+    let state = match state.as_str() {
+        "live" => AllocationState::Live,
+        "ended" => AllocationState::Ended,
+        other => return Err(corrupt(format!("unknown state `{other}`"))),
+    };
+    Ok(Allocation {
+        id: AllocationId::new(id),
+        door,
+        team: TeamName::parse(&team).map_err(|e| corrupt(e.to_string()))?,
+        user,
+        name: AllocationName::parse(&name).map_err(|e| corrupt(e.to_string()))?,
+        gpu_model: gpu_model
+            .map(|m| GpuModel::parse(&m))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        gpus: u32::try_from(gpus).map_err(|_| corrupt(format!("gpus `{gpus}` out of range")))?,
+        hourly: Usd::from_micros(hourly),
+        started: UnixMicros::from_micros(started),
+        ended: ended.map(UnixMicros::from_micros),
+        state,
+    })
+}
+
+fn record(kind: &str, payload: serde_json::Value, at: UnixMicros) -> NewRecord {
+    NewRecord {
+        kind: kind.to_owned(),
+        payload: payload.to_string(),
+        at,
+    }
+}
+
+impl Tx {
+    async fn live_named(
+        &mut self,
+        door: Door,
+        team: &TeamName,
+        name: &AllocationName,
+    ) -> Result<Option<Allocation>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM allocations \
+             WHERE door = $1 AND team = $2 AND name = $3 AND state = 'live'"
+        );
+        let row: Option<Row> = on_tx!(self, |conn| {
+            sqlx::query_as(&sql)
+                .bind(door.as_str())
+                .bind(team.as_str())
+                .bind(name.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        row.map(row_allocation).transpose()
+    }
+
+    /// Ends live allocation `id` at its own start (zero cost).
+    async fn void_row(&mut self, id: AllocationId) -> Result<Option<Allocation>, StoreError> {
+        let sql = format!(
+            "UPDATE allocations SET state = 'ended', ended_us = started_us \
+             WHERE id = $1 AND state = 'live' RETURNING {COLUMNS}"
+        );
+        let row: Option<Row> = on_tx!(self, |conn| {
+            sqlx::query_as(&sql)
+                .bind(id.get())
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        row.map(row_allocation).transpose()
+    }
+}
+
+impl Store {
+    /// Renames the live allocation `from` of `door` and `team` to `to` and,
+    /// when given, sets its price per hour to `hourly` (what the resource
+    /// really costs, from its start), writing an `allocation.settled` audit
+    /// record in the same transaction. Safe to call twice and from two
+    /// places at once (the door and a reconciler): see [`Settled`].
+    pub async fn settle(
+        &self,
+        door: Door,
+        team: &TeamName,
+        from: &AllocationName,
+        to: &AllocationName,
+        hourly: Option<Usd>,
+        now: UnixMicros,
+    ) -> Result<Settled, StoreError> {
+        if let Some(h) = hourly.filter(|h| h.micros() < 0) {
+            return Err(crate::error::InputError::NegativeHourly(h).into());
+        }
+        let mut tx = self.begin_write().await?;
+        tx.lock_teams(&[team]).await?;
+        let pending = tx.live_named(door, team, from).await?;
+        if let Some(existing) = tx.live_named(door, team, to).await? {
+            let mut records = Vec::new();
+            if let Some(p) = pending {
+                if let Some(voided) = tx.void_row(p.id).await? {
+                    records.push(record(
+                        "allocation.voided",
+                        json!({
+                            "allocation_id": voided.id,
+                            "door": door,
+                            "team": team,
+                            "name": voided.name,
+                            "reason": format!("`{to}` was settled by another allocation"),
+                        }),
+                        now,
+                    ));
+                }
+            }
+            tx.append_records(records).await?;
+            tx.commit().await?;
+            return Ok(Settled::AlreadySettled(existing));
+        }
+        let Some(pending) = pending else {
+            return Ok(Settled::Missing);
+        };
+        let sql = format!(
+            "UPDATE allocations SET name = $1, hourly_micros = $2 \
+             WHERE id = $3 AND state = 'live' RETURNING {COLUMNS}"
+        );
+        let hourly = hourly.unwrap_or(pending.hourly);
+        let row: Row = on_tx!(&mut tx, |conn| {
+            sqlx::query_as(&sql)
+                .bind(to.as_str())
+                .bind(hourly.micros())
+                .bind(pending.id.get())
+                .fetch_one(&mut *conn)
+                .await?
+        });
+        let renamed = row_allocation(row)?;
+        tx.append_records(vec![record(
+            "allocation.settled",
+            json!({
+                "allocation_id": renamed.id,
+                "door": door,
+                "team": team,
+                "from": from,
+                "name": to,
+                "hourly_micros": renamed.hourly.micros(),
+                "previous_hourly_micros": pending.hourly.micros(),
+                "started_us": renamed.started,
+            }),
+            now,
+        )])
+        .await?;
+        tx.commit().await?;
+        Ok(Settled::Renamed(renamed))
+    }
+
+    /// Ends live allocation `id` as if it never ran: its end is set to its
+    /// start, so it adds nothing to spend. For a placeholder whose resource
+    /// was never created. Writes an `allocation.voided` audit record with
+    /// `reason` in the same transaction. `None` if it was not live.
+    pub async fn void(
+        &self,
+        id: AllocationId,
+        reason: &str,
+        now: UnixMicros,
+    ) -> Result<Option<Allocation>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let team: Option<(String,)> = on_tx!(&mut tx, |conn| {
+            sqlx::query_as("SELECT team FROM allocations WHERE id = $1 AND state = 'live'")
+                .bind(id.get())
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        let Some((team,)) = team else {
+            return Ok(None);
+        };
+        let team = TeamName::parse(&team).map_err(|e| StoreError::Corrupt {
+            what: format!("allocation `{id}`"),
+            detail: e.to_string(),
+        })?;
+        tx.lock_teams(&[&team]).await?;
+        let voided = tx.void_row(id).await?;
+        if let Some(a) = &voided {
+            tx.append_records(vec![record(
+                "allocation.voided",
+                json!({
+                    "allocation_id": a.id,
+                    "door": a.door,
+                    "team": a.team,
+                    "user": a.user,
+                    "name": a.name,
+                    "started_us": a.started,
+                    "reason": reason,
+                }),
+                now,
+            )])
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(voided)
+    }
+
+    /// Every allocation, live or ended, of `door` named one of `names`,
+    /// oldest first: who a name belongs to, also after it ended.
+    pub async fn allocations_named(
+        &self,
+        door: Door,
+        names: &[AllocationName],
+    ) -> Result<Vec<Allocation>, StoreError> {
+        let mut out = Vec::new();
+        // Bounded statements: SQLite allows 32766 parameters, keep far below.
+        for chunk in names.chunks(500) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM allocations WHERE door = $1 AND name IN ({}) ORDER BY id",
+                params.join(", ")
+            );
+            let rows: Vec<Row> = on_pool!(self, |pool| {
+                let mut q = sqlx::query_as(&sql).bind(door.as_str());
+                for name in chunk {
+                    q = q.bind(name.as_str());
+                }
+                q.fetch_all(pool).await?
+            });
+            for row in rows {
+                out.push(row_allocation(row)?);
+            }
+        }
+        out.sort_by_key(|a| a.id);
+        Ok(out)
+    }
+}
