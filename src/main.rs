@@ -112,6 +112,23 @@ enum Command {
     /// `warden serve` does every `skypilot_api.interval_seconds`).
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Serve the Vast.ai marketplace simulator (the Vast door's embedded
+    /// default upstream) on its own, e.g. to benchmark against it.
+    Sim {
+        /// Address to listen on (`127.0.0.1:0` picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Seed of the offer catalog.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// An API key the simulated account accepts (repeatable); none: any key.
+        #[arg(long = "api-key")]
+        api_keys: Vec<String>,
+        /// A fault to inject, `ENDPOINT:ACTION[:TRIGGER]` (repeatable), e.g.
+        /// `create:drop`, `*:503:p0.1`, `search:delay=250ms:3`.
+        #[arg(long = "fault")]
+        faults: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +257,12 @@ fn main() -> ExitCode {
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
         Command::Keys(command) => keys::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
+        Command::Sim {
+            listen,
+            seed,
+            api_keys,
+            faults,
+        } => sim(&listen, seed, api_keys, &faults),
         Command::Replay {
             config,
             storage,
@@ -269,6 +292,7 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
     let policy = cfg.policy;
     let skypilot_api = cfg.skypilot_api;
     let settings = cfg.settings;
+    let vast = cfg.vast;
     let storage = match storage {
         Some(s) => {
             warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?
@@ -301,6 +325,26 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
                 format!("{}: cannot start the SkyPilot usage sync", config.display())
             })?;
         }
+        // The Vast door, in front of Vast.ai or the embedded simulator.
+        let _embedded_sim = if state.store().is_some() {
+            let (door, sim) = warden_server::doors::vast::start(&vast)
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}: cannot start the Vast door", config.display()))?;
+            match &sim {
+                Some(sim) => tracing::info!(
+                    upstream = %format!("http://{}", sim.addr),
+                    "Vast door: no Vast API key is configured (`vast.api_key_env`/`api_key_file`, or `VAST_API_KEY`), so the embedded marketplace simulator is the upstream; point `vastai --url http://HOST:PORT/vast` at Warden"
+                ),
+                None => tracing::info!(upstream = door.upstream().base(), "Vast door upstream"),
+            }
+            state.enable_vast(Arc::new(door));
+            warden_server::doors::vast::reconcile::spawn(&state);
+            sim
+        } else {
+            tracing::warn!("the Vast door is off: it needs a store (`storage` is `none`)");
+            None
+        };
         let app = Application::build(state, &listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -314,6 +358,47 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
             "listening"
         );
         app.run_until_signal().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn sim(
+    listen: &str,
+    seed: u64,
+    api_keys: Vec<String>,
+    faults: &[String],
+) -> anyhow::Result<ExitCode> {
+    let _log_guard = init_logging();
+    let faults = faults
+        .iter()
+        .map(|f| f.parse::<warden_sim::Fault>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = warden_sim::SimConfig {
+        seed,
+        api_keys,
+        faults,
+        ..warden_sim::SimConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(addr = %addr, seed, offers = config.offers, "listening");
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        warden_sim::serve(listener, config, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

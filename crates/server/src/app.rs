@@ -12,7 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -37,6 +37,7 @@ pub struct AppState {
     config_path: Option<PathBuf>,
     request_seq: AtomicU64,
     boot: u64,
+    vast: std::sync::OnceLock<Arc<crate::doors::vast::VastDoor>>,
 }
 
 impl AppState {
@@ -63,6 +64,7 @@ impl AppState {
             config_path,
             request_seq: AtomicU64::new(0),
             boot,
+            vast: std::sync::OnceLock::new(),
         })
     }
 
@@ -91,6 +93,16 @@ impl AppState {
         self.alerter.load_full()
     }
 
+    /// Turns the Vast door on (once; later calls are ignored).
+    pub fn enable_vast(&self, door: Arc<crate::doors::vast::VastDoor>) {
+        let _ = self.vast.set(door);
+    }
+
+    /// The Vast door, when on.
+    pub fn vast(&self) -> Option<&Arc<crate::doors::vast::VastDoor>> {
+        self.vast.get()
+    }
+
     /// The store decisions are recorded in, if any (for the usage sync).
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
@@ -108,7 +120,7 @@ impl AppState {
         Ok(())
     }
 
-    fn request_id(&self, headers: &HeaderMap) -> String {
+    pub(crate) fn request_id(&self, headers: &HeaderMap) -> String {
         let given = headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
@@ -135,6 +147,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/skypilot", post(skypilot_door))
+        .route("/vast/{*rest}", any(crate::doors::vast::route))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
 }

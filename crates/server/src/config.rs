@@ -15,6 +15,9 @@ use warden_core::{Policy, PolicySpec};
 
 use crate::sync::skypilot::ApiUrl;
 
+mod vast;
+pub use vast::{PreDestroy, VastConfig, VAST_CONSOLE_URL};
+
 /// The store used when the config names none: a SQLite file next to the
 /// config file.
 pub const DEFAULT_STORAGE_FILE: &str = "warden.db";
@@ -47,6 +50,8 @@ struct ConfigFile {
     time_zone: Option<String>,
     #[serde(default)]
     budget_alerts: Option<BudgetAlertsFile>,
+    #[serde(default)]
+    vast: Option<vast::VastFile>,
 }
 
 /// `budget_alerts` as written.
@@ -189,6 +194,8 @@ pub struct Config {
     pub skypilot_api: Option<SkypilotApi>,
     /// Time zone and alert delivery.
     pub settings: Settings,
+    /// The Vast door (`vast`; defaults when absent).
+    pub vast: VastConfig,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -376,6 +383,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         s => Ok(s),
     });
     let api = file.skypilot_api.map(|f| skypilot_api(path, f)).transpose();
+    let vast = vast::vast_config(path, file.vast.unwrap_or_default());
     let mut settings_problems = Vec::new();
     let time_zone = match file.time_zone.as_deref().map(str::trim) {
         None => warden_store::TimeZone::UTC,
@@ -398,15 +406,21 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         prices: file.prices,
         rules: file.rules,
     };
-    match (Policy::compile(spec), storage, api) {
-        (Ok(policy), Ok(storage), Ok(skypilot_api)) if settings_problems.is_empty() => Ok(Config {
-            policy,
-            storage,
-            skypilot_api,
-            settings,
-        }),
-        (policy, storage, api) => {
+    match (Policy::compile(spec), storage, api, vast) {
+        (Ok(policy), Ok(storage), Ok(skypilot_api), Ok(vast)) if settings_problems.is_empty() => {
+            Ok(Config {
+                policy,
+                storage,
+                skypilot_api,
+                settings,
+                vast,
+            })
+        }
+        (policy, storage, api, vast) => {
             let mut lines: Vec<String> = settings_problems;
+            if let Err(e) = vast {
+                lines.extend(e);
+            }
             if let Err(e) = storage {
                 lines.push(e);
             }

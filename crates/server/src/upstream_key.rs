@@ -32,6 +32,11 @@ pub const DEFAULT_ENV: &str = "VAST_API_KEY";
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret made in this process (the embedded simulator's key).
+    pub fn generated(text: String) -> Secret {
+        Secret(text)
+    }
+
     /// The secret's text, to put in an upstream request.
     pub fn expose(&self) -> &str {
         &self.0

@@ -1,0 +1,241 @@
+//! The `vast:` section: where the Vast door's upstream is and how Warden
+//! talks to it. Per-team offer constraints live under `teams.<t>.vast`
+//! (validated by the core).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::upstream_key::UpstreamKeySource;
+
+/// The Vast.ai API, used when a key is configured and no `upstream_url`.
+pub const VAST_CONSOLE_URL: &str = "https://console.vast.ai";
+/// Seconds one upstream exchange may take, by default.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+/// Seconds between two reconciles with the upstream instance list, by default.
+pub const DEFAULT_RECONCILE_SECONDS: u64 = 60;
+/// Seconds a create's placeholder allocation is left alone when no instance
+/// shows up for it, by default (a create may still be on its way).
+pub const DEFAULT_PENDING_GRACE_SECONDS: u64 = 120;
+/// Seconds the pre-destroy command may run, by default.
+pub const DEFAULT_PRE_DESTROY_TIMEOUT_SECONDS: u64 = 60;
+
+/// `vast` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VastFile {
+    #[serde(default)]
+    upstream_url: Option<String>,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default)]
+    api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    reconcile_interval_seconds: Option<u64>,
+    #[serde(default)]
+    pending_grace_seconds: Option<u64>,
+    #[serde(default)]
+    pre_destroy_command: Option<String>,
+    #[serde(default)]
+    pre_destroy_timeout_seconds: Option<u64>,
+}
+
+/// The Vast door's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VastConfig {
+    /// The upstream API's base URL (`http(s)://host[:port][/prefix]`, no
+    /// trailing slash); `None`: Vast.ai itself when a key is found, else
+    /// the embedded simulator.
+    pub upstream_url: Option<String>,
+    /// Where the upstream key is.
+    pub key: UpstreamKeySource,
+    /// Whether `api_key_env` or `api_key_file` was written (then a missing
+    /// key is an error, never a silent fallback to the simulator).
+    pub key_configured: bool,
+    /// Bound on one upstream exchange.
+    pub timeout: Duration,
+    /// Time between two reconciles.
+    pub reconcile_interval: Duration,
+    /// How long a create's placeholder is kept while no instance matches it.
+    pub pending_grace: Duration,
+    /// Run over SSH on an instance before Warden destroys it.
+    pub pre_destroy: Option<PreDestroy>,
+}
+
+impl Default for VastConfig {
+    fn default() -> Self {
+        Self {
+            upstream_url: None,
+            key: UpstreamKeySource::default(),
+            key_configured: false,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECONDS),
+            reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECONDS),
+            pending_grace: Duration::from_secs(DEFAULT_PENDING_GRACE_SECONDS),
+            pre_destroy: None,
+        }
+    }
+}
+
+/// `vast.pre_destroy_command`: `ssh -p PORT root@HOST COMMAND` before a
+/// destroy, bounded by `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreDestroy {
+    /// The remote command line.
+    pub command: String,
+    /// Bound on the whole SSH session.
+    pub timeout: Duration,
+}
+
+/// Validates `vast`; the errors are `key.path: problem` lines.
+pub(crate) fn vast_config(path: &Path, f: VastFile) -> Result<VastConfig, Vec<String>> {
+    let mut problems = Vec::new();
+    let upstream_url = f
+        .upstream_url
+        .map(|u| u.trim().trim_end_matches('/').to_owned());
+    if let Some(url) = &upstream_url {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+            problems.push(
+                "vast.upstream_url: not an `http://` or `https://` URL with a host; write e.g. `https://console.vast.ai`".to_owned(),
+            );
+        }
+    }
+    let key_configured =
+        f.api_key_env.is_some() || f.api_key_file.is_some() || upstream_url.is_some();
+    let key = match (f.api_key_env, f.api_key_file) {
+        (Some(_), Some(_)) => {
+            problems.push("vast: give `api_key_env` or `api_key_file`, not both".to_owned());
+            UpstreamKeySource::default()
+        }
+        (Some(var), None) => UpstreamKeySource::env(&var).unwrap_or_else(|e| {
+            problems.push(format!("vast.api_key_env: {e}"));
+            UpstreamKeySource::default()
+        }),
+        (None, Some(file)) => UpstreamKeySource::File(if file.is_absolute() {
+            file
+        } else {
+            path.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+                .join(file)
+        }),
+        (None, None) => UpstreamKeySource::default(),
+    };
+    let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
+        let v = given.unwrap_or(default);
+        if v < min || v > 86_400 {
+            problems.push(format!(
+                "vast.{key}: `{v}` is out of range; use {min} to 86400 seconds"
+            ));
+        }
+        Duration::from_secs(v)
+    };
+    let timeout = seconds(
+        "timeout_seconds",
+        f.timeout_seconds,
+        DEFAULT_TIMEOUT_SECONDS,
+        1,
+    );
+    let reconcile_interval = seconds(
+        "reconcile_interval_seconds",
+        f.reconcile_interval_seconds,
+        DEFAULT_RECONCILE_SECONDS,
+        1,
+    );
+    let pending_grace = seconds(
+        "pending_grace_seconds",
+        f.pending_grace_seconds,
+        DEFAULT_PENDING_GRACE_SECONDS,
+        0,
+    );
+    let pre_timeout = seconds(
+        "pre_destroy_timeout_seconds",
+        f.pre_destroy_timeout_seconds,
+        DEFAULT_PRE_DESTROY_TIMEOUT_SECONDS,
+        1,
+    );
+    let pre_destroy = match f.pre_destroy_command.map(|c| c.trim().to_owned()) {
+        Some(c) if c.is_empty() => {
+            problems.push(
+                "vast.pre_destroy_command: empty; remove it or name a command to run".to_owned(),
+            );
+            None
+        }
+        Some(command) => Some(PreDestroy {
+            command,
+            timeout: pre_timeout,
+        }),
+        None => None,
+    };
+    if problems.is_empty() {
+        Ok(VastConfig {
+            upstream_url,
+            key,
+            key_configured,
+            timeout,
+            reconcile_interval,
+            pending_grace,
+            pre_destroy,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<VastConfig, Vec<String>> {
+        let f: VastFile = serde_norway::from_str(text).unwrap();
+        vast_config(Path::new("/etc/warden/warden.yaml"), f)
+    }
+
+    #[test]
+    fn defaults_and_a_relative_key_file() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c, VastConfig::default());
+        assert!(!c.key_configured);
+        let c = parse("{upstream_url: 'https://console.vast.ai/', api_key_file: vast.key, timeout_seconds: 5, pre_destroy_command: 'sync-out.sh'}").unwrap();
+        assert_eq!(c.upstream_url.as_deref(), Some("https://console.vast.ai"));
+        assert_eq!(
+            c.key,
+            UpstreamKeySource::File(PathBuf::from("/etc/warden/vast.key"))
+        );
+        assert!(c.key_configured);
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.pre_destroy,
+            Some(PreDestroy {
+                command: "sync-out.sh".to_owned(),
+                timeout: Duration::from_secs(60)
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("{upstream_url: 'ftp://x', api_key_env: A, api_key_file: /k, reconcile_interval_seconds: 0, pre_destroy_command: ' '}").unwrap_err();
+        for want in [
+            "vast.upstream_url: not an `http://`",
+            "give `api_key_env` or `api_key_file`, not both",
+            "vast.reconcile_interval_seconds: `0` is out of range",
+            "vast.pre_destroy_command: empty",
+        ] {
+            assert!(
+                e.iter().any(|l| l.contains(want)),
+                "missing {want:?} in {e:?}"
+            );
+        }
+        let e = parse("{api_key_env: 'not a name'}").unwrap_err();
+        assert!(
+            e.iter().any(|l| l.starts_with("vast.api_key_env:")),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! Offer searches: the team's constraints go into the query the upstream
+//! sees, and every offer of the answer is checked against them again
+//! (defense in depth: an upstream that ignores a filter, or a filter
+//! spelled in a way Warden did not foresee, cannot show a team an offer it
+//! could not rent).
+//!
+//! GPU names: Vast writes `RTX 4090`, the CLI's query language
+//! `RTX_4090`; Warden's config uses the CLI spelling (a GPU model has no
+//! spaces), compared without regard to case: `allowed_gpus: [RTX_4090,
+//! H100_SXM]`.
+
+use serde_json::{json, Map, Value};
+use warden_core::{GpuModel, LaunchLimits, Usd, VastTeam};
+
+use super::upstream::Row;
+
+/// The GPU model of a Vast GPU name (`RTX 4090` → `RTX_4090`).
+pub fn model_of(vast_name: &str) -> Option<GpuModel> {
+    GpuModel::parse(&vast_name.trim().replace(' ', "_")).ok()
+}
+
+/// What a team may rent, as offer fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OfferConstraints {
+    /// GPU models allowed; `None` = any.
+    pub models: Option<Vec<GpuModel>>,
+    /// Most GPUs in one offer.
+    pub max_gpus: Option<u64>,
+    /// Most `dph_total` ($/hour).
+    pub max_dph: Option<Usd>,
+    /// Least `reliability2`.
+    pub min_reliability: Option<f64>,
+    /// Verified hosts only.
+    pub verified_only: bool,
+}
+
+impl OfferConstraints {
+    /// A team's constraints from its launch limits and Vast options.
+    pub fn of(limits: &LaunchLimits, vast: &VastTeam) -> Self {
+        OfferConstraints {
+            models: limits.allowed_gpus.clone(),
+            max_gpus: limits.max_gpus,
+            max_dph: limits.max_hourly,
+            min_reliability: vast.min_reliability,
+            verified_only: vast.verified_only,
+        }
+    }
+
+    /// Whether the team may rent `offer` (missing fields fail closed).
+    pub fn allows(&self, offer: &Row) -> bool {
+        let num = |k: &str| offer.get(k).and_then(number);
+        if let Some(models) = &self.models {
+            let model = offer
+                .get("gpu_name")
+                .and_then(Value::as_str)
+                .and_then(model_of);
+            if !model.is_some_and(|m| models.contains(&m)) {
+                return false;
+            }
+        }
+        if let Some(max) = self.max_gpus {
+            if !num("num_gpus").is_some_and(|n| n <= max as f64) {
+                return false;
+            }
+        }
+        if let Some(max) = self.max_dph {
+            if !num("dph_total").is_some_and(|d| d <= max.as_dollars_f64() + 1e-9) {
+                return false;
+            }
+        }
+        if let Some(min) = self.min_reliability {
+            if !num("reliability2").is_some_and(|r| r >= min) {
+                return false;
+            }
+        }
+        if self.verified_only && offer.get("verified").and_then(Value::as_bool) != Some(true) {
+            return false;
+        }
+        true
+    }
+}
+
+/// A JSON number, or a string holding one (the CLI sends `"2"`).
+pub fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite())
+}
+
+/// Why a query cannot match anything the team may rent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NothingAllowed(pub String);
+
+fn same_gpu(a: &str, b: &str) -> bool {
+    a.trim()
+        .replace('_', " ")
+        .eq_ignore_ascii_case(&b.trim().replace('_', " "))
+}
+
+/// Takes the field's condition object out of the query (empty when
+/// absent; a bare value is read as `eq`); put it back with `insert`.
+fn take_cond(query: &mut Map<String, Value>, field: &str) -> Map<String, Value> {
+    match query.remove(field) {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            let mut m = Map::new();
+            m.insert("eq".to_owned(), v);
+            m
+        }
+    }
+}
+
+/// Tightens a numeric bound: `op` becomes the stricter of the user's and ours.
+fn tighten(
+    query: &mut Map<String, Value>,
+    field: &str,
+    op: &str,
+    ours: f64,
+    stricter: fn(f64, f64) -> f64,
+) {
+    let mut c = take_cond(query, field);
+    let value = match c.get(op).and_then(number) {
+        Some(theirs) => stricter(theirs, ours),
+        None => ours,
+    };
+    c.insert(op.to_owned(), json!(value));
+    query.insert(field.to_owned(), Value::Object(c));
+}
+
+/// Puts the constraints into a search query (the CLI's filter object).
+/// `gpu_names` is the upstream's list of GPU names; the allowed ones are
+/// what the `gpu_name` condition may match, intersected with what the user
+/// asked for. Fails when nothing could match.
+pub fn constrain(
+    query: &mut Map<String, Value>,
+    c: &OfferConstraints,
+    gpu_names: &[String],
+) -> Result<(), NothingAllowed> {
+    if let Some(models) = &c.models {
+        let mut names: Vec<String> = gpu_names
+            .iter()
+            .filter(|n| model_of(n).is_some_and(|m| models.contains(&m)))
+            .cloned()
+            .collect();
+        let user = take_cond(query, "gpu_name");
+        let mut kept = Map::new();
+        for (op, v) in user {
+            let text = |v: &Value| v.as_str().map(str::to_owned);
+            let list = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(text).collect())
+                    .unwrap_or_default()
+            };
+            match op.as_str() {
+                "eq" => {
+                    let want = text(&v);
+                    names.retain(|n| want.as_deref().is_some_and(|w| same_gpu(n, w)));
+                }
+                "neq" => {
+                    let not = text(&v);
+                    names.retain(|n| !not.as_deref().is_some_and(|w| same_gpu(n, w)));
+                }
+                "in" => {
+                    let want = list(&v);
+                    names.retain(|n| want.iter().any(|w| same_gpu(n, w)));
+                }
+                "notin" | "nin" => {
+                    let not = list(&v);
+                    names.retain(|n| !not.iter().any(|w| same_gpu(n, w)));
+                }
+                _ => {
+                    kept.insert(op, v);
+                }
+            }
+        }
+        if names.is_empty() {
+            let allowed = models
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(NothingAllowed(format!(
+                "no GPU model your team may rent matches this search; allowed: {allowed}"
+            )));
+        }
+        kept.insert("in".to_owned(), json!(names));
+        query.insert("gpu_name".to_owned(), Value::Object(kept));
+    }
+    if let Some(max) = c.max_gpus {
+        tighten(query, "num_gpus", "lte", max as f64, f64::min);
+    }
+    if let Some(max) = c.max_dph {
+        tighten(query, "dph_total", "lte", max.as_dollars_f64(), f64::min);
+    }
+    if let Some(min) = c.min_reliability {
+        tighten(query, "reliability2", "gte", min, f64::max);
+    }
+    if c.verified_only {
+        query.insert("verified".to_owned(), json!({"eq": true}));
+    }
+    query.insert("rentable".to_owned(), json!({"eq": true}));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        ["RTX 3090", "RTX 4090", "H100 SXM", "A100 PCIE"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    }
+
+    fn constraints() -> OfferConstraints {
+        OfferConstraints {
+            models: Some(vec![
+                GpuModel::parse("RTX_4090").unwrap(),
+                GpuModel::parse("rtx_3090").unwrap(),
+            ]),
+            max_gpus: Some(4),
+            max_dph: Some(Usd::from_micros(1_500_000)),
+            min_reliability: Some(0.95),
+            verified_only: true,
+        }
+    }
+
+    fn q(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn vast_names_map_to_models_with_underscores() {
+        assert_eq!(model_of("RTX 4090").unwrap().as_str(), "RTX_4090");
+        assert_eq!(model_of(" h100 sxm ").unwrap().as_str(), "H100_SXM");
+        assert!(model_of("").is_none());
+    }
+
+    #[test]
+    fn the_users_gpu_filter_is_intersected_with_the_allowed_models() {
+        let c = constraints();
+        let mut query = q(json!({
+            "gpu_name": {"eq": "RTX 4090"}, "num_gpus": {"gte": "2", "lte": "8"},
+            "dph_total": {"lt": "1"}, "order": [["score", "desc"]], "type": "on-demand",
+            "verified": {"eq": false}
+        }));
+        constrain(&mut query, &c, &names()).unwrap();
+        assert_eq!(query["gpu_name"], json!({"in": ["RTX 4090"]}));
+        assert_eq!(query["num_gpus"], json!({"gte": "2", "lte": 4.0}));
+        assert_eq!(query["dph_total"], json!({"lt": "1", "lte": 1.5}));
+        assert_eq!(query["reliability2"], json!({"gte": 0.95}));
+        assert_eq!(query["verified"], json!({"eq": true}));
+        assert_eq!(query["rentable"], json!({"eq": true}));
+        assert_eq!(query["order"], json!([["score", "desc"]]));
+
+        // No GPU filter: every allowed name; a stricter user bound stays.
+        let mut query = q(json!({"dph_total": {"lte": "0.5"}, "reliability2": {"gte": "0.99"}}));
+        constrain(&mut query, &c, &names()).unwrap();
+        assert_eq!(query["gpu_name"], json!({"in": ["RTX 3090", "RTX 4090"]}));
+        assert_eq!(query["dph_total"], json!({"lte": 0.5}));
+        assert_eq!(query["reliability2"], json!({"gte": 0.99}));
+
+        // neq/notin/in narrow it; underscores as the CLI user may write them.
+        let mut query = q(json!({"gpu_name": {"in": ["RTX_3090", "H100 SXM"]}}));
+        constrain(&mut query, &c, &names()).unwrap();
+        assert_eq!(query["gpu_name"], json!({"in": ["RTX 3090"]}));
+        let mut query = q(json!({"gpu_name": {"neq": "RTX 3090"}}));
+        constrain(&mut query, &c, &names()).unwrap();
+        assert_eq!(query["gpu_name"], json!({"in": ["RTX 4090"]}));
+    }
+
+    #[test]
+    fn asking_only_for_disallowed_gpus_matches_nothing() {
+        let mut query = q(json!({"gpu_name": {"eq": "H100 SXM"}}));
+        let err = constrain(&mut query, &constraints(), &names()).unwrap_err();
+        assert!(err.0.contains("`RTX_4090`"), "{err:?}");
+    }
+
+    #[test]
+    fn no_constraints_only_requires_rentable() {
+        let mut query = q(json!({"gpu_name": {"eq": "H100 SXM"}}));
+        constrain(&mut query, &OfferConstraints::default(), &names()).unwrap();
+        assert_eq!(
+            Value::Object(query),
+            json!({"gpu_name": {"eq": "H100 SXM"}, "rentable": {"eq": true}})
+        );
+    }
+
+    #[test]
+    fn answers_are_checked_again() {
+        let c = constraints();
+        let ok = q(
+            json!({"gpu_name": "RTX 4090", "num_gpus": 2, "dph_total": 1.2, "reliability2": 0.99, "verified": true}),
+        );
+        assert!(c.allows(&ok));
+        for (k, v) in [
+            ("gpu_name", json!("H100 SXM")),
+            ("num_gpus", json!(8)),
+            ("dph_total", json!(1.51)),
+            ("reliability2", json!(0.5)),
+            ("verified", json!(false)),
+        ] {
+            let mut bad = ok.clone();
+            bad.insert(k.to_owned(), v);
+            assert!(!c.allows(&bad), "{k}");
+            bad.remove(k);
+            assert!(!c.allows(&bad), "missing {k}");
+        }
+    }
+}
