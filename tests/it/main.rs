@@ -18,3 +18,4 @@ mod replay;
 mod replicas;
 mod skypilot_client;
 mod skypilot_sync;
+mod vast;

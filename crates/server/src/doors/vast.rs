@@ -59,7 +59,8 @@ use warden_store::{Allocation, AllocationName, KeyError, KeyPrincipal, Store, Un
 use crate::app::AppState;
 use crate::config::VastConfig;
 pub use error::VastError;
-use upstream::{Row, Upstream, UpstreamError};
+use upstream::Row;
+pub use upstream::{Upstream, UpstreamError};
 
 /// How long the upstream's GPU name list is reused.
 const GPU_NAMES_TTL: Duration = Duration::from_secs(600);

@@ -1,0 +1,1161 @@
+//! The Vast door against the marketplace simulator over real HTTP (the
+//! simulator's own server, so dropped connections are real), with a real
+//! store. Warden's side is driven through its router.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use warden_core::{Door, Policy, TeamName, Usd};
+use warden_server::config::{PreDestroy, VastConfig};
+use warden_server::doors::vast::reconcile::{reconcile, ReconcileReport};
+use warden_server::doors::vast::{Upstream, VastDoor};
+use warden_server::upstream_key::Secret;
+use warden_server::AppState;
+use warden_sim::{Endpoint, Fault, FaultAction, InstanceStatus, ManualClock, SimConfig, SimState};
+use warden_store::{
+    Allocation, AllocationName, AllocationRequest, AllocationState, KeyName, KeyUser, NewKey,
+    RotatedExpiry, Store, UnixMicros,
+};
+
+use crate::skypilot_client::TempDir;
+
+const UPSTREAM_KEY: &str = "upstream-account-key-0123456789";
+
+pub(crate) const POLICY: &str = r#"
+teams:
+  ml:
+    allowed_gpus: [RTX_4090, RTX_3090]
+    max_hourly_usd: 1.5
+    vast: {min_reliability: 0.9}
+  cv: {}
+  thrifty:
+    budgets: {daily_usd: 0.2}
+"#;
+
+fn now() -> UnixMicros {
+    UnixMicros::from_system_time(SystemTime::now())
+}
+
+/// Warden with a Vast door in front of a simulator, on a fresh store.
+struct Harness {
+    sim: SimState,
+    sim_addr: std::net::SocketAddr,
+    state: Arc<AppState>,
+    store: Store,
+    door: Arc<VastDoor>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: TempDir,
+}
+
+async fn harness_with(policy: &str, storage: Option<&str>, config: VastConfig) -> Harness {
+    harness_full(policy, storage, config, None).await
+}
+
+async fn harness_full(
+    policy: &str,
+    storage: Option<&str>,
+    config: VastConfig,
+    ssh: Option<&std::path::Path>,
+) -> Harness {
+    let dir = TempDir::new("warden-vast");
+    let url = storage.map_or_else(
+        || format!("sqlite://{}", dir.0.join("w.db").display()),
+        str::to_owned,
+    );
+    let store = Store::connect(&url).await.unwrap();
+    let sim = SimState::new(SimConfig {
+        api_keys: vec![UPSTREAM_KEY.to_owned()],
+        clock: ManualClock::at_unix(1_800_000_000).into(),
+        ..SimConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(warden_sim::serve_state(listener, sim.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let upstream = Upstream::new(
+        &format!("http://{sim_addr}"),
+        Secret::generated(UPSTREAM_KEY.to_owned()),
+        config.timeout,
+    )
+    .unwrap();
+    let mut door = VastDoor::new(config, upstream);
+    if let Some(ssh) = ssh {
+        door = door.with_ssh_program(ssh);
+    }
+    let door = Arc::new(door);
+    let state = AppState::with_store(
+        Policy::from_yaml(policy).unwrap(),
+        None,
+        Some(store.clone()),
+    );
+    state.enable_vast(Arc::clone(&door));
+    Harness {
+        sim,
+        sim_addr,
+        state,
+        store,
+        door,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+fn quick_config() -> VastConfig {
+    VastConfig {
+        timeout: Duration::from_secs(3),
+        pending_grace: Duration::ZERO,
+        ..VastConfig::default()
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(POLICY, None, quick_config()).await
+}
+
+impl Harness {
+    async fn key(&self, team: &str) -> String {
+        self.key_with(team, None).await
+    }
+
+    async fn key_with(&self, team: &str, expires: Option<UnixMicros>) -> String {
+        let issued = self
+            .store
+            .create_key(
+                NewKey {
+                    team: TeamName::parse(team).unwrap(),
+                    user: Some(KeyUser::parse("alice").unwrap()),
+                    name: Some(KeyName::parse("test").unwrap()),
+                    expires,
+                },
+                now(),
+            )
+            .await
+            .unwrap();
+        issued.secret.expose().to_owned()
+    }
+
+    /// One request through Warden's router: status and JSON body.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        call_state(&self.state, method, path, key, body).await
+    }
+
+    async fn create(&self, key: &str, offer: u64) -> (StatusCode, Value) {
+        self.call(
+            Method::PUT,
+            &format!("/vast/api/v0/asks/{offer}/"),
+            Some(key),
+            Some(create_body()),
+        )
+        .await
+    }
+
+    async fn reconcile(&self) -> ReconcileReport {
+        let settings = self.state.settings();
+        reconcile(
+            &self.door,
+            &self.store,
+            &self.state.policy(),
+            &settings.time_zone,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn live(&self) -> Vec<Allocation> {
+        self.store.list_live(None).await.unwrap()
+    }
+
+    /// An available offer of this GPU and count, verified and reliable
+    /// (so only the rule under test can deny it).
+    fn offer(&self, gpu: &str, gpus: u64) -> u64 {
+        self.sim
+            .offers()
+            .iter()
+            .find(|o| {
+                o.gpu_name == gpu
+                    && o.num_gpus == gpus
+                    && o.verified
+                    && o.rented_by.is_none()
+                    && o.id < 1033
+            })
+            .unwrap_or_else(|| panic!("no free {gpu} x{gpus} offer"))
+            .id
+    }
+}
+
+pub(crate) async fn call_state(
+    state: &Arc<AppState>,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let req = req
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let resp = warden_server::router(Arc::clone(state))
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert!(
+        !text.contains(UPSTREAM_KEY),
+        "the upstream key leaked: {text}"
+    );
+    assert_eq!(ct.as_deref(), Some("application/json"), "{path}: {text}");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")),
+    )
+}
+
+pub(crate) fn create_body() -> Value {
+    json!({"client_id": "me", "image": "pytorch/pytorch", "env": {}, "price": null, "disk": 20.0,
+           "label": null, "extra": null, "onstart": null, "image_login": null, "python_utf8": false,
+           "lang_utf8": false, "use_jupyter_lab": false, "jupyter_dir": null, "force": false,
+           "cancel_unavail": false, "template_hash_id": null, "user": null, "runtype": "ssh"})
+}
+
+fn msg(body: &Value) -> String {
+    body["msg"].as_str().unwrap_or_default().to_owned()
+}
+
+fn offers(body: &Value) -> Vec<Value> {
+    body["offers"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn searches_show_only_allowed_gpus_at_allowed_prices() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let cv = h.key("cv").await;
+    let query = json!({"verified": {"eq": true}, "external": {"eq": false}, "rentable": {"eq": true},
+                       "order": [["score", "desc"]], "type": "on-demand", "allocated_storage": 5.0, "limit": 500});
+
+    // Unconstrained, the market has H100s and offers above $1.50/h.
+    let (status, all) = h
+        .call(
+            Method::POST,
+            "/vast/api/v0/bundles/",
+            Some(&cv),
+            Some(query.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let all = offers(&all);
+    assert!(all.iter().any(|o| o["gpu_name"] == "H100 SXM"));
+    assert!(all.iter().any(|o| o["dph_total"].as_f64().unwrap() > 1.5));
+
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/vast/api/v0/bundles/".to_owned(),
+            Some(query.clone()),
+        ),
+        (
+            Method::PUT,
+            "/vast/api/v0/search/asks/".to_owned(),
+            Some(json!({"select_cols": ["*"], "q": query})),
+        ),
+        (
+            Method::GET,
+            format!(
+                "/vast//api/v0/bundles/?q={}",
+                form_urlencoded::byte_serialize(query.to_string().as_bytes()).collect::<String>()
+            ),
+            None,
+        ),
+    ] {
+        let (status, mine) = h.call(method, &path, Some(&ml), body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {mine}");
+        let mine = offers(&mine);
+        assert!(mine.len() >= 5, "{path}: too few offers: {}", mine.len());
+        for o in &mine {
+            assert!(
+                ["RTX 4090", "RTX 3090"].contains(&o["gpu_name"].as_str().unwrap()),
+                "{o}"
+            );
+            assert!(o["dph_total"].as_f64().unwrap() <= 1.5, "{o}");
+            assert!(o["reliability2"].as_f64().unwrap() >= 0.9, "{o}");
+        }
+        // Everything allowed that the unconstrained search found is there.
+        let expected = all
+            .iter()
+            .filter(|o| {
+                ["RTX 4090", "RTX 3090"].contains(&o["gpu_name"].as_str().unwrap())
+                    && o["dph_total"].as_f64().unwrap() <= 1.5
+                    && o["reliability2"].as_f64().unwrap() >= 0.9
+            })
+            .count();
+        assert_eq!(mine.len(), expected, "{path}");
+    }
+
+    // The constraints are in the query the upstream sees, not only applied
+    // to its answer: the 5 offers with the most GPU memory are H100s and
+    // A100s, yet the team gets 5 offers it may rent.
+    let top = json!({"order": [["gpu_ram", "desc"]], "limit": 5});
+    let (_, theirs) = h
+        .call(
+            Method::POST,
+            "/vast/api/v0/bundles/",
+            Some(&cv),
+            Some(top.clone()),
+        )
+        .await;
+    assert!(
+        offers(&theirs)
+            .iter()
+            .all(|o| o["gpu_ram"].as_u64().unwrap() > 40_000),
+        "{theirs}"
+    );
+    let (_, mine) = h
+        .call(Method::POST, "/vast/api/v0/bundles/", Some(&ml), Some(top))
+        .await;
+    assert_eq!(offers(&mine).len(), 5, "{mine}");
+
+    // Asking only for a disallowed GPU finds nothing; a user filter narrows.
+    let (_, none) = h
+        .call(
+            Method::POST,
+            "/vast/api/v0/bundles/",
+            Some(&ml),
+            Some(json!({"gpu_name": {"eq": "H100 SXM"}})),
+        )
+        .await;
+    assert!(offers(&none).is_empty(), "{none}");
+    let (_, cheap) = h
+        .call(
+            Method::POST,
+            "/vast/api/v0/bundles/",
+            Some(&ml),
+            Some(json!({"gpu_name": {"eq": "RTX 4090"}, "dph_total": {"lt": "0.5"}, "limit": 100})),
+        )
+        .await;
+    for o in offers(&cheap) {
+        assert!(
+            o["gpu_name"] == "RTX 4090" && o["dph_total"].as_f64().unwrap() < 0.5,
+            "{o}"
+        );
+    }
+
+    // The public GPU list needs no key; users/current is Warden's own.
+    let (status, names) = h
+        .call(Method::GET, "/vast/api/v0/gpu_names/unique/", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(names["gpu_names"].as_array().unwrap().len() >= 8, "{names}");
+    let (status, user) = h
+        .call(Method::GET, "/vast/api/v0/users/current", Some(&ml), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["warden"]["team"], "ml");
+    assert_eq!(user["username"], "ml/alice");
+    assert!(user.get("api_key").is_none(), "{user}");
+}
+
+/// Spend as the store's rule computes it: hourly × duration, rounded down.
+fn cost_micros(a: &Allocation) -> i64 {
+    let dur = i128::from(a.ended.unwrap().micros() - a.started.micros());
+    i64::try_from(i128::from(a.hourly.micros()) * dur / 3_600_000_000).unwrap()
+}
+
+#[tokio::test]
+async fn create_list_destroy_and_the_ledger_cost() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let offer = h.offer("RTX 3090", 1);
+    let (status, created) = h.create(&ml, offer).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    assert_eq!(created["success"], true);
+    let id = created["new_contract"].as_u64().unwrap();
+
+    // The instance exists upstream with Warden's env, and is the team's.
+    let info = h.sim.instance(id).unwrap();
+    assert_eq!(info.offer_id, offer);
+    let live = h.live().await;
+    assert_eq!(live.len(), 1);
+    let a = &live[0];
+    assert_eq!(
+        (a.door, a.team.as_str(), a.name.as_str()),
+        (Door::Vast, "ml", id.to_string().as_str())
+    );
+    assert_eq!(
+        a.hourly,
+        Usd::from_micros(i64::try_from(info.dph_total_micros).unwrap()),
+        "the allocation records the instance's $/hour"
+    );
+    assert_eq!(
+        (a.gpus, a.gpu_model.as_ref().unwrap().as_str()),
+        (1, "RTX_3090")
+    );
+
+    let list = "/vast/api/v1/instances/?select_filters=%7B%7D&order_by=%5B%7B%22col%22%3A+%22id%22%2C+%22dir%22%3A+%22asc%22%7D%5D&limit=25";
+    let (status, rows) = h.call(Method::GET, list, Some(&ml), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rows["total_instances"], 1);
+    assert_eq!(rows["next_token"], Value::Null);
+    let row = &rows["instances"][0];
+    assert_eq!(row["id"], id);
+    assert!(row["start_date"].is_number());
+    assert!(
+        row["extra_env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["WARDEN_TEAM", "ml"])),
+        "{row}"
+    );
+    let (_, one) = h
+        .call(
+            Method::GET,
+            &format!("/vast/api/v0/instances/{id}/?owner=me"),
+            Some(&ml),
+            None,
+        )
+        .await;
+    assert_eq!(one["instances"]["id"], id);
+    let (_, v0) = h
+        .call(Method::GET, "/vast/api/v0/instances/", Some(&ml), None)
+        .await;
+    assert_eq!(v0["instances"].as_array().unwrap().len(), 1);
+    let (_, filters) = h
+        .call(
+            Method::GET,
+            "/vast/api/v0/instances/filters/",
+            Some(&ml),
+            None,
+        )
+        .await;
+    assert_eq!(filters["filters"][0]["gpu_name"], "RTX 3090");
+
+    // Label, then destroy: the allocation ends, the ledger cost closes.
+    let (status, _) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({"label": "exp-7"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.sim.instance(id).unwrap().label.as_deref(), Some("exp-7"));
+    let (status, gone) = h
+        .call(
+            Method::DELETE,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{gone}");
+    assert_eq!(gone["success"], true);
+    assert_eq!(
+        h.sim.instance(id).unwrap().status,
+        InstanceStatus::Destroyed
+    );
+    assert!(h.live().await.is_empty());
+    let ended = h
+        .store
+        .allocations_named(
+            Door::Vast,
+            &[AllocationName::parse(&id.to_string()).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].state, AllocationState::Ended);
+    let team = TeamName::parse("ml").unwrap();
+    let spent = h
+        .store
+        .spend(&team, UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    assert_eq!(spent.micros(), cost_micros(&ended[0]));
+    let (_, rows) = h.call(Method::GET, list, Some(&ml), None).await;
+    assert_eq!(rows["total_instances"], 0);
+    assert!(h.store.verify_audit().await.unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn another_team_cannot_see_stop_label_or_destroy() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let cv = h.key("cv").await;
+    let (_, created) = h.create(&ml, h.offer("RTX 4090", 1)).await;
+    let id = created["new_contract"].as_u64().expect("created");
+
+    let (_, rows) = h
+        .call(Method::GET, "/vast/api/v1/instances/", Some(&cv), None)
+        .await;
+    assert_eq!(
+        (rows["total_instances"].clone(), rows["instances"].clone()),
+        (json!(0), json!([]))
+    );
+    let (status, one) = h
+        .call(
+            Method::GET,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&cv),
+            None,
+        )
+        .await;
+    assert_eq!((status, one), (StatusCode::OK, json!({"instances": null})));
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!("/vast/api/v0/instances/{id}/"),
+            json!({"state": "stopped"}),
+        ),
+        (
+            Method::PUT,
+            format!("/vast/api/v0/instances/{id}/"),
+            json!({"label": "mine now"}),
+        ),
+        (
+            Method::DELETE,
+            format!("/vast/api/v0/instances/{id}/"),
+            json!({}),
+        ),
+        (
+            Method::DELETE,
+            "/vast/api/v0/instances/".to_owned(),
+            json!({"instance_ids": [id]}),
+        ),
+        (
+            Method::PUT,
+            "/vast/api/v0/instances/".to_owned(),
+            json!({"state": "stopped", "ids": [id]}),
+        ),
+    ] {
+        let (status, body) = h.call(method, &path, Some(&cv), Some(body)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert!(msg(&body).contains("not team `cv`'s"), "{body}");
+    }
+    let info = h.sim.instance(id).unwrap();
+    assert_eq!(
+        (info.status, info.label),
+        (InstanceStatus::Loading, None),
+        "nothing changed upstream"
+    );
+    assert_eq!(h.live().await.len(), 1);
+    // Unsupported calls are refused with what is supported.
+    let (status, body) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/instances/reboot/{id}/"),
+            Some(&ml),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        msg(&body).contains("supported: show user, search offers"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn disallowed_and_over_budget_creates_are_denied_with_the_reason() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let h100 = h.offer("H100 SXM", 1);
+    let (status, body) = h.create(&ml, h100).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let m = msg(&body);
+    assert!(
+        m.contains("[team.allowed_gpus] GPU `H100_SXM` is not allowed"),
+        "{m}"
+    );
+    assert!(m.contains("[team.max_hourly_usd]"), "{m}");
+
+    // $0.20 a day with an hour reserved per launch: a $0.25+/h RTX 4090 does not fit.
+    let thrifty = h.key("thrifty").await;
+    let (status, body) = h.create(&thrifty, h.offer("RTX 4090", 1)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let m = msg(&body);
+    assert!(
+        m.contains("[team.budgets] budget exceeded: budget $0.20"),
+        "{m}"
+    );
+    assert!(m.contains("the daily budget resets at"), "{m}");
+
+    assert!(h.sim.instances().is_empty(), "nothing was rented");
+    assert!(h.live().await.is_empty());
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    assert!(records
+        .iter()
+        .any(|r| r.kind == "decision" && r.payload.contains("\"door\":\"vast\"")));
+    assert!(records.iter().any(|r| r.kind == "allocation.denied"));
+
+    // An offer that is gone is a 404 the CLI does not retry.
+    let (status, body) = h.create(&ml, 99_999).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        msg(&body).contains("offer 99999 is not available"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_checked_on_every_request() {
+    let h = harness().await;
+    let path = "/vast/api/v1/instances/";
+    let (status, body) = h.call(Method::GET, path, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(msg(&body).contains("no API key"), "{body}");
+    let (status, body) = h.call(Method::GET, path, Some("not-a-key"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(msg(&body).contains("not a Warden API key"), "{body}");
+
+    let key = h.key("ml").await;
+    let (status, _) = h.call(Method::GET, path, Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = warden_store::ApiKeyId::parse(key.split('_').nth(1).unwrap()).unwrap();
+    let mut forged = key.clone();
+    forged.replace_range(key.len() - 4.., "0000");
+    let (status, body) = h.call(Method::GET, path, Some(&forged), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(msg(&body).contains("is not valid"), "{body}");
+
+    // Rotation with no grace: the old key expired, the new one works.
+    let rotated = h
+        .store
+        .rotate_key(&id, Duration::ZERO, RotatedExpiry::Never, now())
+        .await
+        .unwrap();
+    let (status, body) = h.call(Method::GET, path, Some(&key), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(msg(&body).contains("expired at"), "{body}");
+    let new = rotated.new.secret.expose().to_owned();
+    let (status, _) = h.call(Method::GET, path, Some(&new), None).await;
+    assert_eq!(status, StatusCode::OK);
+    h.store
+        .revoke_key(&rotated.new.key.id, now())
+        .await
+        .unwrap();
+    let (status, body) = h.call(Method::GET, path, Some(&new), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(msg(&body).contains("was revoked at"), "{body}");
+
+    let stale = h
+        .key_with(
+            "ml",
+            Some(UnixMicros::from_micros(now().micros() - 1_000_000)),
+        )
+        .await;
+    let (status, body) = h.call(Method::GET, path, Some(&stale), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(msg(&body).contains("expired at"), "{body}");
+
+    // A key of a team no longer in the config.
+    let cv = h.key("cv").await;
+    let without_cv = AppState::with_store(
+        Policy::from_yaml("teams: {ml: {}}").unwrap(),
+        None,
+        Some(h.store.clone()),
+    );
+    without_cv.enable_vast(Arc::clone(&h.door));
+    let (status, body) = call_state(&without_cv, Method::GET, path, Some(&cv), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        msg(&body).contains("team `cv`, which is no longer in Warden's config"),
+        "{body}"
+    );
+}
+
+/// Exactly one live allocation per instance that exists, named by it, at
+/// its price; none for anything else.
+async fn assert_no_drift(h: &Harness) {
+    let instances = h.sim.instances();
+    let live = h.live().await;
+    let mut names: Vec<String> = live.iter().map(|a| a.name.as_str().to_owned()).collect();
+    names.sort();
+    let mut ids: Vec<String> = instances.iter().map(|i| i.id.to_string()).collect();
+    ids.sort();
+    assert_eq!(names, ids, "live allocations vs instances");
+    for i in &instances {
+        let a = live
+            .iter()
+            .find(|a| a.name.as_str() == i.id.to_string())
+            .unwrap();
+        assert_eq!(
+            a.hourly.micros(),
+            i64::try_from(i.dph_total_micros).unwrap(),
+            "instance {}",
+            i.id
+        );
+    }
+}
+
+async fn faults_leave_no_drift(storage: Option<&str>) {
+    let h = harness_with(POLICY, storage, quick_config()).await;
+    let ml = h.key("ml").await;
+
+    // The create happens upstream, then the answer is a 500.
+    let first = h.offer("RTX 3090", 1);
+    h.sim.push_fault(Fault::next(
+        Endpoint::CreateInstance,
+        FaultAction::FailAfter(500),
+    ));
+    let (status, body) = h.create(&ml, first).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        msg(&body).contains("Warden keeps the reservation"),
+        "{body}"
+    );
+    assert_eq!(h.sim.instances().len(), 1);
+    assert!(h.live().await[0]
+        .name
+        .as_str()
+        .starts_with(&format!("pending:{first}:")));
+    let report = h.reconcile().await;
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    assert_no_drift(&h).await;
+
+    // The answer is lost (connection dropped), and the CLI retries: the retry
+    // finds the instance; nothing is rented or reserved twice.
+    let second = h.offer("RTX 4090", 1);
+    h.sim
+        .push_fault(Fault::next(Endpoint::CreateInstance, FaultAction::Drop));
+    let (status, body) = h.create(&ml, second).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let (status, retry) = h.create(&ml, second).await;
+    assert_eq!(status, StatusCode::OK, "{retry}");
+    let id = retry["new_contract"].as_u64().unwrap();
+    assert_eq!(h.sim.instance(id).unwrap().offer_id, second);
+    assert_eq!(h.sim.instances().len(), 2);
+    assert_no_drift(&h).await;
+
+    // Refused before anything happened (a 500 with no create): the
+    // placeholder is voided by the reconciler and costs nothing.
+    let third = h.offer("RTX 3090", 2);
+    h.sim.push_fault(Fault::next(
+        Endpoint::CreateInstance,
+        FaultAction::Fail(500),
+    ));
+    let (status, _) = h.create(&ml, third).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(h.sim.instances().len(), 2);
+    let report = h.reconcile().await;
+    assert_eq!(report.voided.len(), 1, "{report:?}");
+    assert_no_drift(&h).await;
+
+    // A 4xx means nothing was rented: voided at once.
+    h.sim.push_fault(Fault::next(
+        Endpoint::CreateInstance,
+        FaultAction::Fail(400),
+    ));
+    let (status, _) = h.create(&ml, third).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_no_drift(&h).await;
+
+    // No answer in time: 504; the instance was created; the reconciler settles it.
+    h.sim
+        .push_fault(Fault::next(Endpoint::CreateInstance, FaultAction::Hang));
+    let (status, body) = h.create(&ml, third).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(h.sim.instances().len(), 3);
+    let report = h.reconcile().await;
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    assert_no_drift(&h).await;
+
+    // Voided placeholders cost nothing: the team's spend is exactly that of
+    // its three instances' allocations.
+    let team = TeamName::parse("ml").unwrap();
+    let at = now();
+    let spent = h
+        .store
+        .spend(&team, UnixMicros::from_micros(0), at)
+        .await
+        .unwrap();
+    let expected: i128 = h
+        .live()
+        .await
+        .iter()
+        .map(|a| i128::from(a.hourly.micros()) * i128::from(at.micros() - a.started.micros()))
+        .sum::<i128>()
+        / 3_600_000_000;
+    assert!(
+        (i128::from(spent.micros()) - expected).abs() <= 3,
+        "spent {spent} vs {expected}"
+    );
+    h.sim.release_hung();
+}
+
+#[tokio::test]
+async fn upstream_faults_during_creates_leave_no_ledger_drift_sqlite() {
+    faults_leave_no_drift(None).await;
+}
+
+#[tokio::test]
+async fn upstream_faults_during_creates_leave_no_ledger_drift_postgres() {
+    let db = crate::replicas::Database::create().await;
+    faults_leave_no_drift(Some(&db.url)).await;
+}
+
+async fn create_behind_wardens_back(h: &Harness, offer: u64) -> u64 {
+    let resp = reqwest_put(h.sim_addr, &format!("/api/v0/asks/{offer}/"), create_body()).await;
+    resp["new_contract"].as_u64().unwrap()
+}
+
+/// A plain HTTP/1.1 request to the simulator with the upstream key.
+async fn reqwest_put(addr: std::net::SocketAddr, path: &str, body: Value) -> Value {
+    raw(addr, "PUT", path, Some(body)).await
+}
+
+async fn raw(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {UPSTREAM_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (_, json) = out.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test]
+async fn the_reconciler_catches_what_happens_behind_wardens_back() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let (_, a) = h.create(&ml, h.offer("RTX 3090", 1)).await;
+    let (_, b) = h.create(&ml, h.offer("RTX 4090", 1)).await;
+    let (a, b) = (
+        a["new_contract"].as_u64().unwrap(),
+        b["new_contract"].as_u64().unwrap(),
+    );
+    assert!(
+        h.reconcile().await
+            == ReconcileReport {
+                instances: 2,
+                ..ReconcileReport::default()
+            }
+    );
+
+    // Created with the upstream key directly: flagged once, seen by no team.
+    let stranger = create_behind_wardens_back(&h, h.offer("RTX 3090", 2)).await;
+    // Destroyed and stopped directly.
+    raw(
+        h.sim_addr,
+        "DELETE",
+        &format!("/api/v0/instances/{a}/"),
+        Some(json!({})),
+    )
+    .await;
+    raw(
+        h.sim_addr,
+        "PUT",
+        &format!("/api/v0/instances/{b}/"),
+        Some(json!({"state": "stopped"})),
+    )
+    .await;
+    let report = h.reconcile().await;
+    assert_eq!(report.unknown, [stranger]);
+    let mut ended = report.ended.clone();
+    ended.sort();
+    assert_eq!(
+        ended,
+        [
+            (a.to_string(), "instance_gone"),
+            (b.to_string(), "instance_stopped")
+        ]
+    );
+    assert!(h.live().await.is_empty());
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let flagged: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == "vast.unknown_instance")
+        .collect();
+    assert_eq!(flagged.len(), 1);
+    assert!(flagged[0]
+        .payload
+        .contains(&format!("\"instance\":{stranger}")));
+    assert!(records.iter().any(|r| r.kind == "sync.vast"));
+    let (_, rows) = h
+        .call(Method::GET, "/vast/api/v1/instances/", Some(&ml), None)
+        .await;
+    let ids: Vec<u64> = rows["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [b],
+        "the stopped one is still the team's; the stranger is no one's"
+    );
+
+    // Started directly: recorded again for its team. The stranger is not re-flagged.
+    raw(
+        h.sim_addr,
+        "PUT",
+        &format!("/api/v0/instances/{b}/"),
+        Some(json!({"state": "running"})),
+    )
+    .await;
+    let report = h.reconcile().await;
+    assert_eq!(report.adopted, [(b, "ml".to_owned())]);
+    assert!(report.unknown.is_empty());
+    assert_no_drift_except(&h, &[stranger]).await;
+}
+
+async fn assert_no_drift_except(h: &Harness, strangers: &[u64]) {
+    let live = h.live().await;
+    let mut names: Vec<String> = live.iter().map(|a| a.name.as_str().to_owned()).collect();
+    names.sort();
+    let mut ids: Vec<String> = h
+        .sim
+        .instances()
+        .iter()
+        .filter(|i| i.status != InstanceStatus::Stopped && !strangers.contains(&i.id))
+        .map(|i| i.id.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(names, ids);
+}
+
+#[tokio::test]
+async fn stop_ends_the_cost_and_start_is_decided_again() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let (_, c) = h.create(&ml, h.offer("RTX 3090", 1)).await;
+    let id = c["new_contract"].as_u64().unwrap();
+    let path = format!("/vast/api/v0/instances/{id}/");
+    let (status, _) = h
+        .call(
+            Method::PUT,
+            &path,
+            Some(&ml),
+            Some(json!({"state": "stopped"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.sim.instance(id).unwrap().status, InstanceStatus::Stopped);
+    assert!(
+        h.live().await.is_empty(),
+        "a stopped instance holds no allocation"
+    );
+    let (status, body) = h
+        .call(
+            Method::PUT,
+            &path,
+            Some(&ml),
+            Some(json!({"state": "running"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.live().await.len(), 1);
+    assert_ne!(h.sim.instance(id).unwrap().status, InstanceStatus::Stopped);
+
+    // Tighter policy: the restart is denied and the instance stays stopped.
+    h.call(
+        Method::PUT,
+        &path,
+        Some(&ml),
+        Some(json!({"state": "stopped"})),
+    )
+    .await;
+    let strict = AppState::with_store(
+        Policy::from_yaml("teams: {ml: {allowed_gpus: [RTX_4090]}}").unwrap(),
+        None,
+        Some(h.store.clone()),
+    );
+    strict.enable_vast(Arc::clone(&h.door));
+    let (status, body) = call_state(
+        &strict,
+        Method::PUT,
+        &path,
+        Some(&ml),
+        Some(json!({"state": "running"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(msg(&body).contains("[team.allowed_gpus]"), "{body}");
+    assert_eq!(h.sim.instance(id).unwrap().status, InstanceStatus::Stopped);
+    assert!(h.live().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_stops_the_teams_instances_when_asked_to() {
+    let policy = r#"
+teams:
+  ml:
+    budgets: {daily_usd: 5, reservation_hours: 0}
+    vast: {on_budget_exhausted: stop}
+  cv:
+    budgets: {daily_usd: 5, reservation_hours: 0}
+"#;
+    let h = harness_with(policy, None, quick_config()).await;
+    let (ml, cv) = (h.key("ml").await, h.key("cv").await);
+    let (_, a) = h.create(&ml, h.offer("RTX 3090", 1)).await;
+    let (_, b) = h.create(&cv, h.offer("RTX 4090", 1)).await;
+    let (a, b) = (
+        a["new_contract"].as_u64().unwrap(),
+        b["new_contract"].as_u64().unwrap(),
+    );
+    assert!(h.reconcile().await.budget_stopped.is_empty());
+
+    // Both teams spent $10 today on another door (an hour at $10/h, ended).
+    let hour_ago = UnixMicros::from_micros(now().micros() - 3_600_000_000);
+    for team in ["ml", "cv"] {
+        let req = AllocationRequest {
+            door: Door::Skypilot,
+            team: TeamName::parse(team).unwrap(),
+            user: None,
+            name: AllocationName::parse("big-run").unwrap(),
+            gpu_model: None,
+            gpus: 0,
+            hourly: Usd::from_micros(10_000_000),
+            context: None,
+        };
+        h.store.reserve(&req, &[], hour_ago).await.unwrap();
+        h.store
+            .end(
+                &warden_store::EndTarget::Name {
+                    door: Door::Skypilot,
+                    name: req.name.clone(),
+                },
+                now(),
+            )
+            .await
+            .unwrap();
+    }
+    let report = h.reconcile().await;
+    assert_eq!(report.budget_stopped, [(a, "ml".to_owned())], "{report:?}");
+    assert_eq!(h.sim.instance(a).unwrap().status, InstanceStatus::Stopped);
+    assert_ne!(
+        h.sim.instance(b).unwrap().status,
+        InstanceStatus::Stopped,
+        "`block` (the default) stops nothing"
+    );
+    let live: Vec<String> = h
+        .live()
+        .await
+        .iter()
+        .map(|a| a.name.as_str().to_owned())
+        .collect();
+    assert_eq!(live, [b.to_string()]);
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    assert!(records
+        .iter()
+        .any(|r| r.kind == "vast.budget_stop" && r.payload.contains(&format!("\"instance\":{a}"))));
+    // Nothing more to stop on the next pass.
+    assert!(h.reconcile().await.budget_stopped.is_empty());
+}
+
+#[tokio::test]
+async fn the_pre_destroy_command_runs_over_ssh_and_is_audited() {
+    let dir = TempDir::new("warden-fake-ssh");
+    let log = dir.0.join("calls");
+    let ssh = dir.0.join("ssh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" >> {}\necho 'synced 3 files' >&2\nexit 7\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = VastConfig {
+        pre_destroy: Some(PreDestroy {
+            command: "/opt/sync-results.sh --final".to_owned(),
+            timeout: Duration::from_secs(20),
+        }),
+        ..quick_config()
+    };
+    let h = harness_full(POLICY, None, config, Some(&ssh)).await;
+
+    let ml = h.key("ml").await;
+    let (_, c) = h.create(&ml, h.offer("RTX 3090", 1)).await;
+    let id = c["new_contract"].as_u64().unwrap();
+    let (status, body) = h
+        .call(
+            Method::DELETE,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["warden_pre_destroy"]["exit_code"], 7, "{body}");
+    let args: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let port = (20_000 + id % 40_000).to_string();
+    let host = format!("root@ssh{}.sim.invalid", id % 10);
+    assert_eq!(args.first().map(String::as_str), Some("-p"));
+    assert_eq!(args.get(1), Some(&port));
+    assert!(args.contains(&host), "{args:?}");
+    assert_eq!(
+        args.last().map(String::as_str),
+        Some("/opt/sync-results.sh --final")
+    );
+    assert_eq!(
+        h.sim.instance(id).unwrap().status,
+        InstanceStatus::Destroyed,
+        "a failed cleanup does not block the destroy"
+    );
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let pre: Value = serde_json::from_str(
+        &records
+            .iter()
+            .find(|r| r.kind == "vast.pre_destroy")
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(pre["exit_code"], 7);
+    assert_eq!(pre["timed_out"], false);
+    assert!(pre["stderr_tail"]
+        .as_str()
+        .unwrap()
+        .contains("synced 3 files"));
+}
