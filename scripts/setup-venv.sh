@@ -18,6 +18,7 @@ set -euo pipefail
 # Pinned client packages, one per line. Adding a client is one line here.
 REQUIREMENTS=(
   "skypilot==0.14.1"
+  "vastai==1.9.1"
 )
 
 VENV="${WARDEN_VENV:-${HOME:?HOME is not set; set HOME or WARDEN_VENV}/.cache/warden/venv}"

@@ -19,3 +19,4 @@ mod replicas;
 mod skypilot_client;
 mod skypilot_sync;
 mod vast;
+mod vast_client;

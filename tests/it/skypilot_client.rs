@@ -89,7 +89,7 @@ fn real_skypilot_client_sees_policy_decisions() {
 
 /// `${WARDEN_VENV:-$HOME/.cache/warden/venv}/bin/python`, as made by
 /// scripts/setup-venv.sh.
-fn venv_python() -> PathBuf {
+pub(crate) fn venv_python() -> PathBuf {
     let venv = match std::env::var_os("WARDEN_VENV") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => {
@@ -130,8 +130,31 @@ impl Server {
         Self::spawn(config, storage, TempDir::new("warden-unused"))
     }
 
+    /// Starts `warden serve` on the given store with extra environment
+    /// variables (e.g. a `PATH` holding a fake `ssh`).
+    pub(crate) fn start_with_env(
+        config: &Path,
+        storage: &str,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Server {
+        Self::spawn_with(config, storage, TempDir::new("warden-unused"), env)
+    }
+
     fn spawn(config: &Path, storage: &str, state: TempDir) -> Server {
+        Self::spawn_with(config, storage, state, &[])
+    }
+
+    fn spawn_with(
+        config: &Path,
+        storage: &str,
+        state: TempDir,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            // Never a real Vast.ai account: the Vast door uses its embedded
+            // simulator when no key is configured.
+            .env_remove("VAST_API_KEY")
             .arg("serve")
             .arg("--config")
             .arg(config)
