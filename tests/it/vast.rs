@@ -736,9 +736,14 @@ async fn faults_leave_no_drift(storage: Option<&str>) {
         .name
         .as_str()
         .starts_with(&format!("pending:{first}:")));
-    let report = h.reconcile().await;
-    assert_eq!(report.settled.len(), 1, "{report:?}");
+    // Listing finds it (and settles the placeholder) before any reconcile.
+    let (_, rows) = h
+        .call(Method::GET, "/vast/api/v1/instances/", Some(&ml), None)
+        .await;
+    assert_eq!(rows["total_instances"], 1, "{rows}");
     assert_no_drift(&h).await;
+    let report = h.reconcile().await;
+    assert!(report.settled.is_empty(), "{report:?}");
 
     // The answer is lost (connection dropped), and the CLI retries: the retry
     // finds the instance; nothing is rented or reserved twice.
@@ -1158,4 +1163,57 @@ async fn the_pre_destroy_command_runs_over_ssh_and_is_audited() {
         .as_str()
         .unwrap()
         .contains("synced 3 files"));
+}
+
+/// A Vast key file others may read stops `warden serve` at start, naming
+/// the file and the fix; a configured key that is missing does too.
+#[test]
+fn serve_refuses_a_vast_key_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("warden-vast-keyfile");
+    let key = dir.0.join("vast.key");
+    std::fs::write(&key, "0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.0.join("warden.yaml");
+    let run = |yaml: String| {
+        std::fs::write(&config, yaml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env_remove("VAST_API_KEY")
+            .env_remove("WARDEN_TEST_UNSET_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("warden serve did not refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let db = format!("sqlite://{}", dir.0.join("w.db").display());
+    let err = run(format!("storage: {db}\nvast: {{api_key_file: vast.key}}\n"));
+    let shown = key.display();
+    assert!(
+        err.contains(&format!("`{shown}`")) && err.contains(&format!("chmod 600 {shown}")),
+        "{err}"
+    );
+    assert!(!err.contains("0123456789abcdef"), "{err}");
+    let err = run(format!(
+        "storage: {db}\nvast: {{api_key_env: WARDEN_TEST_UNSET_KEY}}\n"
+    ));
+    assert!(
+        err.contains("environment variable `WARDEN_TEST_UNSET_KEY` is not set"),
+        "{err}"
+    );
 }

@@ -398,19 +398,24 @@ async fn own_rows(
         .instances(select_filters, order_by)
         .await
         .map_err(upstream_error)?;
-    let live = caller
-        .store
-        .list_live(Some(caller.team_name()))
-        .await
-        .map_err(store_error)?;
-    if live
-        .iter()
-        .any(|a| Pending::parse(a.name.as_str()).is_some())
-    {
-        settle_matches(door, &caller.store, &live, &rows, "listing").await?;
-    }
     let ids: Vec<u64> = rows.iter().filter_map(instances::id).collect();
-    let owners = owners(&caller.store, &ids).await?;
+    let mut owners = owners(&caller.store, &ids).await?;
+    // An instance no one owns but made by a create through Warden: its
+    // create's answer was lost. Settle the team's placeholders first.
+    let orphans = rows.iter().any(|r| {
+        instances::id(r).is_some_and(|id| !owners.contains_key(&id))
+            && instances::env(r, instances::CREATE_ENV).is_some()
+    });
+    if orphans {
+        let live = caller
+            .store
+            .list_live(Some(caller.team_name()))
+            .await
+            .map_err(store_error)?;
+        for (a, id) in settle_matches(door, &caller.store, &live, &rows, "listing").await? {
+            owners.insert(id, a.team);
+        }
+    }
     Ok(rows
         .into_iter()
         .filter(|r| instances::id(r).and_then(|id| owners.get(&id)) == Some(caller.team_name()))
@@ -548,12 +553,15 @@ pub async fn route(
         ))),
     };
     let (status, response) = match result {
-        Ok(value) => (
+        Ok(answer) => (
             StatusCode::OK,
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
-                value.to_string(),
+                match answer {
+                    Answer::Json(value) => value.to_string(),
+                    Answer::Text(text) => text,
+                },
             )
                 .into_response(),
         ),
@@ -572,6 +580,12 @@ pub async fn route(
     response
 }
 
+/// A successful answer: a JSON value, or JSON text already made.
+enum Answer {
+    Json(Value),
+    Text(String),
+}
+
 async fn serve(
     state: &Arc<AppState>,
     call: &Call,
@@ -579,7 +593,7 @@ async fn serve(
     headers: &HeaderMap,
     body: Bytes,
     request_id: &str,
-) -> Result<Value, VastError> {
+) -> Result<Answer, VastError> {
     let Some(door) = state.vast() else {
         return Err(VastError::NotSupported(
             "Warden's Vast door is off on this server (it needs a store: `storage` must not be `none`)".to_owned(),
@@ -587,13 +601,13 @@ async fn serve(
     };
     if *call == Call::GpuNames {
         let names = door.gpu_names().await.map_err(upstream_error)?;
-        return Ok(json!({"gpu_names": *names}));
+        return Ok(Answer::Json(json!({"gpu_names": *names})));
     }
     let Some(store) = state.store() else {
         return Err(VastError::Unavailable("Warden has no store".to_owned()));
     };
     let caller = authenticate(state, store, headers, request_id).await?;
-    match call {
+    let value = match call {
         Call::ShowUser => Ok(show_user(&caller)),
         Call::GpuNames => Ok(json!({})),
         Call::Search(form) => {
@@ -603,7 +617,7 @@ async fn serve(
                 SearchForm::Asks => body.get("q").cloned().unwrap_or_else(|| json!({})),
                 SearchForm::Query => query_json(uri, "q")?.unwrap_or_else(|| json!({})),
             };
-            search_offers(door, &caller, query).await
+            return search_offers(door, &caller, query).await.map(Answer::Text);
         }
         Call::Create(offer) => {
             let body = json_body(&body)?;
@@ -644,7 +658,7 @@ async fn serve(
         )),
         Call::Show(id) => {
             if require_own(&caller, *id).await.is_err() {
-                return Ok(json!({"instances": null}));
+                return Ok(Answer::Json(json!({"instances": null})));
             }
             let row = door.upstream.instance(*id).await.map_err(upstream_error)?;
             Ok(json!({"instances": row.map(|mut r| { instances::normalize(&mut r); r })}))
@@ -678,7 +692,8 @@ async fn serve(
                 .map_err(|e| VastError::Internal(format!("the task failed: {e}")))?
         }
         Call::Refused(msg) => Err(VastError::NotSupported(msg.clone())),
-    }
+    };
+    value.map(Answer::Json)
 }
 
 fn ids(body: &Value, key: &str) -> Result<Vec<u64>, VastError> {
@@ -724,8 +739,13 @@ fn show_user(caller: &Caller) -> Value {
     })
 }
 
-/// A search with the team's constraints merged in and checked again.
-async fn search_offers(door: &VastDoor, caller: &Caller, query: Value) -> Result<Value, VastError> {
+/// A search with the team's constraints merged in and checked again. The
+/// offers allowed are passed on as the upstream wrote them (not re-encoded).
+async fn search_offers(
+    door: &VastDoor,
+    caller: &Caller,
+    query: Value,
+) -> Result<String, VastError> {
     let Value::Object(mut query) = query else {
         return Err(VastError::bad(
             "the search query must be a JSON object of field conditions",
@@ -740,18 +760,19 @@ async fn search_offers(door: &VastDoor, caller: &Caller, query: Value) -> Result
     };
     if let Err(nothing) = search::constrain(&mut query, &constraints, &names) {
         tracing::debug!(target: "warden::vast", team = caller.team_name().as_str(), reason = nothing.0, "search matches nothing allowed");
-        return Ok(json!({"offers": []}));
+        return Ok(r#"{"offers":[]}"#.to_owned());
     }
-    let offers = door
+    let raw = door
         .upstream
-        .search(&Value::Object(query))
+        .search_raw(&Value::Object(query))
         .await
         .map_err(upstream_error)?;
-    let offers: Vec<Row> = offers
-        .into_iter()
-        .filter(|o| constraints.allows(o))
-        .collect();
-    Ok(json!({"offers": offers}))
+    search::filter_raw(&raw, &constraints).map_err(|detail| {
+        upstream_error(UpstreamError::BadAnswer {
+            what: "an offer search",
+            detail,
+        })
+    })
 }
 
 /// The marketplace simulator serving as the upstream, in this process;

@@ -9,6 +9,8 @@
 //! spaces), compared without regard to case: `allowed_gpus: [RTX_4090,
 //! H100_SXM]`.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use warden_core::{GpuModel, LaunchLimits, Usd, VastTeam};
 
@@ -48,10 +50,22 @@ impl OfferConstraints {
 
     /// Whether the team may rent `offer` (missing fields fail closed).
     pub fn allows(&self, offer: &Row) -> bool {
-        let num = |k: &str| offer.get(k).and_then(number);
+        let field = |k: &str| offer.get(k).cloned();
+        self.allows_fields(&OfferFields {
+            gpu_name: field("gpu_name"),
+            num_gpus: field("num_gpus"),
+            dph_total: field("dph_total"),
+            reliability2: field("reliability2"),
+            verified: field("verified"),
+        })
+    }
+
+    fn allows_fields(&self, offer: &OfferFields) -> bool {
+        let num = |v: &Option<Value>| v.as_ref().and_then(number);
         if let Some(models) = &self.models {
             let model = offer
-                .get("gpu_name")
+                .gpu_name
+                .as_ref()
                 .and_then(Value::as_str)
                 .and_then(model_of);
             if !model.is_some_and(|m| models.contains(&m)) {
@@ -59,25 +73,69 @@ impl OfferConstraints {
             }
         }
         if let Some(max) = self.max_gpus {
-            if !num("num_gpus").is_some_and(|n| n <= max as f64) {
+            if !num(&offer.num_gpus).is_some_and(|n| n <= max as f64) {
                 return false;
             }
         }
         if let Some(max) = self.max_dph {
-            if !num("dph_total").is_some_and(|d| d <= max.as_dollars_f64() + 1e-9) {
+            if !num(&offer.dph_total).is_some_and(|d| d <= max.as_dollars_f64() + 1e-9) {
                 return false;
             }
         }
         if let Some(min) = self.min_reliability {
-            if !num("reliability2").is_some_and(|r| r >= min) {
+            if !num(&offer.reliability2).is_some_and(|r| r >= min) {
                 return false;
             }
         }
-        if self.verified_only && offer.get("verified").and_then(Value::as_bool) != Some(true) {
+        if self.verified_only && offer.verified.as_ref().and_then(Value::as_bool) != Some(true) {
             return false;
         }
         true
     }
+}
+
+/// The fields of an offer the constraints read; the rest is skipped
+/// unparsed.
+#[derive(Debug, Default, Deserialize)]
+struct OfferFields {
+    #[serde(default)]
+    gpu_name: Option<Value>,
+    #[serde(default)]
+    num_gpus: Option<Value>,
+    #[serde(default)]
+    dph_total: Option<Value>,
+    #[serde(default)]
+    reliability2: Option<Value>,
+    #[serde(default)]
+    verified: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawOffers<'a> {
+    #[serde(borrow)]
+    offers: Vec<&'a RawValue>,
+}
+
+/// The `{"offers": [...]}` answer keeping the offers of the upstream's
+/// answer `raw` that the constraints allow, each exactly as written.
+pub fn filter_raw(raw: &[u8], c: &OfferConstraints) -> Result<String, String> {
+    let parsed: RawOffers<'_> =
+        serde_json::from_slice(raw).map_err(|e| format!("not an offer list: {e}"))?;
+    let mut out = String::with_capacity(raw.len() + 16);
+    out.push_str("{\"offers\":[");
+    let mut first = true;
+    for offer in parsed.offers {
+        let fields: OfferFields = serde_json::from_str(offer.get()).unwrap_or_default();
+        if c.allows_fields(&fields) {
+            if !first {
+                out.push(',');
+            }
+            out.push_str(offer.get());
+            first = false;
+        }
+    }
+    out.push_str("]}");
+    Ok(out)
 }
 
 /// A JSON number, or a string holding one (the CLI sends `"2"`).
@@ -289,6 +347,29 @@ mod tests {
             Value::Object(query),
             json!({"gpu_name": {"eq": "H100 SXM"}, "rentable": {"eq": true}})
         );
+    }
+
+    #[test]
+    fn raw_answers_keep_allowed_offers_as_written() {
+        let raw = br#"{"offers": [{"id": 1, "gpu_name": "RTX 4090", "num_gpus": 2, "dph_total": 1.2, "reliability2": 0.99, "verified": true, "x": {"deep": [1, 2]}},
+                                   {"id": 2, "gpu_name": "H100 SXM", "num_gpus": 1, "dph_total": 1.0, "reliability2": 0.99, "verified": true},
+                                   {"id": 3, "gpu_name": "RTX 3090", "num_gpus": "1", "dph_total": "0.3", "reliability2": 0.97, "verified": true},
+                                   "not an offer"]}"#;
+        let out = filter_raw(raw, &constraints()).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let ids: Vec<u64> = v["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [1, 3]);
+        assert!(out.contains(r#""x": {"deep": [1, 2]}"#), "{out}");
+        assert_eq!(
+            filter_raw(br#"{"offers": []}"#, &constraints()).unwrap(),
+            r#"{"offers":[]}"#
+        );
+        assert!(filter_raw(b"{}", &constraints()).is_err());
     }
 
     #[test]

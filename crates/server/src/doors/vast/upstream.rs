@@ -124,6 +124,23 @@ impl Upstream {
         body: Option<&Value>,
         auth: bool,
     ) -> Result<Value, UpstreamError> {
+        let bytes = self.send(what, method, path, query, body, auth).await?;
+        serde_json::from_slice(&bytes).map_err(|_| UpstreamError::BadAnswer {
+            what,
+            detail: "a success with a body that is not JSON".to_owned(),
+        })
+    }
+
+    /// Sends one request; the body of a 2xx answer, else the error.
+    async fn send(
+        &self,
+        what: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        auth: bool,
+    ) -> Result<axum::body::Bytes, UpstreamError> {
         let mut url =
             Url::parse(&format!("{}{path}", self.base)).map_err(|e| UpstreamError::BadAnswer {
                 what,
@@ -161,8 +178,8 @@ impl Upstream {
         let resp = req.send().await.map_err(fail)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(fail)?;
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if !status.is_success() {
+            let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
             let mut body = parsed.unwrap_or_else(|| {
                 Value::String(String::from_utf8_lossy(&bytes).chars().take(500).collect())
             });
@@ -175,10 +192,7 @@ impl Upstream {
                 body,
             });
         }
-        parsed.ok_or_else(|| UpstreamError::BadAnswer {
-            what,
-            detail: format!("HTTP {status} with a body that is not JSON"),
-        })
+        Ok(bytes)
     }
 
     /// `GET /api/v0/gpu_names/unique/`: the GPU model names on offer.
@@ -222,6 +236,19 @@ impl Upstream {
             )
             .await?;
         rows(v, "offers", what)
+    }
+
+    /// `POST /api/v0/bundles/` with `query`: the answer's JSON text.
+    pub async fn search_raw(&self, query: &Value) -> Result<axum::body::Bytes, UpstreamError> {
+        self.send(
+            "an offer search",
+            Method::POST,
+            "/api/v0/bundles/",
+            &[],
+            Some(query),
+            true,
+        )
+        .await
     }
 
     /// One offer by id, priced for `disk_gb` of storage, on demand.
