@@ -145,7 +145,20 @@ pub struct QuotaSpec {
     /// Max estimated USD per hour of all live allocations together.
     #[serde(default)]
     pub max_live_hourly_usd: Option<f64>,
+    /// Max launches per user per `launch_window_minutes` (a token bucket
+    /// shared by all replicas: bursts up to this, refilled evenly).
+    #[serde(default)]
+    pub max_launches_per_user: Option<u64>,
+    /// Max launches of the whole team per `launch_window_minutes`.
+    #[serde(default)]
+    pub max_launches_per_team: Option<u64>,
+    /// The window of the launch limits, in minutes (default 60).
+    #[serde(default)]
+    pub launch_window_minutes: Option<u64>,
 }
+
+/// The launch window used when `launch_window_minutes` is not given.
+pub const DEFAULT_LAUNCH_WINDOW_MINUTES: u64 = 60;
 
 /// Compiled team quotas (limits on live usage).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -160,12 +173,21 @@ pub struct Quotas {
     pub max_live_per_user: Option<u64>,
     /// Max estimated $/hour of all live allocations.
     pub max_live_hourly: Option<Usd>,
+    /// Max launches per user per `launch_window_secs`.
+    pub max_launches_per_user: Option<u64>,
+    /// Max launches of the team per `launch_window_secs`.
+    pub max_launches_per_team: Option<u64>,
+    /// The launch limits' window, in seconds.
+    pub launch_window_secs: u64,
 }
 
 impl Quotas {
     /// Whether no quota is set.
     pub fn is_empty(&self) -> bool {
-        *self == Quotas::default()
+        Quotas {
+            launch_window_secs: 0,
+            ..self.clone()
+        } == Quotas::default()
     }
 }
 
@@ -812,7 +834,33 @@ fn compile_quotas(p: &mut Problems, path: &str, q: Option<&QuotaSpec>) -> Quotas
         max_live_hourly: q
             .max_live_hourly_usd
             .map(|v| dollars(p, format!("{path}.quotas.max_live_hourly_usd"), v)),
+        max_launches_per_user: launches(p, path, "max_launches_per_user", q.max_launches_per_user),
+        max_launches_per_team: launches(p, path, "max_launches_per_team", q.max_launches_per_team),
+        launch_window_secs: {
+            let m = q
+                .launch_window_minutes
+                .unwrap_or(DEFAULT_LAUNCH_WINDOW_MINUTES);
+            if !(1..=44_640).contains(&m) {
+                p.add(
+                    format!("{path}.quotas.launch_window_minutes"),
+                    format!("`{m}` is out of range; use 1 to 44640 minutes (31 days)"),
+                );
+            }
+            m.clamp(1, 44_640) * 60
+        },
     }
+}
+
+fn launches(p: &mut Problems, path: &str, key: &str, v: Option<u64>) -> Option<u64> {
+    if let Some(n) = v {
+        if !(1..=1_000_000).contains(&n) {
+            p.add(
+                format!("{path}.quotas.{key}"),
+                format!("`{n}` is out of range; use 1 to 1000000 launches per window"),
+            );
+        }
+    }
+    v
 }
 
 fn team_rules(p: &mut Problems, path: &str, name: &TeamName, t: &TeamSpec) -> Vec<Rule> {
