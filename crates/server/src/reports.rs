@@ -354,10 +354,9 @@ impl Fixed {
 
 impl std::fmt::Display for Fixed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scale = 10_i128.pow(self.decimals);
+        let scale = 10_u128.pow(self.decimals);
         let sign = if self.units < 0 { "-" } else { "" };
         let abs = self.units.unsigned_abs();
-        let scale = scale.unsigned_abs();
         write!(
             f,
             "{sign}{}.{:0width$}",
@@ -653,7 +652,7 @@ fn build_chargeback(period: Period, now: UnixMicros, groups: &[GroupUsage]) -> C
     for ((g, c), h) in groups.iter().zip(cents).zip(hundredths) {
         let (team, gpu_model) = match &g.key {
             GroupKey::TeamGpuModel { team, gpu_model } => (team.clone(), gpu_model.clone()),
-            // The store answers with the grouping asked for.
+            // Unreachable: the store answers with the grouping asked for.
             _ => continue,
         };
         lines.push((
