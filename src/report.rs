@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use warden_core::{Policy, TeamName, Usd};
 use warden_server::config::load_config;
 use warden_server::reports::{
-    self, Chargeback, ParamError, PeriodParams, SpendBy, SpendQuery, SpendReport,
+    self, Chargeback, ParamError, PeriodKind, PeriodParams, SpendBy, SpendQuery, SpendReport,
 };
-use warden_store::{GroupKey, Store, UnixMicros};
+use warden_store::{GroupKey, Store, TimeZone, UnixMicros};
 
 use crate::admin::csv_field;
 
@@ -144,7 +144,8 @@ pub fn spend(args: &SpendArgs) -> anyhow::Result<ExitCode> {
         from: args.from.clone(),
         until: args.until.clone(),
     };
-    let period = reports::resolve_period(&params, now).map_err(flag)?;
+    // Until the config names a budget time zone, days and months are UTC.
+    let period = reports::resolve_period(&params, now, &TimeZone::UTC).map_err(flag)?;
     let by = match args.by {
         ByArg::Team => SpendBy::Team,
         ByArg::User => SpendBy::User,
@@ -174,10 +175,10 @@ pub fn spend(args: &SpendArgs) -> anyhow::Result<ExitCode> {
 /// `warden report chargeback`.
 pub fn chargeback(args: &ChargebackArgs) -> anyhow::Result<ExitCode> {
     let now = UnixMicros::from_system_time(SystemTime::now());
-    let month = reports::parse_month("month", &args.month).map_err(flag)?;
+    let month = reports::parse_month("month", &args.month, &TimeZone::UTC).map_err(flag)?;
     crate::admin::runtime()?.block_on(async {
         let (_, store) = open(&args.config).await?;
-        let charges = reports::chargeback(&store, month, now).await;
+        let charges = reports::chargeback(&store, &month, now).await;
         store.close().await;
         let charges = charges?;
         if !charges.complete {
@@ -263,9 +264,12 @@ fn spend_table(r: &SpendReport) {
         .as_ref()
         .map(|t| format!(" of team `{t}`"))
         .unwrap_or_default();
+    let label = match r.period.kind {
+        PeriodKind::Custom => String::new(),
+        _ => format!("{} ({}) ", r.period.label, r.period.time_zone),
+    };
     say!(
-        "Spend by {by}{only}, {} [{}, {}), as of {}",
-        r.period.label(),
+        "Spend by {by}{only}, {label}[{}, {}), as of {}",
         r.period.from,
         r.period.until,
         r.as_of

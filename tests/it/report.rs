@@ -160,7 +160,7 @@ async fn spend_reports_by_team_user_and_gpu_in_every_format() {
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("Spend by team, 2024-03 [2024-03-01T00:00:00.000000Z, 2024-04-01T00:00:00.000000Z), as of "),
+        lines[0].starts_with("Spend by team, 2024-03 (UTC) [2024-03-01T00:00:00.000000Z, 2024-04-01T00:00:00.000000Z), as of "),
         "{out}"
     );
     let cells = |line: &str| {
@@ -192,6 +192,7 @@ async fn spend_reports_by_team_user_and_gpu_in_every_format() {
     assert_eq!(code, 0, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["period"]["kind"], "day");
+    assert_eq!(json["period"]["time_zone"], "UTC");
     assert_eq!(json["period"]["until"], "2024-03-11T00:00:00.000000Z");
     assert_eq!(json["team"], "ml");
     assert_eq!(

@@ -40,7 +40,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Serialize, Serializer};
 use warden_core::{GpuModel, Policy, TeamName, Usd};
-use warden_store::{GroupBy, GroupKey, GroupUsage, Store, StoreError, UnixMicros, UsageQuery};
+use warden_store::{
+    GroupBy, GroupKey, GroupUsage, PeriodKind as Calendar, Store, StoreError, TimeZone, UnixMicros,
+    UsageQuery,
+};
 
 use crate::app::AppState;
 use crate::error::DoorError;
@@ -96,28 +99,20 @@ impl PeriodKind {
 }
 
 /// A period resolved to instants: [from, until).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Period {
     /// Day, month or custom.
     pub kind: PeriodKind,
+    /// `2026-11-23` for a day, `2026-11` for a month, `custom` otherwise.
+    pub label: String,
+    /// The time zone days and months are counted in (`UTC`).
+    pub time_zone: String,
     /// Its start (included).
     #[serde(serialize_with = "instant")]
     pub from: UnixMicros,
     /// Its end (excluded).
     #[serde(serialize_with = "instant")]
     pub until: UnixMicros,
-}
-
-impl Period {
-    /// `2026-11-23` for a day, `2026-11` for a month, `custom window`.
-    pub fn label(&self) -> String {
-        let from = self.from.to_string();
-        match self.kind {
-            PeriodKind::Day => from.get(..10).unwrap_or(&from).to_owned(),
-            PeriodKind::Month => from.get(..7).unwrap_or(&from).to_owned(),
-            PeriodKind::Custom => "custom window".to_owned(),
-        }
-    }
 }
 
 fn instant<S: Serializer>(t: &UnixMicros, s: S) -> Result<S::Ok, S::Error> {
@@ -141,13 +136,61 @@ pub struct PeriodParams {
     pub until: Option<String>,
 }
 
-/// Parses `2026-11-23` to its midnight.
-fn parse_date(param: &'static str, text: &str) -> Result<UnixMicros, ParamError> {
+fn zone_name(tz: &TimeZone) -> String {
+    tz.iana_name().unwrap_or("unnamed time zone").to_owned()
+}
+
+/// The calendar day or month starting on `date` in `tz`, or `None` when
+/// the date is out of range there.
+fn calendar_period(kind: PeriodKind, date: jiff::civil::Date, tz: &TimeZone) -> Option<Period> {
+    let calendar = match kind {
+        PeriodKind::Day => Calendar::Day,
+        PeriodKind::Month => Calendar::Month,
+        PeriodKind::Custom => return None,
+    };
+    let midnight = date
+        .to_zoned(tz.clone())
+        .and_then(|z| z.start_of_day())
+        .ok()?;
+    let start = UnixMicros::from_micros(midnight.timestamp().as_microsecond());
+    // The store's own period arithmetic, which budgets use too.
+    let period = start.period(calendar, tz);
+    let label = match kind {
+        PeriodKind::Month => format!("{:04}-{:02}", date.year(), date.month()),
+        _ => format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day()),
+    };
+    Some(Period {
+        kind,
+        label,
+        time_zone: zone_name(tz),
+        from: period.start,
+        until: period.end,
+    })
+}
+
+/// Splits `2026-11-23` (`parts` 3) or `2026-11` (`parts` 2) into numbers.
+fn date_parts(text: &str, parts: usize) -> Option<(i16, i8, i8)> {
     let t = text.trim();
-    let well_formed = t.len() == 10 && t.bytes().filter(|&b| b == b'-').count() == 2;
-    well_formed
-        .then(|| UnixMicros::parse_rfc3339(t).ok())
-        .flatten()
+    let fields: Vec<&str> = t.split('-').collect();
+    let widths_ok = fields.len() == parts
+        && fields
+            .iter()
+            .zip([4, 2, 2])
+            .all(|(f, w)| f.len() == w && f.bytes().all(|b| b.is_ascii_digit()));
+    if !widths_ok {
+        return None;
+    }
+    let year = fields.first()?.parse().ok()?;
+    let month = fields.get(1)?.parse().ok()?;
+    let day = fields.get(2).map_or(Some(1), |d| d.parse().ok())?;
+    Some((year, month, day))
+}
+
+/// The day `2026-11-23` in `tz`.
+fn parse_day(param: &'static str, text: &str, tz: &TimeZone) -> Result<Period, ParamError> {
+    date_parts(text, 3)
+        .and_then(|(y, m, d)| jiff::civil::Date::new(y, m, d).ok())
+        .and_then(|date| calendar_period(PeriodKind::Day, date, tz))
         .ok_or_else(|| {
             param_error(
                 param,
@@ -156,13 +199,11 @@ fn parse_date(param: &'static str, text: &str) -> Result<UnixMicros, ParamError>
         })
 }
 
-/// Parses `2026-11` to the midnight starting it.
-pub fn parse_month(param: &'static str, text: &str) -> Result<UnixMicros, ParamError> {
-    let t = text.trim();
-    let well_formed = t.len() == 7 && t.as_bytes().get(4) == Some(&b'-');
-    well_formed
-        .then(|| UnixMicros::parse_rfc3339(&format!("{t}-01")).ok())
-        .flatten()
+/// The month `2026-11` in `tz`.
+pub fn parse_month(param: &'static str, text: &str, tz: &TimeZone) -> Result<Period, ParamError> {
+    date_parts(text, 2)
+        .and_then(|(y, m, d)| jiff::civil::Date::new(y, m, d).ok())
+        .and_then(|date| calendar_period(PeriodKind::Month, date, tz))
         .ok_or_else(|| {
             param_error(
                 param,
@@ -171,16 +212,33 @@ pub fn parse_month(param: &'static str, text: &str) -> Result<UnixMicros, ParamE
         })
 }
 
+/// The day or month holding `now` in `tz`.
+fn current_period(kind: PeriodKind, now: UnixMicros, tz: &TimeZone) -> Result<Period, ParamError> {
+    jiff::Timestamp::from_microsecond(now.micros())
+        .ok()
+        .map(|t| t.to_zoned(tz.clone()).date())
+        .map(|date| match kind {
+            PeriodKind::Month => date.first_of_month(),
+            _ => date,
+        })
+        .and_then(|date| calendar_period(kind, date, tz))
+        .ok_or_else(|| param_error("period", format!("the current time {now} is out of range")))
+}
+
 fn parse_instant(param: &'static str, text: &str) -> Result<UnixMicros, ParamError> {
     UnixMicros::parse_rfc3339(text).map_err(|e| param_error(param, e))
 }
 
 /// Resolves the period parameters at `now`.
 ///
-/// Days and months are UTC, the zone budgets are counted in; this is the
-/// one place a configured time zone would turn a date into instants (the
-/// reports themselves take the instants).
-pub fn resolve_period(p: &PeriodParams, now: UnixMicros) -> Result<Period, ParamError> {
+/// Days and months are calendar days and months in `tz`, the zone budgets
+/// are counted in (pass the configured one; `TimeZone::UTC` until the
+/// config names one); a custom window is two instants, written in UTC.
+pub fn resolve_period(
+    p: &PeriodParams,
+    now: UnixMicros,
+    tz: &TimeZone,
+) -> Result<Period, ParamError> {
     let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
     let (date, month, custom) = (
         given(&p.date),
@@ -222,15 +280,10 @@ pub fn resolve_period(p: &PeriodParams, now: UnixMicros) -> Result<Period, Param
                     "use the `custom` period for a window",
                 ));
             }
-            let from = match p.date.as_deref().filter(|s| !s.trim().is_empty()) {
-                Some(d) => parse_date("date", d)?,
-                None => now.start_of_day(),
-            };
-            Ok(Period {
-                kind,
-                from,
-                until: from.start_of_next_day(),
-            })
+            match p.date.as_deref().filter(|s| !s.trim().is_empty()) {
+                Some(d) => parse_day("date", d, tz),
+                None => current_period(kind, now, tz),
+            }
         }
         PeriodKind::Month => {
             if date {
@@ -242,15 +295,10 @@ pub fn resolve_period(p: &PeriodParams, now: UnixMicros) -> Result<Period, Param
                     "use the `custom` period for a window",
                 ));
             }
-            let from = match p.month.as_deref().filter(|s| !s.trim().is_empty()) {
-                Some(m) => parse_month("month", m)?,
-                None => now.start_of_month(),
-            };
-            Ok(Period {
-                kind,
-                from,
-                until: from.start_of_next_month(),
-            })
+            match p.month.as_deref().filter(|s| !s.trim().is_empty()) {
+                Some(m) => parse_month("month", m, tz),
+                None => current_period(kind, now, tz),
+            }
         }
         PeriodKind::Custom => {
             if date {
@@ -278,7 +326,13 @@ pub fn resolve_period(p: &PeriodParams, now: UnixMicros) -> Result<Period, Param
                     format!("the window is empty: `until` ({until}) must be after `from` ({from})"),
                 ));
             }
-            Ok(Period { kind, from, until })
+            Ok(Period {
+                kind,
+                label: "custom".to_owned(),
+                time_zone: zone_name(tz),
+                from,
+                until,
+            })
         }
     }
 }
@@ -527,7 +581,7 @@ fn build_spend_report(
             .then_with(|| a.key.cmp(&b.key))
     });
     SpendReport {
-        period: q.period,
+        period: q.period.clone(),
         as_of: now,
         by: q.by,
         team: q.team.clone(),
@@ -615,18 +669,13 @@ pub struct Chargeback {
     pub total: ChargebackTotal,
 }
 
-/// The chargeback of the month starting at `month` (a midnight UTC of a
-/// first day, e.g. from [`parse_month`]), at `now`.
+/// The chargeback of `month` (from [`parse_month`]) at `now`.
 pub async fn chargeback(
     store: &Store,
-    month: UnixMicros,
+    month: &Period,
     now: UnixMicros,
 ) -> Result<Chargeback, StoreError> {
-    let period = Period {
-        kind: PeriodKind::Month,
-        from: month.start_of_month(),
-        until: month.start_of_next_month(),
-    };
+    let period = month.clone();
     let groups = store
         .usage(&UsageQuery {
             from: period.from,
@@ -684,10 +733,10 @@ fn build_chargeback(period: Period, now: UnixMicros, groups: &[GroupUsage]) -> C
         .collect();
     let lines: Vec<ChargebackLine> = lines.into_iter().map(|(l, _)| l).collect();
     Chargeback {
-        month: period.label(),
+        month: period.label.clone(),
+        complete: period.until <= now,
         period,
         as_of: now,
-        complete: period.until <= now,
         currency: "USD",
         total: ChargebackTotal {
             allocations: lines.iter().map(|l| l.allocations).sum(),
@@ -750,6 +799,7 @@ pub async fn spend(
         query.as_deref(),
         &["period", "date", "month", "from", "until", "by", "team"],
     )?;
+    // Until the config names a budget time zone, days and months are UTC.
     let period = resolve_period(
         &PeriodParams {
             period: params.get("period"),
@@ -759,6 +809,7 @@ pub async fn spend(
             until: params.get("until"),
         },
         now,
+        &TimeZone::UTC,
     )
     .map_err(http_param)?;
     let by = match params.get("by") {
@@ -792,9 +843,9 @@ pub async fn chargeback_handler(
             "query parameter `month` is required: the month to charge, e.g. `month=2026-11`",
         ));
     };
-    let month = parse_month("month", &month).map_err(http_param)?;
+    let month = parse_month("month", &month, &TimeZone::UTC).map_err(http_param)?;
     let store = report_store(&state)?;
-    chargeback(store, month, now)
+    chargeback(store, &month, now)
         .await
         .map(Json)
         .map_err(store_error)
@@ -913,7 +964,7 @@ mod tests {
     #[test]
     fn periods_resolve_to_utc_days_months_and_windows() {
         let now = at("2026-11-23T14:05:00Z");
-        let p = |pairs: &[(&str, &str)]| resolve_period(&params(pairs), now);
+        let p = |pairs: &[(&str, &str)]| resolve_period(&params(pairs), now, &TimeZone::UTC);
         let window = |p: Period| (p.kind, p.from.to_string(), p.until.to_string());
         assert_eq!(
             window(p(&[]).unwrap()),
@@ -934,12 +985,15 @@ mod tests {
         // The kind follows from the parameters given.
         let day = p(&[("date", "2024-02-29")]).unwrap();
         assert_eq!(
-            (day.kind, day.label()),
-            (PeriodKind::Day, "2024-02-29".to_owned())
+            (day.kind, day.label.as_str()),
+            (PeriodKind::Day, "2024-02-29")
         );
         let dec = p(&[("month", "2026-12")]).unwrap();
         assert_eq!(dec.until.to_string(), "2027-01-01T00:00:00.000000Z");
-        assert_eq!(dec.label(), "2026-12");
+        assert_eq!(
+            (dec.label.as_str(), dec.time_zone.as_str()),
+            ("2026-12", "UTC")
+        );
         let custom = p(&[("from", "2026-11-20T12:00:00Z")]).unwrap();
         assert_eq!((custom.kind, custom.until), (PeriodKind::Custom, now));
         let custom = p(&[
@@ -954,9 +1008,40 @@ mod tests {
     }
 
     #[test]
+    fn days_and_months_follow_the_time_zone() {
+        let berlin = warden_store::parse_time_zone("Europe/Berlin").unwrap();
+        // 23:30 UTC on the 22nd is the 23rd in Berlin: "today" is the 23rd.
+        let now = at("2026-11-22T23:30:00Z");
+        let day = resolve_period(&params(&[("period", "day")]), now, &berlin).unwrap();
+        assert_eq!(
+            (day.label.as_str(), day.from, day.until),
+            (
+                "2026-11-23",
+                at("2026-11-22T23:00:00Z"),
+                at("2026-11-23T23:00:00Z")
+            )
+        );
+        assert_eq!(day.time_zone, "Europe/Berlin");
+        // The day summer time ends has 25 hours; October has 31 days and
+        // one hour.
+        let day = resolve_period(&params(&[("date", "2026-10-25")]), now, &berlin).unwrap();
+        assert_eq!(
+            (day.from, day.until),
+            (at("2026-10-24T22:00:00Z"), at("2026-10-25T23:00:00Z"))
+        );
+        let month = parse_month("month", "2026-10", &berlin).unwrap();
+        assert_eq!(
+            (month.from, month.until),
+            (at("2026-09-30T22:00:00Z"), at("2026-10-31T23:00:00Z"))
+        );
+    }
+
+    #[test]
     fn period_errors_name_the_parameter_and_the_fix() {
         let now = at("2026-11-23T14:05:00Z");
-        let err = |pairs: &[(&str, &str)]| resolve_period(&params(pairs), now).unwrap_err();
+        let err = |pairs: &[(&str, &str)]| {
+            resolve_period(&params(pairs), now, &TimeZone::UTC).unwrap_err()
+        };
         let e = err(&[("period", "week")]);
         assert_eq!(e.param, "period");
         assert!(
@@ -971,6 +1056,8 @@ mod tests {
         assert_eq!(err(&[("date", "2026-11-23T10:00")]).param, "date");
         assert_eq!(err(&[("month", "2026-13")]).param, "month");
         assert_eq!(err(&[("month", "2026-1")]).param, "month");
+        assert_eq!(err(&[("month", "2026-11-01")]).param, "month");
+        assert_eq!(err(&[("date", "2026-11")]).param, "date");
         assert_eq!(
             err(&[("period", "day"), ("month", "2026-11")]).param,
             "month"
@@ -1044,11 +1131,7 @@ mod tests {
 
     #[test]
     fn chargeback_lines_add_up_to_the_total_in_cents() {
-        let month = Period {
-            kind: PeriodKind::Month,
-            from: at("2026-11-01"),
-            until: at("2026-12-01"),
-        };
+        let month = parse_month("month", "2026-11", &TimeZone::UTC).unwrap();
         // $0.005 three times: each line's exact cost is half a cent; the
         // total, $0.015, rounds half up to 2 cents, given to the first two.
         let half_cent = SCALED_PER_CENT / 2;
@@ -1064,7 +1147,7 @@ mod tests {
                 8 * third_hour,
             ),
         ];
-        let c = build_chargeback(month, at("2026-12-02"), &groups);
+        let c = build_chargeback(month.clone(), at("2026-12-02"), &groups);
         let cents: Vec<i64> = c
             .lines
             .iter()
@@ -1111,6 +1194,8 @@ mod tests {
         let q = |kind| SpendQuery {
             period: Period {
                 kind,
+                label: "2026-11".to_owned(),
+                time_zone: "UTC".to_owned(),
                 from: at("2026-11-01"),
                 until: at("2026-12-01"),
             },
