@@ -120,8 +120,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ReportCommand {
-    /// Spend per team (with its budget), user or GPU model over a UTC day,
-    /// a UTC month or any window; live allocations accrued to now.
+    /// Spend per team (with its budget), user or GPU model over a day, a
+    /// month (in the config's `time_zone`) or any window; live allocations
+    /// accrued to now.
     Spend(report::SpendArgs),
     /// A month's charges per team and GPU model for finance, in cents that
     /// add up to the total.

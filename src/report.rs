@@ -7,21 +7,22 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use warden_core::{Policy, TeamName, Usd};
-use warden_server::config::load_config;
+use warden_core::{TeamName, Usd};
+use warden_server::config::{load_config, Config};
 use warden_server::reports::{
     self, Chargeback, ParamError, PeriodKind, PeriodParams, SpendBy, SpendQuery, SpendReport,
 };
-use warden_store::{GroupKey, Store, TimeZone, UnixMicros};
+use warden_store::{GroupKey, Store, UnixMicros};
 
 use crate::admin::csv_field;
 
 /// `--period`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum PeriodArg {
-    /// A UTC day (`--date`, default today).
+    /// A day (`--date`, default today) in the config's `time_zone`.
     Day,
-    /// A UTC calendar month (`--month`, default this month).
+    /// A calendar month (`--month`, default this month) in the config's
+    /// `time_zone`.
     Month,
     /// `--from` (required) to `--until` (default now).
     Custom,
@@ -69,10 +70,10 @@ pub struct SpendArgs {
     /// else this month.
     #[arg(long, value_enum)]
     period: Option<PeriodArg>,
-    /// The day of `--period day`, e.g. `2026-11-23` (UTC).
+    /// The day of `--period day`, e.g. `2026-11-23`.
     #[arg(long)]
     date: Option<String>,
-    /// The month of `--period month`, e.g. `2026-11` (UTC).
+    /// The month of `--period month`, e.g. `2026-11`.
     #[arg(long)]
     month: Option<String>,
     /// Start of `--period custom`: a UTC date or instant (`2026-11-01`,
@@ -99,7 +100,7 @@ pub struct ChargebackArgs {
     /// Config file (its `storage` names the store).
     #[arg(long)]
     config: PathBuf,
-    /// The month to charge, e.g. `2026-11` (UTC).
+    /// The month to charge, e.g. `2026-11`, in the config's `time_zone`.
     #[arg(long)]
     month: String,
     /// Output format.
@@ -111,19 +112,22 @@ fn flag(e: ParamError) -> anyhow::Error {
     anyhow::anyhow!("--{}: {}", e.param, e.problem)
 }
 
-/// The config's policy and its store, opened.
-async fn open(config: &Path) -> anyhow::Result<(Policy, Store)> {
+/// The config, with the store URL it names.
+fn load(config: &Path) -> anyhow::Result<(Config, String)> {
     let cfg = load_config(config).map_err(anyhow::Error::msg)?;
-    let Some(url) = cfg.storage else {
+    let Some(url) = cfg.storage.clone() else {
         anyhow::bail!(
             "{}: `storage: none` names no store to report on",
             config.display()
         );
     };
-    let store = Store::connect(&url)
+    Ok((cfg, url))
+}
+
+async fn open(config: &Path, url: &str) -> anyhow::Result<Store> {
+    Store::connect(url)
         .await
-        .with_context(|| format!("cannot open the store named by {}", config.display()))?;
-    Ok((cfg.policy, store))
+        .with_context(|| format!("cannot open the store named by {}", config.display()))
 }
 
 /// `warden report spend`.
@@ -144,8 +148,9 @@ pub fn spend(args: &SpendArgs) -> anyhow::Result<ExitCode> {
         from: args.from.clone(),
         until: args.until.clone(),
     };
-    // Until the config names a budget time zone, days and months are UTC.
-    let period = reports::resolve_period(&params, now, &TimeZone::UTC).map_err(flag)?;
+    let (cfg, url) = load(&args.config)?;
+    // Days and months in the budget time zone (`time_zone`).
+    let period = reports::resolve_period(&params, now, &cfg.settings.time_zone).map_err(flag)?;
     let by = match args.by {
         ByArg::Team => SpendBy::Team,
         ByArg::User => SpendBy::User,
@@ -159,8 +164,8 @@ pub fn spend(args: &SpendArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--team: {e}"))?;
     let query = SpendQuery { period, by, team };
     crate::admin::runtime()?.block_on(async {
-        let (policy, store) = open(&args.config).await?;
-        let report = reports::spend_report(&store, &policy, &query, now).await;
+        let store = open(&args.config, &url).await?;
+        let report = reports::spend_report(&store, &cfg.policy, &query, now).await;
         store.close().await;
         let report = report?;
         match args.format {
@@ -175,9 +180,11 @@ pub fn spend(args: &SpendArgs) -> anyhow::Result<ExitCode> {
 /// `warden report chargeback`.
 pub fn chargeback(args: &ChargebackArgs) -> anyhow::Result<ExitCode> {
     let now = UnixMicros::from_system_time(SystemTime::now());
-    let month = reports::parse_month("month", &args.month, &TimeZone::UTC).map_err(flag)?;
+    let (cfg, url) = load(&args.config)?;
+    let month =
+        reports::parse_month("month", &args.month, &cfg.settings.time_zone).map_err(flag)?;
     crate::admin::runtime()?.block_on(async {
-        let (_, store) = open(&args.config).await?;
+        let store = open(&args.config, &url).await?;
         let charges = reports::chargeback(&store, &month, now).await;
         store.close().await;
         let charges = charges?;

@@ -12,11 +12,14 @@
 //!
 //! Team `nlp` is configured but spent nothing.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use warden_core::{Door, GpuModel, Policy, TeamName, Usd};
+use warden_server::config::Settings;
 use warden_server::reports::routes;
 use warden_server::AppState;
 use warden_store::{
@@ -203,6 +206,39 @@ async fn spend_reports_by_team_user_and_gpu_in_every_format() {
         }])
     );
 
+    // Days and months are those of the config's `time_zone`: in New York,
+    // March 10 2024 is the 23 hours from 05:00 UTC (clocks go forward),
+    // and holds five of alice's ten hours.
+    let ny = dir.0.join("new-york.yaml");
+    std::fs::write(
+        &ny,
+        format!("storage: sqlite://state.db\ntime_zone: America/New_York\n{TEAMS}"),
+    )
+    .unwrap();
+    let (code, out, err) = warden(&[
+        "report",
+        "spend",
+        "--config",
+        ny.to_str().unwrap(),
+        "--date",
+        "2024-03-10",
+        "--team",
+        "ml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["period"],
+        serde_json::json!({
+            "kind": "day", "label": "2024-03-10", "time_zone": "America/New_York",
+            "from": "2024-03-10T05:00:00.000000Z", "until": "2024-03-11T04:00:00.000000Z"
+        })
+    );
+    assert_eq!(json["rows"][0]["spend_usd"], "30.00");
+    assert_eq!(json["rows"][0]["gpu_hours"], "10.00");
+
     // Per user over the month.
     let (code, out, err) = spend(&["--month", "2024-03", "--by", "user", "--format", "csv"]);
     assert_eq!(code, 0, "{err}");
@@ -360,7 +396,8 @@ async fn endpoints_answer_json(url: &str) {
     seed(url).await;
     let policy = Policy::from_yaml(TEAMS).unwrap();
     let store = Store::connect(url).await.unwrap();
-    let app = routes().with_state(AppState::with_store(policy, None, Some(store.clone())));
+    let state = AppState::with_store(policy, None, Some(store.clone()));
+    let app = routes().with_state(Arc::clone(&state));
 
     let (status, body) = get(&app, "/reports/chargeback?month=2024-03").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -386,6 +423,43 @@ async fn endpoints_answer_json(url: &str) {
         })
     );
     assert_eq!(json["total"]["spend_usd"], "67.006");
+
+    // The configured time zone applies to days and months.
+    state.apply_settings(Settings {
+        time_zone: warden_store::parse_time_zone("America/New_York").unwrap(),
+        ..Settings::default()
+    });
+    let (status, body) = get(&app, "/reports/chargeback?month=2024-03").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // March in New York is [05:00 UTC on the 1st, 04:00 UTC on April 1):
+    // carol's hours are February's, bob's A100 runs 5 hours, alice's
+    // April 1 hour at $24 is March's. Half a cent each on cv's line and
+    // ml/A100: the one cent left over goes to the earlier line.
+    assert_eq!(json["period"]["from"], "2024-03-01T05:00:00.000000Z");
+    let lines: Vec<(String, String, String)> = json["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["team"].as_str().unwrap().to_owned(),
+                l["gpu_model"].as_str().unwrap_or("-").to_owned(),
+                l["amount_usd"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let line = |t: &str, m: &str, a: &str| (t.to_owned(), m.to_owned(), a.to_owned());
+    assert_eq!(
+        lines,
+        [
+            line("cv", "-", "0.01"),
+            line("ml", "A100", "5.00"),
+            line("ml", "H100", "84.00")
+        ]
+    );
+    assert_eq!(json["total"]["amount_usd"], "89.01");
+    state.apply_settings(Settings::default());
 
     let (status, body) =
         get(&app, "/reports/spend?period=custom&from=2024-03-31T23%3A30%3A00Z&until=2024-04-01T00:30:00Z&by=gpu").await;

@@ -10,6 +10,10 @@
 //! - `GET /reports/spend?period=day|month|custom&date=&month=&from=&until=&by=team|user|gpu&team=`
 //! - `GET /reports/chargeback?month=2026-11`
 //!
+//! Days and months are calendar days and months in the config's
+//! `time_zone`, as for budgets ([`resolve_period`]); a custom window is two
+//! UTC instants.
+//!
 //! Bad parameters are a 400 naming the parameter; without a store
 //! (`storage: none`) the answer is 503. The endpoints are not yet restricted
 //! by role: serve them only where everyone who can reach them may see every
@@ -105,7 +109,8 @@ pub struct Period {
     pub kind: PeriodKind,
     /// `2026-11-23` for a day, `2026-11` for a month, `custom` otherwise.
     pub label: String,
-    /// The time zone days and months are counted in (`UTC`).
+    /// The time zone days and months are counted in (`UTC`,
+    /// `Europe/Berlin`).
     pub time_zone: String,
     /// Its start (included).
     #[serde(serialize_with = "instant")]
@@ -232,8 +237,8 @@ fn parse_instant(param: &'static str, text: &str) -> Result<UnixMicros, ParamErr
 /// Resolves the period parameters at `now`.
 ///
 /// Days and months are calendar days and months in `tz`, the zone budgets
-/// are counted in (pass the configured one; `TimeZone::UTC` until the
-/// config names one); a custom window is two instants, written in UTC.
+/// are counted in (the config's `time_zone`); a custom window is two
+/// instants, written in UTC.
 pub fn resolve_period(
     p: &PeriodParams,
     now: UnixMicros,
@@ -799,7 +804,8 @@ pub async fn spend(
         query.as_deref(),
         &["period", "date", "month", "from", "until", "by", "team"],
     )?;
-    // Until the config names a budget time zone, days and months are UTC.
+    // Days and months in the budget time zone (`time_zone`).
+    let tz = state.settings().time_zone.clone();
     let period = resolve_period(
         &PeriodParams {
             period: params.get("period"),
@@ -809,7 +815,7 @@ pub async fn spend(
             until: params.get("until"),
         },
         now,
-        &TimeZone::UTC,
+        &tz,
     )
     .map_err(http_param)?;
     let by = match params.get("by") {
@@ -843,7 +849,7 @@ pub async fn chargeback_handler(
             "query parameter `month` is required: the month to charge, e.g. `month=2026-11`",
         ));
     };
-    let month = parse_month("month", &month, &TimeZone::UTC).map_err(http_param)?;
+    let month = parse_month("month", &month, &state.settings().time_zone).map_err(http_param)?;
     let store = report_store(&state)?;
     chargeback(store, &month, now)
         .await
