@@ -16,5 +16,6 @@ mod keys;
 mod recording;
 mod replay;
 mod replicas;
+mod report;
 mod skypilot_client;
 mod skypilot_sync;

@@ -14,13 +14,13 @@ fn admin_url() -> String {
 }
 
 /// A fresh database, dropped at the end (also when the test fails).
-struct Database {
+pub(crate) struct Database {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    async fn create() -> Database {
+    pub(crate) async fn create() -> Database {
         let admin = admin_url();
         let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
             panic!("PostgreSQL is not answering at {admin} ({e}); run scripts/ensure-postgres.sh or set WARDEN_TEST_PG")

@@ -102,6 +102,7 @@ pub mod audit;
 mod backend;
 pub mod error;
 pub mod keys;
+pub mod report;
 pub mod spend;
 pub mod time;
 pub mod writer;
@@ -118,5 +119,6 @@ pub use keys::{
     ApiKey, ApiKeyId, IssuedKey, KeyAdminError, KeyError, KeyInputError, KeyName, KeyPrincipal,
     KeySecret, KeyState, KeyUser, NewKey, Rotated, RotatedExpiry,
 };
+pub use report::{GroupBy, GroupKey, GroupUsage, UsageQuery, COST_SCALE};
 pub use time::{parse_time_zone, Period, PeriodKind, TimeZone, UnixMicros};
 pub use writer::{Write, WriteStats, Written, MAX_BATCH};

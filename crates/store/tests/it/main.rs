@@ -17,5 +17,6 @@ mod allocations;
 mod audit;
 mod keys;
 mod migrations;
+mod report;
 mod spend;
 mod writer;
