@@ -70,6 +70,25 @@ pub fn limits(q: &Quotas) -> Vec<Limit> {
             max,
         });
     }
+    for (model, max) in &q.user_max_gpus_by_model {
+        out.push(Limit::ModelGpus {
+            model: model.clone(),
+            scope: Scope::User,
+            max: n(*max),
+        });
+    }
+    if let Some(max) = q.user_max_gpus {
+        out.push(Limit::Gpus {
+            scope: Scope::User,
+            max: n(max),
+        });
+    }
+    if let Some(max) = q.user_max_live_hourly {
+        out.push(Limit::HourlyCost {
+            scope: Scope::User,
+            max,
+        });
+    }
     out
 }
 
@@ -250,6 +269,10 @@ pub async fn record(
                 Limit::Budget { .. } => format!(
                     "Warden denied this request (team `{team}`):\n  - [team.budgets] {denial}{}",
                     budget_hint(&denial.limit, now, tz)
+                ),
+                limit if limit.scope() == Scope::User => format!(
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}. Wait for your running clusters to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas.per_user`",
+                    req.principal.user.as_deref().unwrap_or("-")
                 ),
                 _ => format!(
                     "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
