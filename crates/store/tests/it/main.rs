@@ -15,5 +15,6 @@ mod support;
 mod allocations;
 mod audit;
 mod migrations;
+mod model;
 mod spend;
 mod writer;
