@@ -8,6 +8,7 @@
 //! Budgets ([`Limit::Budget`]) are checked in the same transaction; what
 //! they count is in [`crate::spend`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -17,9 +18,11 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 
 use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
+use crate::budget::{held_until, Charge, TeamBudget};
 use crate::error::{InputError, StoreError};
-use crate::spend::{overlap, scaled_cost, scaled_held, unscale, MICROS_PER_HOUR};
+use crate::spend::{scaled_held, unscale, MICROS_PER_HOUR};
 use crate::time::UnixMicros;
+use crate::usage::Usage;
 use crate::writer::{Op, Written};
 use crate::Store;
 
@@ -351,15 +354,6 @@ pub enum EndTarget {
     },
 }
 
-/// Live usage of one team, and of one user within it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    gpus: i64,
-    model_gpus: i64,
-    live: i64,
-    hourly_micros: i64,
-}
-
 /// The first limit `req` would exceed, given usage by `team` and by `user`,
 /// and, for a [`Limit::Budget`] from a given instant, what the budget counts
 /// already (`budget_used`, scaled as in [`crate::spend`]).
@@ -517,6 +511,15 @@ impl Reservation<'_> {
         let req = self.request;
         (req.door.as_str(), req.team.as_str(), req.name.as_str())
     }
+
+    /// `held_until_us` of the allocation it grants: see [`crate::budget`].
+    fn held_until(&self) -> i64 {
+        held_until(
+            self.now.micros(),
+            self.request.hourly.micros(),
+            reserved_micros(self.limits),
+        )
+    }
 }
 
 /// What a grant under `limits` reserves against its team's budgets: the
@@ -539,78 +542,22 @@ struct BatchGrant {
     reserved_micros: i64,
 }
 
+impl BatchGrant {
+    fn charge(&self) -> Charge {
+        Charge::new(
+            self.started.micros(),
+            self.hourly_micros,
+            self.reserved_micros,
+        )
+    }
+}
+
 /// Checks what the store cannot represent, before any transaction.
 pub(crate) fn check_request(req: &AllocationRequest) -> Result<(), InputError> {
     if req.hourly.micros() < 0 {
         return Err(InputError::NegativeHourly(req.hourly));
     }
     Ok(())
-}
-
-/// Live allocations of one team summed per (user, GPU model): everything a
-/// [`Limit`] can count, small however many allocations are live.
-#[derive(Debug, Default)]
-struct TeamUsage {
-    groups: Vec<UsageGroup>,
-}
-
-#[derive(Debug)]
-struct UsageGroup {
-    user: Option<String>,
-    model: Option<String>,
-    usage: Usage,
-}
-
-impl Usage {
-    /// Adds `other`; a sum past `i64::MAX` saturates, which only denies.
-    fn add(&mut self, other: &Usage, model_matches: bool) {
-        self.gpus = self.gpus.saturating_add(other.gpus);
-        if model_matches {
-            self.model_gpus = self.model_gpus.saturating_add(other.gpus);
-        }
-        self.live = self.live.saturating_add(other.live);
-        self.hourly_micros = self.hourly_micros.saturating_add(other.hourly_micros);
-    }
-}
-
-impl TeamUsage {
-    /// Usage of the whole team and of `user` within it, counting GPUs of
-    /// `model` (when given) as `model_gpus`: what `first_exceeded` needs.
-    fn of(&self, user: Option<&str>, model: Option<&GpuModel>) -> (Usage, Usage) {
-        let (mut team, mut mine) = (Usage::default(), Usage::default());
-        for g in &self.groups {
-            let model_matches = model.is_some_and(|m| g.model.as_deref() == Some(m.as_str()));
-            team.add(&g.usage, model_matches);
-            if g.user.as_deref() == user {
-                mine.add(&g.usage, model_matches);
-            }
-        }
-        (team, mine)
-    }
-
-    /// Counts a newly granted allocation.
-    fn grant(&mut self, req: &AllocationRequest) {
-        let user = req.user.as_deref();
-        let model = req.gpu_model.as_ref().map(GpuModel::as_str);
-        let added = Usage {
-            gpus: i64::from(req.gpus),
-            model_gpus: 0,
-            live: 1,
-            hourly_micros: req.hourly.micros(),
-        };
-        match self
-            .groups
-            .iter_mut()
-            .find(|g| g.user.as_deref() == user && g.model.as_deref() == model)
-        {
-            Some(g) => g.usage.add(&added, false),
-            None => self.groups.push(UsageGroup {
-                user: user.map(str::to_owned),
-                model: model.map(str::to_owned),
-                usage: added,
-            }),
-        }
-    }
 }
 
 /// Where a live allocation's id comes from while a batch is decided.
@@ -641,10 +588,11 @@ impl Tx {
     /// after the ones before it, and returns every op's audit record to
     /// append (in this transaction), with the decision of each reservation.
     ///
-    /// All teams are locked first (see [`Tx::lock_teams`]); each team's live
-    /// usage is read once after that and kept up to date in memory as the
-    /// batch grants, so a reservation sees every grant of the batch before
-    /// it; granted rows are inserted together at the end.
+    /// All teams are locked first (see [`Tx::lock_teams`]); each team's
+    /// usage summary and budget state are read once after that and kept up
+    /// to date in memory as the batch grants, so a reservation sees every
+    /// grant of the batch before it; granted rows are inserted, and the
+    /// summaries written back, together at the end.
     pub(crate) async fn decide<'o>(
         &mut self,
         ops: &'o [Op<'o>],
@@ -672,23 +620,18 @@ impl Tx {
         }
 
         // Usage is needed for the teams of reservations not already live.
-        let mut needed: Vec<&TeamName> = reservations
+        let undecided: Vec<&Reservation<'_>> = reservations
             .iter()
+            .copied()
             .filter(|r| !live.contains_key(&r.key()))
-            .map(|r| &r.request.team)
             .collect();
+        let mut needed: Vec<&TeamName> = undecided.iter().map(|r| &r.request.team).collect();
         needed.sort_unstable();
         needed.dedup();
-        let mut loaded = self.team_usages(&needed).await?;
-        let mut usage: HashMap<&str, TeamUsage> = needed
-            .iter()
-            .map(|team| {
-                (
-                    team.as_str(),
-                    loaded.remove(team.as_str()).unwrap_or_default(),
-                )
-            })
-            .collect();
+        let mut usage = self.load_usage(&needed).await?;
+        let mut budgets = self.load_budgets(&needed).await?;
+        self.prepare_budgets(&needed, &undecided, &mut budgets)
+            .await?;
         let mut fresh: Vec<&Reservation<'_>> = Vec::new();
         let mut batch_grants: HashMap<&str, Vec<BatchGrant>> = HashMap::new();
         let mut pending: Vec<Pending<'o>> = Vec::with_capacity(ops.len());
@@ -713,30 +656,32 @@ impl Tx {
                 continue;
             }
             let req = r.request;
-            let budgets = self
-                .budgets_used(r, batch_grants.get(req.team.as_str()))
+            let team_name = req.team.as_str();
+            let budget_state = budgets.get_mut(team_name);
+            let used = self
+                .budgets_used(r, budget_state, batch_grants.get(team_name))
                 .await?;
             let budget_used = |from: UnixMicros| {
-                budgets
-                    .iter()
+                used.iter()
                     .find(|(f, _)| *f == from)
                     .map_or(0, |(_, used)| *used)
             };
             // The team is one of `needed`, so its usage is loaded.
-            let team_usage = usage.entry(req.team.as_str()).or_default();
+            let team_usage = usage.entry(team_name).or_default();
             let (team, user) = team_usage.of(req.user.as_deref(), req.gpu_model.as_ref());
             let verdict = match first_exceeded(req, r.limits, &team, &user, &budget_used) {
                 Some(denial) => Verdict::Denied(denial),
                 None => {
-                    team_usage.grant(req);
-                    batch_grants
-                        .entry(req.team.as_str())
-                        .or_default()
-                        .push(BatchGrant {
-                            hourly_micros: req.hourly.micros(),
-                            started: r.now,
-                            reserved_micros: reserved_micros(r.limits),
-                        });
+                    team_usage.grant(req)?;
+                    let grant = BatchGrant {
+                        hourly_micros: req.hourly.micros(),
+                        started: r.now,
+                        reserved_micros: reserved_micros(r.limits),
+                    };
+                    if let Some(state) = budgets.get_mut(team_name) {
+                        state.grant(&req.team, grant.charge())?;
+                    }
+                    batch_grants.entry(team_name).or_default().push(grant);
                     let slot = Slot::New(fresh.len());
                     live.insert(r.key(), slot);
                     fresh.push(r);
@@ -750,6 +695,10 @@ impl Tx {
         }
 
         let new_ids = self.insert_allocations(&fresh).await?;
+        self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
+            .await?;
+        self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
+            .await?;
         pending
             .into_iter()
             .map(|p| {
@@ -797,14 +746,64 @@ impl Tx {
             .collect()
     }
 
+    /// Gets the budget states of `needed` ready for the checks of
+    /// `undecided` (the batch's reservations not already live): for each
+    /// team with a budget to check from before its `now`, builds the state
+    /// if the team has none, or moves it to the latest such `now`, then adds
+    /// the periods it lacks. Runs before anything is granted.
+    async fn prepare_budgets<'t>(
+        &mut self,
+        needed: &[&'t TeamName],
+        undecided: &[&Reservation<'_>],
+        budgets: &mut HashMap<&'t str, TeamBudget>,
+    ) -> Result<(), StoreError> {
+        for &team in needed {
+            let mut latest: Option<i64> = None;
+            let mut froms: Vec<i64> = Vec::new();
+            for r in undecided.iter().filter(|r| r.request.team == *team) {
+                let now = r.now.micros();
+                for limit in r.limits {
+                    if let Limit::Budget { from, .. } = limit {
+                        if from.micros() < now {
+                            froms.push(from.micros());
+                            latest = Some(latest.map_or(now, |l| l.max(now)));
+                        }
+                    }
+                }
+            }
+            let Some(latest) = latest else { continue };
+            let state = match budgets.entry(team.as_str()) {
+                Entry::Occupied(state) => {
+                    let state = state.into_mut();
+                    self.advance_budget(team, state, latest).await?;
+                    state
+                }
+                Entry::Vacant(slot) => slot.insert(self.build_budget(team, latest).await?),
+            };
+            froms.sort_unstable();
+            froms.dedup();
+            for from in froms {
+                if !state.has_period(from) {
+                    self.add_budget_period(team, state, from, latest).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// For each distinct `from` of `r`'s budget limits, what that budget
     /// counts already at `r.now` (scaled as in [`crate::spend`]): spend since
-    /// `from` and held reservations, of the stored allocations and of
-    /// `batch`, the team's grants earlier in this batch. Empty, and no
-    /// query, when `r` has no budget limit.
+    /// `from` and held reservations, of the stored allocations and of the
+    /// team's grants earlier in this batch. From the team's budget `state`
+    /// (prepared for `r` by [`Tx::prepare_budgets`], and counting those
+    /// grants) when `from` is before `r.now`; otherwise only held
+    /// reservations count, read from the team's live allocations and
+    /// `batch`, the batch's grants. Empty, and no query, when `r` has no
+    /// budget limit.
     async fn budgets_used(
         &mut self,
         r: &Reservation<'_>,
+        state: Option<&mut TeamBudget>,
         batch: Option<&Vec<BatchGrant>>,
     ) -> Result<Vec<(UnixMicros, i128)>, StoreError> {
         let mut froms: Vec<UnixMicros> = r
@@ -821,22 +820,26 @@ impl Tx {
         froms.sort_unstable();
         froms.dedup();
         let (team, now) = (&r.request.team, r.now);
-        let batch = batch.map_or(&[][..], Vec::as_slice);
-        let held = batch
-            .iter()
-            .map(|g| scaled_held(g.hourly_micros, g.started, g.reserved_micros, now))
-            .fold(self.scaled_held(team, now).await?, i128::saturating_add);
-        let mut used = Vec::with_capacity(froms.len());
-        for from in froms {
-            let (f, n) = (from.micros(), now.micros());
-            let spend = batch
+        let (past, future): (Vec<UnixMicros>, Vec<UnixMicros>) =
+            froms.into_iter().partition(|from| *from < now);
+        let mut used = Vec::with_capacity(past.len() + future.len());
+        if !past.is_empty() {
+            let state = state.ok_or_else(|| StoreError::Corrupt {
+                what: format!("budget state of team `{team}`"),
+                detail: "it was not prepared".to_owned(),
+            })?;
+            let micros: Vec<i64> = past.iter().map(|f| f.micros()).collect();
+            let counted = self.budget_used(team, state, &micros, now.micros()).await?;
+            used.extend(past.into_iter().zip(counted));
+        }
+        if !future.is_empty() {
+            // Nothing is spent since a start at or after `now`.
+            let batch = batch.map_or(&[][..], Vec::as_slice);
+            let held = batch
                 .iter()
-                .map(|g| scaled_cost(g.hourly_micros, overlap(g.started.micros(), n, f, n)))
-                .fold(
-                    self.scaled_spend(team, from, now).await?,
-                    i128::saturating_add,
-                );
-            used.push((from, spend.saturating_add(held)));
+                .map(|g| scaled_held(g.hourly_micros, g.started, g.reserved_micros, now))
+                .fold(self.scaled_held(team, now).await?, i128::saturating_add);
+            used.extend(future.into_iter().map(|from| (from, held)));
         }
         Ok(used)
     }
@@ -888,61 +891,6 @@ impl Tx {
         }
     }
 
-    /// Live usage of each of `teams` per (user, GPU model): one indexed
-    /// scan of each team's live rows, in one statement on PostgreSQL. Teams
-    /// without live rows are absent.
-    async fn team_usages(
-        &mut self,
-        teams: &[&TeamName],
-    ) -> Result<HashMap<String, TeamUsage>, StoreError> {
-        type Row = (String, Option<String>, Option<String>, i64, i64, i64);
-        let mut rows: Vec<Row> = Vec::new();
-        match self {
-            Tx::Postgres { tx } => {
-                if !teams.is_empty() {
-                    let names: Vec<&str> = teams.iter().map(|t| t.as_str()).collect();
-                    rows = sqlx::query_as(
-                        "SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT), \
-                           CAST(COUNT(*) AS BIGINT), CAST(SUM(hourly_micros) AS BIGINT) \
-                         FROM allocations WHERE team = ANY($1::TEXT[]) AND state = 'live' \
-                         GROUP BY team, user_name, gpu_model",
-                    )
-                    .bind(names)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                }
-            }
-            Tx::Sqlite { tx, .. } => {
-                for team in teams {
-                    let team_rows: Vec<Row> = sqlx::query_as(
-                        "SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT), \
-                           CAST(COUNT(*) AS BIGINT), CAST(SUM(hourly_micros) AS BIGINT) \
-                         FROM allocations WHERE team = $1 AND state = 'live' \
-                         GROUP BY team, user_name, gpu_model",
-                    )
-                    .bind(team.as_str())
-                    .fetch_all(&mut **tx)
-                    .await?;
-                    rows.extend(team_rows);
-                }
-            }
-        }
-        let mut usage: HashMap<String, TeamUsage> = HashMap::with_capacity(teams.len());
-        for (team, user, model, gpus, live, hourly_micros) in rows {
-            usage.entry(team).or_default().groups.push(UsageGroup {
-                user,
-                model,
-                usage: Usage {
-                    gpus,
-                    model_gpus: 0,
-                    live,
-                    hourly_micros,
-                },
-            });
-        }
-        Ok(usage)
-    }
-
     /// Inserts `fresh` as live allocations, each started at its `now`, and
     /// returns their ids in the same order.
     async fn insert_allocations(
@@ -959,13 +907,14 @@ impl Tx {
                 returned = sqlx::query_as(
                     "INSERT INTO allocations \
                        (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                        started_us, ended_us, state, reserved_micros) \
+                        started_us, ended_us, state, reserved_micros, held_until_us) \
                      SELECT door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                        started_us, NULL, 'live', reserved_micros \
+                        started_us, NULL, 'live', reserved_micros, held_until_us \
                      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
-                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[]) \
+                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], \
+                                 $10::BIGINT[]) \
                        AS x(door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                            started_us, reserved_micros) \
+                            started_us, reserved_micros, held_until_us) \
                      RETURNING id, door, team, name",
                 )
                 .bind(reqs().map(|q| q.door.as_str()).collect::<Vec<_>>())
@@ -986,6 +935,7 @@ impl Tx {
                         .map(|r| reserved_micros(r.limits))
                         .collect::<Vec<_>>(),
                 )
+                .bind(fresh.iter().map(|r| r.held_until()).collect::<Vec<_>>())
                 .fetch_all(&mut **tx)
                 .await?;
             }
@@ -995,9 +945,9 @@ impl Tx {
                     let sql = format!(
                         "INSERT INTO allocations \
                            (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                            started_us, ended_us, state, reserved_micros) \
+                            started_us, ended_us, state, reserved_micros, held_until_us) \
                          VALUES {} RETURNING id, door, team, name",
-                        values_params(chunk.len(), 11)
+                        values_params(chunk.len(), 12)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for r in chunk {
@@ -1013,7 +963,8 @@ impl Tx {
                             .bind(r.now.micros())
                             .bind(None::<i64>)
                             .bind("live")
-                            .bind(reserved_micros(r.limits));
+                            .bind(reserved_micros(r.limits))
+                            .bind(r.held_until());
                     }
                     returned.extend(query.fetch_all(&mut **tx).await?);
                 }
@@ -1065,19 +1016,35 @@ impl Tx {
             .collect()
     }
 
-    /// Ends the live allocations of `target` within `team`.
+    /// Ends the live allocations of `target` within `team`; returns each
+    /// with what it reserved.
     async fn end_in_team(
         &mut self,
         target: &EndTarget,
         team: &TeamName,
         now: UnixMicros,
-    ) -> Result<Vec<Allocation>, StoreError> {
-        let rows: Vec<AllocationRow> = on_tx!(self, |conn| match target {
+    ) -> Result<Vec<(Allocation, i64)>, StoreError> {
+        type EndedRow = (
+            i64,
+            String,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            String,
+            i64,
+        );
+        let rows: Vec<EndedRow> = on_tx!(self, |conn| match target {
             EndTarget::Id(id) => {
                 sqlx::query_as(concat!(
                     "UPDATE allocations SET state = 'ended', ended_us = $1 \
                      WHERE id = $2 AND team = $3 AND state = 'live' RETURNING ",
-                    allocation_columns!()
+                    allocation_columns!(),
+                    ", reserved_micros"
                 ))
                 .bind(now.micros())
                 .bind(id.get())
@@ -1089,7 +1056,8 @@ impl Tx {
                 sqlx::query_as(concat!(
                     "UPDATE allocations SET state = 'ended', ended_us = $1 \
                      WHERE door = $2 AND name = $3 AND team = $4 AND state = 'live' RETURNING ",
-                    allocation_columns!()
+                    allocation_columns!(),
+                    ", reserved_micros"
                 ))
                 .bind(now.micros())
                 .bind(door.as_str())
@@ -1099,7 +1067,29 @@ impl Tx {
                 .await?
             }
         });
-        rows.into_iter().map(allocation).collect()
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    door,
+                    team,
+                    user,
+                    name,
+                    model,
+                    gpus,
+                    hourly,
+                    started,
+                    ended,
+                    state,
+                    reserved,
+                )| {
+                    let row = (
+                        id, door, team, user, name, model, gpus, hourly, started, ended, state,
+                    );
+                    Ok((allocation(row)?, reserved))
+                },
+            )
+            .collect()
     }
 }
 
@@ -1153,11 +1143,34 @@ impl Store {
         // Lock the teams before changing their rows, like `reserve`, so an
         // end and a re-launch of the same allocation are ordered.
         let teams = tx.target_teams(target).await?;
-        tx.lock_teams(&teams.iter().collect::<Vec<_>>()).await?;
-        let mut ended = Vec::new();
-        for team in &teams {
-            ended.extend(tx.end_in_team(target, team, now).await?);
+        let teams: Vec<&TeamName> = teams.iter().collect();
+        tx.lock_teams(&teams).await?;
+        // The summaries change with the rows. Budget states move to `now`
+        // first, while the rows are still live (see `crate::budget`).
+        let mut usage = tx.load_usage(&teams).await?;
+        let mut budgets = tx.load_budgets(&teams).await?;
+        for &team in &teams {
+            if let Some(state) = budgets.get_mut(team.as_str()) {
+                tx.advance_budget(team, state, now.micros()).await?;
+            }
         }
+        let mut ended = Vec::new();
+        for &team in &teams {
+            for (a, reserved) in tx.end_in_team(target, team, now).await? {
+                if let Some(u) = usage.get_mut(team.as_str()) {
+                    u.release(&a)?;
+                }
+                if let Some(state) = budgets.get_mut(team.as_str()) {
+                    let charge = Charge::new(a.started.micros(), a.hourly.micros(), reserved);
+                    state.end(team, charge, now.micros())?;
+                }
+                ended.push(a);
+            }
+        }
+        tx.save_usage(usage.iter().map(|(team, u)| (*team, u)))
+            .await?;
+        tx.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
+            .await?;
         ended.sort_by_key(|a| a.id);
         let records = ended
             .iter()

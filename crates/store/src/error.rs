@@ -75,6 +75,14 @@ pub enum StoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A sum the store keeps (live usage, a budget's state) would leave the
+    /// range it is stored in; nothing was recorded. Only absurd amounts get
+    /// there (more than 9.2 × 10^12 dollars).
+    #[error("{what} would exceed the range the store keeps it in")]
+    Overflow {
+        /// Which sum, e.g. ``budget state of team `ml` ``.
+        what: String,
+    },
     /// The caller handed an unacceptable value.
     #[error(transparent)]
     Input(#[from] InputError),

@@ -59,6 +59,17 @@
 //!   re-launches idempotent. `reserved_micros` is what the grant reserved
 //!   against its team's budgets (see [`spend`]); an index on
 //!   `(team, started_us)` serves spend over a window.
+//!   `held_until_us` is when that reservation is used up (see
+//!   `src/budget.rs`), indexed among live rows; ended rows are indexed by
+//!   `(team, ended_us)`.
+//! - `live_usage(id, team, user_name, gpu_model, gpus, live,
+//!   hourly_micros)`: live allocations summed per (team, user, GPU model),
+//!   what quotas read (`src/usage.rs`).
+//! - `budget_teams(team, ...)` and `budget_periods(team, from_us, used,
+//!   touched_us)`: budget states, what budget checks read
+//!   (`src/budget.rs`). Both summaries change in the transactions that
+//!   grant or end allocations, under the team's lock, so a check costs the
+//!   same however many allocations are live or fall in a period.
 //! - `audit(seq, at_us, kind, payload, prev_hash, hash)`: the hash-chained
 //!   audit log; `payload` is JSON text. See [`audit`].
 //! - `audit_head(id = 1, seq, hash)`: the chain's last record, updated by
@@ -83,6 +94,8 @@
 //!   transaction, under the same team lock, against [`Store::spend`] since
 //!   its start plus what live allocations (stored, or granted earlier in
 //!   the batch) still hold of their reservations; the rule is in [`spend`].
+//!   Quotas and budgets read summaries kept exactly in step with the
+//!   allocations (see Schema), not the allocations themselves.
 //! - **Audit before answer.** Every reservation (granted or denied) and
 //!   every end writes its audit record in the same transaction as the
 //!   change; a call that returned `Ok` has both committed. So does a
@@ -100,11 +113,13 @@ pub mod alerts;
 pub mod allocations;
 pub mod audit;
 mod backend;
+mod budget;
 pub mod error;
 pub mod keys;
 pub mod report;
 pub mod spend;
 pub mod time;
+mod usage;
 pub mod writer;
 
 pub use alerts::{BudgetAlert, StoredAlert};

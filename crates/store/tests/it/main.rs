@@ -18,5 +18,6 @@ mod audit;
 mod keys;
 mod migrations;
 mod report;
+mod model;
 mod spend;
 mod writer;
