@@ -96,6 +96,12 @@ for mode in $MODES; do
     wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s bench/fresh_launch.lua \
       "http://127.0.0.1:$PORT/skypilot" -- "$WORK/template.json" "w$mode" >/dev/null 2>&1
   fi
+  if [[ "$mode" == postgres ]]; then
+    # What autovacuum does within a minute of a table's first rows: without
+    # statistics the planner may pick the per-team index for the live-name
+    # lookup (a cold-start artifact; see crates/store/examples/write_bench.rs).
+    psql "$PG_URL" -qc "ANALYZE" >/dev/null
+  fi
   out="$RESULTS/store-$mode.wrk.txt"
   wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s --latency -s bench/fresh_launch.lua \
     "http://127.0.0.1:$PORT/skypilot" -- "$WORK/template.json" "m$mode" >"$out" 2>&1

@@ -17,7 +17,7 @@ mod allocations;
 mod audit;
 mod keys;
 mod migrations;
-mod report;
 mod model;
+mod report;
 mod spend;
 mod writer;
