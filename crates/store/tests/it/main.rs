@@ -14,6 +14,7 @@ mod support;
 
 mod allocations;
 mod audit;
+mod launches;
 mod migrations;
 mod model;
 mod spend;
