@@ -32,9 +32,9 @@
 //! artifact that has nothing to do with the store's code).
 //!
 //! Prints one line per workload: writes/s, latency p50/p99/max, the
-//! rate of the last tenth of the writes (`tail`, when the store has grown
-//! the most: a cost that grows with the number of rows shows there), and
-//! the mean batch size of the writer task.
+//! rate late in the run (`tail`: between the answers at 85% and 95%, when
+//! the store has grown the most, so a cost that grows with the number of
+//! rows shows there), and the mean batch size of the writer task.
 
 use std::error::Error;
 use std::str::FromStr;
@@ -400,14 +400,15 @@ async fn run(
             samples.extend(task.await??);
         }
         let elapsed = started.elapsed();
-        // The rate over the last tenth of the answers.
+        // The rate late in the run, when the store is largest: between the
+        // answers at 85% and at 95% (the last few percent are slower as
+        // callers run out of writes and batches shrink).
         let mut done: Vec<Instant> = samples.iter().map(|(_, at)| *at).collect();
         done.sort_unstable();
-        let tenth = done.len() / 10;
-        let tail = match (done.len().checked_sub(tenth + 1), done.last()) {
-            (Some(i), Some(last)) if tenth > 0 => {
-                let first = done.get(i).copied().unwrap_or(*last);
-                tenth as f64 / last.duration_since(first).as_secs_f64().max(1e-9)
+        let (i, j) = (done.len() * 85 / 100, done.len() * 95 / 100);
+        let tail = match (done.get(i), done.get(j)) {
+            (Some(a), Some(b)) if j > i => {
+                (j - i) as f64 / b.duration_since(*a).as_secs_f64().max(1e-9)
             }
             _ => 0.0,
         };

@@ -973,11 +973,18 @@ impl Tx {
                 let doors: Vec<&str> = keys.iter().map(|k| k.0).collect();
                 let teams: Vec<&str> = keys.iter().map(|k| k.1).collect();
                 let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
+                // One index probe per key, whatever the planner thinks of
+                // the table's size: a LATERAL subquery with LIMIT cannot
+                // become a hash join over a scan of every allocation (which
+                // stale statistics on a fast-growing table can pick).
                 Ok(sqlx::query_as(
-                    "SELECT a.id, a.door, a.team, a.name FROM allocations a \
-                     JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
-                       ON a.door = k.door AND a.team = k.team AND a.name = k.name \
-                     WHERE a.state = 'live'",
+                    "SELECT a.id, a.door, a.team, a.name \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
+                     CROSS JOIN LATERAL ( \
+                       SELECT id, door, team, name FROM allocations \
+                       WHERE door = k.door AND team = k.team AND name = k.name \
+                         AND state = 'live' \
+                       LIMIT 1) a",
                 )
                 .bind(doors)
                 .bind(teams)
