@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 
 use crate::allocations::{AllocationRequest, Limit, Scope};
-use crate::backend::Tx;
+use crate::backend::{sqlite_chunks, values_params, Tx};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 
@@ -204,20 +204,25 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for k in keys {
-                    let row: Option<BucketRow> = sqlx::query_as(&format!(
-                        "{COLUMNS} WHERE b.team = $1 AND b.scope = $2 \
-                           AND b.user_name IS NOT DISTINCT FROM $3 \
-                           AND b.max_launches = $4 AND b.per_us = $5"
-                    ))
-                    .bind(k.team.as_str())
-                    .bind(k.scope_text())
-                    .bind(k.user.as_deref())
-                    .bind(k.max)
-                    .bind(k.per)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    rows.extend(row);
+                for range in sqlite_chunks(keys.len()) {
+                    let chunk = keys.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "{COLUMNS} JOIN (VALUES {}) AS k \
+                         ON b.team = k.column1 AND b.scope = k.column2 \
+                           AND b.user_name IS NOT DISTINCT FROM k.column3 \
+                           AND b.max_launches = k.column4 AND b.per_us = k.column5",
+                        values_params(chunk.len(), 5)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for k in chunk {
+                        query = query
+                            .bind(k.team.as_str())
+                            .bind(k.scope_text())
+                            .bind(k.user.as_deref())
+                            .bind(k.max)
+                            .bind(k.per);
+                    }
+                    rows.extend(query.fetch_all(&mut **tx).await?);
                 }
             }
         }
@@ -312,31 +317,38 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for (id, _, at, frac) in updated {
-                    sqlx::query(
-                        "UPDATE launch_buckets SET full_at_us = $1, full_at_frac = $2 \
-                         WHERE id = $3",
-                    )
-                    .bind(at)
-                    .bind(frac)
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
+                for range in sqlite_chunks(updated.len()) {
+                    let chunk = updated.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "UPDATE launch_buckets SET full_at_us = k.column2, full_at_frac = k.column3 \
+                         FROM (VALUES {}) AS k WHERE launch_buckets.id = k.column1",
+                        values_params(chunk.len(), 3)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (id, _, at, frac) in chunk {
+                        query = query.bind(*id).bind(*at).bind(*frac);
+                    }
+                    query.execute(&mut **tx).await?;
                 }
-                for (_, key, at, frac) in inserted {
-                    sqlx::query(
+                for range in sqlite_chunks(inserted.len()) {
+                    let chunk = inserted.get(range).unwrap_or_default();
+                    let sql = format!(
                         "INSERT INTO launch_buckets (team, scope, user_name, max_launches, \
-                           per_us, full_at_us, full_at_frac) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(key.team.as_str())
-                    .bind(key.scope_text())
-                    .bind(key.user.as_deref())
-                    .bind(key.max)
-                    .bind(key.per)
-                    .bind(at)
-                    .bind(frac)
-                    .execute(&mut **tx)
-                    .await?;
+                           per_us, full_at_us, full_at_frac) VALUES {}",
+                        values_params(chunk.len(), 7)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (_, key, at, frac) in chunk {
+                        query = query
+                            .bind(key.team.as_str())
+                            .bind(key.scope_text())
+                            .bind(key.user.as_deref())
+                            .bind(key.max)
+                            .bind(key.per)
+                            .bind(*at)
+                            .bind(*frac);
+                    }
+                    query.execute(&mut **tx).await?;
                 }
             }
         }
