@@ -19,6 +19,8 @@
 //!   - `reserve-budget`: the same plus a daily and a monthly team budget
 //!     (high enough to grant everything) with a one-hour reservation, as
 //!     the door sends them;
+//!   - `reserve-rate`: `reserve-budget` plus a per-user launch rate limit
+//!     (high enough to grant everything);
 //!   - `mixed`: callers alternate the two, like a door whose every other
 //!     decision is an allowed launch;
 //!   - `audit-alone`, `reserve-alone`: the same through
@@ -32,9 +34,9 @@
 //! artifact that has nothing to do with the store's code).
 //!
 //! Prints one line per workload: writes/s, latency p50/p99/max, the
-//! rate of the last tenth of the writes (`tail`, when the store has grown
-//! the most: a cost that grows with the number of rows shows there), and
-//! the mean batch size of the writer task.
+//! rate late in the run (`tail`: between the answers at 85% and 95%, when
+//! the store has grown the most, so a cost that grows with the number of
+//! rows shows there), and the mean batch size of the writer task.
 
 use std::error::Error;
 use std::str::FromStr;
@@ -56,6 +58,7 @@ enum Workload {
     Audit,
     Reserve,
     ReserveBudget,
+    ReserveRate,
     Mixed,
     AuditAlone,
     ReserveAlone,
@@ -69,6 +72,7 @@ impl FromStr for Workload {
             "audit" => Workload::Audit,
             "reserve" => Workload::Reserve,
             "reserve-budget" => Workload::ReserveBudget,
+            "reserve-rate" => Workload::ReserveRate,
             "reserve-budget-alone" => Workload::ReserveBudgetAlone,
             "mixed" => Workload::Mixed,
             "audit-alone" => Workload::AuditAlone,
@@ -291,6 +295,7 @@ async fn caller(
             Workload::Reserve
             | Workload::ReserveAlone
             | Workload::ReserveBudget
+            | Workload::ReserveRate
             | Workload::ReserveBudgetAlone => true,
             Workload::Mixed => (caller + k) % 2 == 0,
         };
@@ -314,9 +319,16 @@ async fn caller(
                     return Err(format!("denied: {d}").into());
                 }
             }
-            (Workload::ReserveBudget, _) => {
+            (Workload::ReserveBudget | Workload::ReserveRate, _) => {
                 let (request, now) = (reservation(caller, k)?, now());
-                let limits = limits_with_budgets(&request, now)?;
+                let mut limits = limits_with_budgets(&request, now)?;
+                if workload == Workload::ReserveRate {
+                    limits.push(Limit::Launches {
+                        scope: Scope::User,
+                        max: 1_000_000,
+                        per: Duration::from_secs(1),
+                    });
+                }
                 let write = Write::Reserve { request, limits };
                 if let Written::Reserved(ReserveOutcome::Denied(d)) =
                     store.write(write, now).await?
@@ -400,14 +412,15 @@ async fn run(
             samples.extend(task.await??);
         }
         let elapsed = started.elapsed();
-        // The rate over the last tenth of the answers.
+        // The rate late in the run, when the store is largest: between the
+        // answers at 85% and at 95% (the last few percent are slower as
+        // callers run out of writes and batches shrink).
         let mut done: Vec<Instant> = samples.iter().map(|(_, at)| *at).collect();
         done.sort_unstable();
-        let tenth = done.len() / 10;
-        let tail = match (done.len().checked_sub(tenth + 1), done.last()) {
-            (Some(i), Some(last)) if tenth > 0 => {
-                let first = done.get(i).copied().unwrap_or(*last);
-                tenth as f64 / last.duration_since(first).as_secs_f64().max(1e-9)
+        let (i, j) = (done.len() * 85 / 100, done.len() * 95 / 100);
+        let tail = match (done.get(i), done.get(j)) {
+            (Some(a), Some(b)) if j > i => {
+                (j - i) as f64 / b.duration_since(*a).as_secs_f64().max(1e-9)
             }
             _ => 0.0,
         };
@@ -452,7 +465,8 @@ async fn run(
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: write_bench URL CALLERS N \
-                 [audit,reserve,reserve-budget,mixed,audit-alone,reserve-alone,reserve-budget-alone]";
+                 [audit,reserve,reserve-budget,reserve-rate,mixed,audit-alone,reserve-alone,\
+                 reserve-budget-alone]";
     let (Some(url), Some(callers), Some(n)) = (args.first(), args.get(1), args.get(2)) else {
         return Err(usage.into());
     };

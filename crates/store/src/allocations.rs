@@ -11,6 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
@@ -20,6 +21,7 @@ use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
 use crate::budget::{held_until, Charge, TeamBudget};
 use crate::error::{InputError, StoreError};
+use crate::launches::{per_micros, BucketKey};
 use crate::spend::{scaled_held, unscale, MICROS_PER_HOUR};
 use crate::time::UnixMicros;
 use crate::usage::Usage;
@@ -176,6 +178,24 @@ pub enum Limit {
         /// The most allowed.
         max: Usd,
     },
+    /// A launch rate: at most `max` launches per `per` (say, 5 per
+    /// minute), per user or per team, as a token bucket of capacity `max`
+    /// refilled continuously at `max / per`, shared by all replicas (see
+    /// [`crate::launches`]). A reservation that would create a new
+    /// allocation needs a token and, if granted, takes it; a re-launch of a
+    /// live allocation is granted without checks and takes none, and a
+    /// denied reservation takes none. The denial says when a token is
+    /// available again ([`Denial::retry_at`]). `per` is counted in whole
+    /// microseconds and must be at least 1 µs.
+    Launches {
+        /// Whose launches.
+        scope: Scope,
+        /// The most in a burst; 0 allows none.
+        max: u32,
+        /// The window over which `max` launches refill.
+        #[serde(rename = "per_us", serialize_with = "serialize_micros")]
+        per: Duration,
+    },
     /// A hard budget: what the team's allocations cost since `from`, plus
     /// what its live allocations still hold of their reservations, plus
     /// this request's `reservation`, must not exceed `max`. Always per
@@ -202,7 +222,8 @@ impl Limit {
             Limit::ModelGpus { scope, .. }
             | Limit::Gpus { scope, .. }
             | Limit::LiveAllocations { scope, .. }
-            | Limit::HourlyCost { scope, .. } => *scope,
+            | Limit::HourlyCost { scope, .. }
+            | Limit::Launches { scope, .. } => *scope,
             Limit::Budget { .. } => Scope::Team,
         }
     }
@@ -212,9 +233,10 @@ impl Limit {
         match self {
             Limit::HourlyCost { .. } => format!("{}/h", Usd::from_micros(n)),
             Limit::Budget { .. } => Usd::from_micros(n).to_string(),
-            Limit::ModelGpus { .. } | Limit::Gpus { .. } | Limit::LiveAllocations { .. } => {
-                n.to_string()
-            }
+            Limit::ModelGpus { .. }
+            | Limit::Gpus { .. }
+            | Limit::LiveAllocations { .. }
+            | Limit::Launches { .. } => n.to_string(),
         }
     }
 }
@@ -232,10 +254,41 @@ impl fmt::Display for Limit {
             Limit::HourlyCost { scope, max } => {
                 write!(f, "at most {max}/h of live allocations {scope}")
             }
+            Limit::Launches { scope, max, per } => {
+                write!(f, "at most {max} launches per {} {scope}", Window(*per))
+            }
             Limit::Budget { from, max, .. } => {
                 write!(f, "budget {max} per team since {from}")
             }
         }
+    }
+}
+
+/// Serializes a duration as whole microseconds (saturating).
+fn serialize_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A launch window for messages: `1h`, `90s`, `250ms`, in the largest unit
+/// that divides it.
+struct Window(Duration);
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        let units: [(u128, &str); 6] = [
+            (86_400_000_000, "d"),
+            (3_600_000_000, "h"),
+            (60_000_000, "m"),
+            (1_000_000, "s"),
+            (1_000, "ms"),
+            (1, "µs"),
+        ];
+        let (size, unit) = units
+            .into_iter()
+            .find(|(size, _)| us > 0 && us % size == 0)
+            .unwrap_or((1, "µs"));
+        write!(f, "{}{unit}", us / size)
     }
 }
 
@@ -245,7 +298,9 @@ impl fmt::Display for Limit {
 /// micro-dollars: `in_use` is what the budget counts already (spend since
 /// `from` plus what live allocations still hold of their reservations,
 /// rounded down to the micro-dollar), `requested` the reservation, `max`
-/// the budget.
+/// the budget. For [`Limit::Launches`], launches: `in_use` is `max` (the
+/// bucket holds less than one launch), `requested` 1, and `retry_at` says
+/// when a launch is possible again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Denial {
     /// The limit exceeded.
@@ -256,6 +311,11 @@ pub struct Denial {
     pub requested: i64,
     /// The limit's maximum.
     pub max: i64,
+    /// For [`Limit::Launches`]: the first instant at which the bucket holds
+    /// a launch again (for a caller to say "retry after"); `None` when no
+    /// launch is ever allowed (`max` 0), and for every other limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<UnixMicros>,
 }
 
 impl fmt::Display for Denial {
@@ -265,7 +325,20 @@ impl fmt::Display for Denial {
     /// `budget exceeded: budget $100.00 per team since
     /// 2026-11-23T00:00:00.000000Z; $95.00 spent or held by live
     /// allocations, this launch reserves $10.00`
+    ///
+    /// `launch rate exceeded: at most 5 launches per 1m per user; next
+    /// launch possible at 2026-11-23T14:05:12.000000Z`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Limit::Launches { .. } = self.limit {
+            return match self.retry_at {
+                Some(at) => write!(
+                    f,
+                    "launch rate exceeded: {}; next launch possible at {at}",
+                    self.limit
+                ),
+                None => write!(f, "launch rate exceeded: {}", self.limit),
+            };
+        }
         if let Limit::Budget { .. } = self.limit {
             return write!(
                 f,
@@ -354,16 +427,27 @@ pub enum EndTarget {
     },
 }
 
-/// The first limit `req` would exceed, given usage by `team` and by `user`,
-/// and, for a [`Limit::Budget`] from a given instant, what the budget counts
-/// already (`budget_used`, scaled as in [`crate::spend`]).
+/// What the limits of one reservation are checked against.
+struct Counted<'a> {
+    /// Live usage of the request's team.
+    team: Usage,
+    /// Live usage of the request's user within it.
+    user: Usage,
+    /// For a [`Limit::Budget`] from a given instant, what the budget counts
+    /// already (scaled as in [`crate::spend`]).
+    budget_used: &'a dyn Fn(UnixMicros) -> i128,
+    /// For a [`Limit::Launches`]: `None` if its bucket holds a launch, else
+    /// when it will (`Some(None)`: never).
+    launch_denied: &'a dyn Fn(&Limit) -> Option<Option<UnixMicros>>,
+}
+
+/// The first limit `req` would exceed, given what is `counted`.
 fn first_exceeded(
     req: &AllocationRequest,
     limits: &[Limit],
-    team: &Usage,
-    user: &Usage,
-    budget_used: &dyn Fn(UnixMicros) -> i128,
+    counted: &Counted<'_>,
 ) -> Option<Denial> {
+    let (team, user, budget_used) = (&counted.team, &counted.user, counted.budget_used);
     limits.iter().find_map(|limit| {
         let usage = match limit.scope() {
             Scope::Team => team,
@@ -397,6 +481,16 @@ fn first_exceeded(
                     in_use: unscale(used),
                     requested: reservation.micros(),
                     max: max.micros(),
+                    retry_at: None,
+                });
+            }
+            Limit::Launches { max, .. } => {
+                return (counted.launch_denied)(limit).map(|retry_at| Denial {
+                    limit: limit.clone(),
+                    in_use: i64::from(*max),
+                    requested: 1,
+                    max: i64::from(*max),
+                    retry_at,
                 });
             }
         };
@@ -406,6 +500,7 @@ fn first_exceeded(
             in_use,
             requested,
             max,
+            retry_at: None,
         })
     })
 }
@@ -553,9 +648,16 @@ impl BatchGrant {
 }
 
 /// Checks what the store cannot represent, before any transaction.
-pub(crate) fn check_request(req: &AllocationRequest) -> Result<(), InputError> {
+pub(crate) fn check_request(req: &AllocationRequest, limits: &[Limit]) -> Result<(), InputError> {
     if req.hourly.micros() < 0 {
         return Err(InputError::NegativeHourly(req.hourly));
+    }
+    for limit in limits {
+        if let Limit::Launches { per, .. } = limit {
+            if per_micros(*per).is_none() {
+                return Err(InputError::LaunchWindow(*per));
+            }
+        }
     }
     Ok(())
 }
@@ -632,6 +734,15 @@ impl Tx {
         let mut budgets = self.load_budgets(&needed).await?;
         self.prepare_budgets(&needed, &undecided, &mut budgets)
             .await?;
+        let mut bucket_keys: Vec<BucketKey> = Vec::new();
+        for r in &undecided {
+            for key in r.limits.iter().filter_map(|l| BucketKey::of(r.request, l)) {
+                if !bucket_keys.contains(&key) {
+                    bucket_keys.push(key);
+                }
+            }
+        }
+        let mut buckets = self.load_buckets(&bucket_keys).await?;
         let mut fresh: Vec<&Reservation<'_>> = Vec::new();
         let mut batch_grants: HashMap<&str, Vec<BatchGrant>> = HashMap::new();
         let mut pending: Vec<Pending<'o>> = Vec::with_capacity(ops.len());
@@ -669,10 +780,17 @@ impl Tx {
             // The team is one of `needed`, so its usage is loaded.
             let team_usage = usage.entry(team_name).or_default();
             let (team, user) = team_usage.of(req.user.as_deref(), req.gpu_model.as_ref());
-            let verdict = match first_exceeded(req, r.limits, &team, &user, &budget_used) {
+            let counted = Counted {
+                team,
+                user,
+                budget_used: &budget_used,
+                launch_denied: &|limit| buckets.denies(req, limit, r.now),
+            };
+            let verdict = match first_exceeded(req, r.limits, &counted) {
                 Some(denial) => Verdict::Denied(denial),
                 None => {
                     team_usage.grant(req)?;
+                    buckets.take(req, r.limits, r.now);
                     let grant = BatchGrant {
                         hourly_micros: req.hourly.micros(),
                         started: r.now,
@@ -699,6 +817,7 @@ impl Tx {
             .await?;
         self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
             .await?;
+        self.save_buckets(&buckets).await?;
         pending
             .into_iter()
             .map(|p| {
@@ -854,11 +973,18 @@ impl Tx {
                 let doors: Vec<&str> = keys.iter().map(|k| k.0).collect();
                 let teams: Vec<&str> = keys.iter().map(|k| k.1).collect();
                 let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
+                // One index probe per key, whatever the planner thinks of
+                // the table's size: a LATERAL subquery with LIMIT cannot
+                // become a hash join over a scan of every allocation (which
+                // stale statistics on a fast-growing table can pick).
                 Ok(sqlx::query_as(
-                    "SELECT a.id, a.door, a.team, a.name FROM allocations a \
-                     JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
-                       ON a.door = k.door AND a.team = k.team AND a.name = k.name \
-                     WHERE a.state = 'live'",
+                    "SELECT a.id, a.door, a.team, a.name \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
+                     CROSS JOIN LATERAL ( \
+                       SELECT id, door, team, name FROM allocations \
+                       WHERE door = k.door AND team = k.team AND name = k.name \
+                         AND state = 'live' \
+                       LIMIT 1) a",
                 )
                 .bind(doors)
                 .bind(teams)
@@ -1118,7 +1244,7 @@ impl Store {
         limits: &[Limit],
         now: UnixMicros,
     ) -> Result<ReserveOutcome, StoreError> {
-        check_request(req)?;
+        check_request(req, limits)?;
         let op = Op::Reserve(Reservation {
             request: req,
             limits,
@@ -1219,6 +1345,22 @@ mod tests {
         }
     }
 
+    /// `first_exceeded` with no budget spent and every launch bucket full.
+    fn check(
+        req: &AllocationRequest,
+        limits: &[Limit],
+        team: Usage,
+        user: Usage,
+    ) -> Option<Denial> {
+        let counted = Counted {
+            team,
+            user,
+            budget_used: &|_| 0,
+            launch_denied: &|_| None,
+        };
+        first_exceeded(req, limits, &counted)
+    }
+
     #[test]
     fn first_exceeded_limit_in_order_wins() {
         let req = request(2, 5_000_000);
@@ -1243,7 +1385,7 @@ mod tests {
                 max: 8,
             },
         ];
-        let denial = first_exceeded(&req, &limits, &team, &user, &|_| 0).unwrap();
+        let denial = check(&req, &limits, team, user).unwrap();
         assert_eq!(denial.in_use, 20_000_000);
         assert_eq!(denial.requested, 5_000_000);
         assert_eq!(denial.max, 24_000_000);
@@ -1273,16 +1415,10 @@ mod tests {
                 max: 0,
             },
         ];
-        assert_eq!(
-            first_exceeded(&request(0, 0), &limits, &over, &over, &|_| 0),
-            None
-        );
+        assert_eq!(check(&request(0, 0), &limits, over, over), None);
         // Another model's limit does not apply to an H100 launch.
         let fresh = Usage::default();
-        assert_eq!(
-            first_exceeded(&request(1, 0), &limits[1..], &fresh, &fresh, &|_| 0),
-            None
-        );
+        assert_eq!(check(&request(1, 0), &limits[1..], fresh, fresh), None);
     }
 
     #[test]

@@ -74,7 +74,7 @@ use std::collections::HashMap;
 
 use warden_core::TeamName;
 
-use crate::backend::{on_tx, Tx};
+use crate::backend::{on_tx, sqlite_chunks, values_params, Tx};
 use crate::error::StoreError;
 use crate::spend::MICROS_PER_HOUR;
 
@@ -314,13 +314,17 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for team in teams {
-                    let team_rows: Vec<StateRow> =
-                        sqlx::query_as(&format!("{COLUMNS} WHERE t.team = $1"))
-                            .bind(team.as_str())
-                            .fetch_all(&mut **tx)
-                            .await?;
-                    rows.extend(team_rows);
+                for range in sqlite_chunks(teams.len()) {
+                    let chunk = teams.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "{COLUMNS} WHERE t.team IN (VALUES {})",
+                        values_params(chunk.len(), 1)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for team in chunk {
+                        query = query.bind(team.as_str());
+                    }
+                    rows.extend(query.fetch_all(&mut **tx).await?);
                 }
             }
         }
@@ -666,22 +670,27 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for (team, swept, accruing, fresh_until, last_break) in teams {
-                    sqlx::query(
+                for range in sqlite_chunks(teams.len()) {
+                    let chunk = teams.get(range).unwrap_or_default();
+                    let sql = format!(
                         "INSERT INTO budget_teams (team, swept_us, accruing_hourly_micros, \
-                           fresh_until_us, last_break_us) VALUES ($1, $2, $3, $4, $5) \
+                           fresh_until_us, last_break_us) VALUES {} \
                          ON CONFLICT (team) DO UPDATE SET swept_us = excluded.swept_us, \
                            accruing_hourly_micros = excluded.accruing_hourly_micros, \
                            fresh_until_us = excluded.fresh_until_us, \
                            last_break_us = excluded.last_break_us",
-                    )
-                    .bind(team)
-                    .bind(swept)
-                    .bind(accruing)
-                    .bind(fresh_until)
-                    .bind(last_break)
-                    .execute(&mut **tx)
-                    .await?;
+                        values_params(chunk.len(), 5)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for &(team, swept, accruing, fresh_until, last_break) in chunk {
+                        query = query
+                            .bind(team)
+                            .bind(swept)
+                            .bind(accruing)
+                            .bind(fresh_until)
+                            .bind(last_break);
+                    }
+                    query.execute(&mut **tx).await?;
                 }
                 for (team, from) in dropped {
                     sqlx::query("DELETE FROM budget_periods WHERE team = $1 AND from_us = $2")
@@ -690,19 +699,24 @@ impl Tx {
                         .execute(&mut **tx)
                         .await?;
                 }
-                for (team, from, used, touched) in periods {
-                    sqlx::query(
+                for range in sqlite_chunks(periods.len()) {
+                    let chunk = periods.get(range).unwrap_or_default();
+                    let sql = format!(
                         "INSERT INTO budget_periods (team, from_us, used, touched_us) \
-                         VALUES ($1, $2, $3, $4) \
+                         VALUES {} \
                          ON CONFLICT (team, from_us) DO UPDATE SET \
                            used = excluded.used, touched_us = excluded.touched_us",
-                    )
-                    .bind(team)
-                    .bind(from)
-                    .bind(used)
-                    .bind(touched)
-                    .execute(&mut **tx)
-                    .await?;
+                        values_params(chunk.len(), 4)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (team, from, used, touched) in chunk {
+                        query = query
+                            .bind(*team)
+                            .bind(*from)
+                            .bind(used.as_str())
+                            .bind(*touched);
+                    }
+                    query.execute(&mut **tx).await?;
                 }
             }
         }

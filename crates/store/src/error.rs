@@ -27,6 +27,10 @@ pub enum InputError {
     /// An allocation's estimated price per hour was negative.
     #[error("hourly price `{0}` is negative")]
     NegativeHourly(Usd),
+    /// A launch limit's window was shorter than a microsecond, or too long
+    /// to count in microseconds.
+    #[error("launch limit window `{0:?}` is invalid; use at least 1 µs")]
+    LaunchWindow(std::time::Duration),
     /// An audit record kind was not a short lowercase dotted word.
     #[error("audit kind `{0}` is invalid; use 1 to 64 lowercase letters, digits, `.`, `_` or `-`")]
     AuditKind(String),

@@ -70,6 +70,9 @@
 //!   (`src/budget.rs`). Both summaries change in the transactions that
 //!   grant or end allocations, under the team's lock, so a check costs the
 //!   same however many allocations are live or fall in a period.
+//! - `launch_buckets(id, team, scope, user_name, max_launches, per_us,
+//!   full_at_us, full_at_frac)`: the token buckets of launch rate limits
+//!   ([`Limit::Launches`]; see [`launches`]).
 //! - `audit(seq, at_us, kind, payload, prev_hash, hash)`: the hash-chained
 //!   audit log; `payload` is JSON text. See [`audit`].
 //! - `audit_head(id = 1, seq, hash)`: the chain's last record, updated by
@@ -96,6 +99,8 @@
 //!   the batch) still hold of their reservations; the rule is in [`spend`].
 //!   Quotas and budgets read summaries kept exactly in step with the
 //!   allocations (see Schema), not the allocations themselves.
+//! - **Launch rates are exact too.** A [`Limit::Launches`] bucket is read,
+//!   checked and debited in the same transaction, under the same team lock.
 //! - **Audit before answer.** Every reservation (granted or denied) and
 //!   every end writes its audit record in the same transaction as the
 //!   change; a call that returned `Ok` has both committed. So does a
@@ -116,6 +121,7 @@ mod backend;
 mod budget;
 pub mod error;
 pub mod keys;
+pub mod launches;
 pub mod report;
 pub mod spend;
 pub mod time;

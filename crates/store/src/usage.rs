@@ -167,15 +167,18 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for team in teams {
-                    let team_rows: Vec<UsageRow> = sqlx::query_as(
+                for range in sqlite_chunks(teams.len()) {
+                    let chunk = teams.get(range).unwrap_or_default();
+                    let sql = format!(
                         "SELECT id, team, user_name, gpu_model, gpus, live, hourly_micros \
-                         FROM live_usage WHERE team = $1",
-                    )
-                    .bind(team.as_str())
-                    .fetch_all(&mut **tx)
-                    .await?;
-                    rows.extend(team_rows);
+                         FROM live_usage WHERE team IN (VALUES {})",
+                        values_params(chunk.len(), 1)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for team in chunk {
+                        query = query.bind(team.as_str());
+                    }
+                    rows.extend(query.fetch_all(&mut **tx).await?);
                 }
             }
         }
@@ -294,17 +297,23 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for (id, u) in updated {
-                    sqlx::query(
-                        "UPDATE live_usage SET gpus = $1, live = $2, hourly_micros = $3 \
-                         WHERE id = $4",
-                    )
-                    .bind(u.gpus)
-                    .bind(u.live)
-                    .bind(u.hourly_micros)
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
+                for range in sqlite_chunks(updated.len()) {
+                    let chunk = updated.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "UPDATE live_usage \
+                         SET gpus = k.column2, live = k.column3, hourly_micros = k.column4 \
+                         FROM (VALUES {}) AS k WHERE live_usage.id = k.column1",
+                        values_params(chunk.len(), 4)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (id, u) in chunk {
+                        query = query
+                            .bind(*id)
+                            .bind(u.gpus)
+                            .bind(u.live)
+                            .bind(u.hourly_micros);
+                    }
+                    query.execute(&mut **tx).await?;
                 }
                 for id in deleted {
                     sqlx::query("DELETE FROM live_usage WHERE id = $1")

@@ -16,6 +16,7 @@ mod alerts;
 mod allocations;
 mod audit;
 mod keys;
+mod launches;
 mod migrations;
 mod model;
 mod report;

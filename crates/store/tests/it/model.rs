@@ -1,4 +1,5 @@
-//! The store's maintained summaries (live usage, budget states) against a
+//! The store's maintained summaries (live usage, budget states, launch
+//! buckets) against a
 //! model that recomputes every answer from scratch, straight from the rules
 //! in `src/allocations.rs` and `src/spend.rs`: a seeded random sequence of
 //! reservations (alone and in group-commit batches, through two replicas,
@@ -6,7 +7,8 @@
 //! name) and dropped budget states must get exactly the model's answers.
 //! Set `WARDEN_MODEL_SEED` to replay one seed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use warden_core::{Door, GpuModel, TeamName, Usd};
 use warden_store::{
@@ -69,9 +71,14 @@ struct Counted {
     hourly: i64,
 }
 
+/// A launch bucket: team, per-user (with the user), max, per in µs.
+type BucketKey = (TeamName, Option<Option<String>>, u32, i64);
+
 #[derive(Default)]
 struct Model {
     rows: Vec<Row>,
+    /// When each launch bucket is full again, × its max (exact).
+    full_at: HashMap<BucketKey, i128>,
 }
 
 impl Model {
@@ -120,6 +127,41 @@ impl Model {
         used
     }
 
+    fn bucket(req: &AllocationRequest, scope: Scope, max: u32, per: Duration) -> BucketKey {
+        let user = (scope == Scope::User).then(|| req.user.clone());
+        let per = i64::try_from(per.as_micros()).unwrap();
+        (req.team.clone(), user, max, per)
+    }
+
+    /// When the bucket next holds a launch, if it holds none at `now`
+    /// (`Some(None)`: never). The bucket holds
+    /// `max - (full_at - now) × max / per` launches, `max` once full.
+    fn launch_denied(&self, key: &BucketKey, now: i64) -> Option<Option<UnixMicros>> {
+        let (_, _, max, per) = key;
+        if *max == 0 {
+            return Some(None);
+        }
+        let (max, per) = (i128::from(*max), i128::from(*per));
+        let full_at = *self.full_at.get(key)?;
+        let holds = |t: i128| full_at <= t * max || max * per - (full_at - t * max) >= per;
+        if holds(now.into()) {
+            return None;
+        }
+        // The first whole µs at which it holds one: search, to stay apart
+        // from the store's closed form.
+        // It is full (so holds one) from full_at on.
+        let (mut lo, mut hi) = (i128::from(now), full_at.div_euclid(max) + 1);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if holds(mid) {
+                hi = mid
+            } else {
+                lo = mid
+            }
+        }
+        Some(Some(UnixMicros::from_micros(i64::try_from(hi).unwrap())))
+    }
+
     fn decide(&self, req: &AllocationRequest, limits: &[Limit], now: i64) -> Option<Denial> {
         for limit in limits {
             let gpus = i64::from(req.gpus);
@@ -142,6 +184,19 @@ impl Model {
                     req.hourly.micros(),
                     max.micros(),
                 ),
+                Limit::Launches { scope, max, per } => {
+                    let key = Model::bucket(req, *scope, *max, *per);
+                    if let Some(retry_at) = self.launch_denied(&key, now) {
+                        return Some(Denial {
+                            limit: limit.clone(),
+                            in_use: i64::from(*max),
+                            requested: 1,
+                            max: i64::from(*max),
+                            retry_at,
+                        });
+                    }
+                    continue;
+                }
                 Limit::Budget {
                     from,
                     max,
@@ -155,6 +210,7 @@ impl Model {
                             in_use: i64::try_from(used.div_euclid(H)).unwrap_or(i64::MAX),
                             requested: r,
                             max: max.micros(),
+                            retry_at: None,
                         });
                     }
                     continue;
@@ -166,6 +222,7 @@ impl Model {
                     in_use,
                     requested,
                     max,
+                    retry_at: None,
                 });
             }
         }
@@ -204,6 +261,18 @@ impl Model {
                         _ => None,
                     })
                     .fold(0, i64::max);
+                // Each distinct bucket gives one launch.
+                let mut taken = BTreeSet::new();
+                for limit in limits {
+                    if let Limit::Launches { scope, max, per } = limit {
+                        let key = Model::bucket(req, *scope, *max, *per);
+                        if taken.insert(format!("{key:?}")) {
+                            let (m, p) = (i128::from(*max), i128::from(key.3));
+                            let full = self.full_at.get(&key).copied().unwrap_or(i128::MIN);
+                            self.full_at.insert(key, full.max(i128::from(now) * m) + p);
+                        }
+                    }
+                }
                 self.rows.push(Row {
                     id: *allocation_id,
                     req: req.clone(),
@@ -302,6 +371,27 @@ impl Gen {
                 scope: scope(&mut self.rng),
                 max: u32::try_from(self.rng.below(8)).unwrap(),
             });
+        }
+        // A few fixed launch limits, so buckets are shared and run dry;
+        // windows that do not divide by max make retry times round.
+        for _ in 0..self.rng.pick(&[0, 0, 0, 1, 1, 2]) {
+            let (scope, max, per) = self.rng.pick(&[
+                (Scope::User, 2, 10 * SECOND + 1),
+                (Scope::User, 3, 10),
+                (Scope::Team, 3, HOUR + 1),
+                (Scope::Team, 4, 300 * SECOND),
+                (Scope::User, 0, SECOND),
+            ]);
+            limits.push(Limit::Launches {
+                scope,
+                max,
+                per: Duration::from_micros(u64::try_from(per).unwrap()),
+            });
+        }
+        // Sometimes a limit twice: it still counts once.
+        if !limits.is_empty() && self.rng.chance(10) {
+            let again = self.rng.pick(&limits);
+            limits.push(again);
         }
         if self.rng.chance(20) {
             limits.push(Limit::HourlyCost {
