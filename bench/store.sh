@@ -10,7 +10,8 @@
 # Environment: BENCH_MODES ["stateless sqlite postgres"], BENCH_DURATION [10],
 # BENCH_WARMUP [3], BENCH_CONNECTIONS [32], BENCH_PG_URL
 # [postgres://postgres@127.0.0.1:5432/warden_bench] (dropped and re-created),
-# BENCH_SKIP_BUILD [0], CARGO_TARGET_DIR [target].
+# BENCH_SKIP_BUILD [0], BENCH_RATE [0] (1: also a launch-rate limit per
+# user, a token bucket in the store), CARGO_TARGET_DIR [target].
 # Prints a Markdown table; raw outputs in bench/results/store-*.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,7 +67,11 @@ write_config() { # write_config MODE FILE
     echo "    allowed_gpus: [H100]"
     echo "    max_gpus_per_launch: 8"
     if [[ "$1" != stateless ]]; then
-      echo "    quotas: {max_gpus: 100000000, max_gpus_by_model: {H100: 100000000}, max_live: 100000000, max_live_per_user: 100000000, max_live_hourly_usd: 1000000000, max_launches_per_user: 1000000, launch_window_minutes: 1}"
+      local rate=""
+      if [[ "${BENCH_RATE:-0}" == 1 ]]; then
+        rate=", max_launches_per_user: 1000000, launch_window_minutes: 1"
+      fi
+      echo "    quotas: {max_gpus: 100000000, max_gpus_by_model: {H100: 100000000}, max_live: 100000000, max_live_per_user: 100000000, max_live_hourly_usd: 1000000000$rate}"
       echo "    budgets: {daily_usd: 1000000000, monthly_usd: 10000000000, reservation_hours: 1}"
     fi
     echo "rules:"
