@@ -92,7 +92,7 @@ pub fn audit_verify(config: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod admin;
 mod keys;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,6 +113,9 @@ enum Command {
     /// `warden serve` does every `skypilot_api.interval_seconds`).
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Spend and chargeback reports over the store.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Serve the Vast.ai marketplace simulator (the Vast door's embedded
     /// default upstream) on its own, e.g. to benchmark against it.
     Sim {
@@ -129,6 +133,17 @@ enum Command {
         #[arg(long = "fault")]
         faults: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Spend per team (with its budget), user or GPU model over a day, a
+    /// month (in the config's `time_zone`) or any window; live allocations
+    /// accrued to now.
+    Spend(report::SpendArgs),
+    /// A month's charges per team and GPU model for finance, in cents that
+    /// add up to the total.
+    Chargeback(report::ChargebackArgs),
 }
 
 #[derive(Subcommand)]
@@ -276,6 +291,8 @@ fn main() -> ExitCode {
             until.as_deref(),
             format,
         ),
+        Command::Report(ReportCommand::Spend(args)) => report::spend(&args),
+        Command::Report(ReportCommand::Chargeback(args)) => report::chargeback(&args),
     };
     match result {
         Ok(code) => code,

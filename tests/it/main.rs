@@ -16,6 +16,7 @@ mod keys;
 mod recording;
 mod replay;
 mod replicas;
+mod report;
 mod skypilot_client;
 mod skypilot_sync;
 mod vast;

@@ -253,3 +253,49 @@ fn soft_budget_alerts_fire_once_per_threshold_to_the_webhook_and_the_audit_chain
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.matches("\"kind\":\"budget.alert\"").count(), 2, "{out}");
 }
+
+/// `quotas.per_user` counts each user's live usage on its own.
+#[test]
+fn per_user_quotas_count_the_users_own_gpus() {
+    let dir = TempDir::new("warden-per-user");
+    let config = dir.0.join("warden.yaml");
+    let db = dir.0.join("state.db");
+    std::fs::write(
+        &config,
+        "teams:\n  ml:\n    users: [root]\n    quotas:\n      max_gpus: 100\n      per_user: {max_gpus: 8, max_live_hourly_usd: 1000}\n",
+    )
+    .unwrap();
+    let server = Server::start_with_storage(&config, &format!("sqlite://{}", db.display()));
+    assert_eq!(post(&server.addr, &gpu_launch_body("u1")).0, 200);
+    let (status, text) = post(&server.addr, &gpu_launch_body("u2"));
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("[team.quotas]") && text.contains("user `root`") && text.contains('8'),
+        "{text}"
+    );
+}
+
+/// `quotas.max_launches_per_user` is a token bucket: a burst up to the
+/// limit, then a denial that says when the next launch is possible.
+#[test]
+fn launch_rate_denies_the_burst_beyond_the_limit_and_says_when_to_retry() {
+    let dir = TempDir::new("warden-rate");
+    let config = dir.0.join("warden.yaml");
+    let db = dir.0.join("state.db");
+    std::fs::write(
+        &config,
+        "teams:\n  ml:\n    users: [root]\n    quotas: {max_launches_per_user: 2, launch_window_minutes: 60}\n",
+    )
+    .unwrap();
+    let server = Server::start_with_storage(&config, &format!("sqlite://{}", db.display()));
+    assert_eq!(post(&server.addr, &launch_body("r1")).0, 200);
+    assert_eq!(post(&server.addr, &launch_body("r2")).0, 200);
+    let (status, text) = post(&server.addr, &launch_body("r3"));
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("[team.quotas] launch rate exceeded")
+            && text.contains("next launch possible at ")
+            && text.contains("user `root`"),
+        "{text}"
+    );
+}

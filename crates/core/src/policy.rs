@@ -148,7 +148,42 @@ pub struct QuotaSpec {
     /// Max estimated USD per hour of all live allocations together.
     #[serde(default)]
     pub max_live_hourly_usd: Option<f64>,
+    /// Max launches per user per `launch_window_minutes` (a token bucket
+    /// shared by all replicas: bursts up to this, refilled evenly).
+    #[serde(default)]
+    pub max_launches_per_user: Option<u64>,
+    /// Max launches of the whole team per `launch_window_minutes`.
+    #[serde(default)]
+    pub max_launches_per_team: Option<u64>,
+    /// The window of the launch limits, in minutes (default 60).
+    #[serde(default)]
+    pub launch_window_minutes: Option<u64>,
+    /// The same live-usage limits for each user of the team on their own.
+    #[serde(default)]
+    pub per_user: Option<UserQuotaSpec>,
 }
+
+/// Per-user quotas as written (`quotas.per_user`): each user of the team,
+/// counted on their own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuotaSpec {
+    /// Max GPUs a user has live at once, all models.
+    #[serde(default)]
+    pub max_gpus: Option<u64>,
+    /// Max GPUs a user has live at once, per GPU model.
+    #[serde(default)]
+    pub max_gpus_by_model: BTreeMap<String, u64>,
+    /// Max live allocations of a user (same as `max_live_per_user`).
+    #[serde(default)]
+    pub max_live: Option<u64>,
+    /// Max estimated USD per hour of a user's live allocations.
+    #[serde(default)]
+    pub max_live_hourly_usd: Option<f64>,
+}
+
+/// The launch window used when `launch_window_minutes` is not given.
+pub const DEFAULT_LAUNCH_WINDOW_MINUTES: u64 = 60;
 
 /// Compiled team quotas (limits on live usage).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -163,12 +198,27 @@ pub struct Quotas {
     pub max_live_per_user: Option<u64>,
     /// Max estimated $/hour of all live allocations.
     pub max_live_hourly: Option<Usd>,
+    /// Max launches per user per `launch_window_secs`.
+    pub max_launches_per_user: Option<u64>,
+    /// Max launches of the team per `launch_window_secs`.
+    pub max_launches_per_team: Option<u64>,
+    /// The launch limits' window, in seconds.
+    pub launch_window_secs: u64,
+    /// Max GPUs per user live at once, all models.
+    pub user_max_gpus: Option<u64>,
+    /// Max GPUs per user live at once, per model.
+    pub user_max_gpus_by_model: Vec<(GpuModel, u64)>,
+    /// Max estimated $/hour of one user's live allocations.
+    pub user_max_live_hourly: Option<Usd>,
 }
 
 impl Quotas {
     /// Whether no quota is set.
     pub fn is_empty(&self) -> bool {
-        *self == Quotas::default()
+        Quotas {
+            launch_window_secs: 0,
+            ..self.clone()
+        } == Quotas::default()
     }
 }
 
@@ -802,25 +852,64 @@ fn compile_quotas(p: &mut Problems, path: &str, q: Option<&QuotaSpec>) -> Quotas
     let Some(q) = q else {
         return Quotas::default();
     };
-    let mut by_model = Vec::new();
-    for (model, max) in &q.max_gpus_by_model {
-        match GpuModel::parse(model) {
-            Ok(m) => by_model.push((m, *max)),
-            Err(e) => p.add(
-                format!("{path}.quotas.max_gpus_by_model.{model}"),
-                e.to_string(),
-            ),
+    let models = |p: &mut Problems, key: &str, given: &BTreeMap<String, u64>| {
+        let mut out = Vec::new();
+        for (model, max) in given {
+            match GpuModel::parse(model) {
+                Ok(m) => out.push((m, *max)),
+                Err(e) => p.add(format!("{path}.quotas.{key}.{model}"), e.to_string()),
+            }
         }
+        out
+    };
+    let by_model = models(p, "max_gpus_by_model", &q.max_gpus_by_model);
+    let user = q.per_user.clone().unwrap_or_default();
+    if user.max_live.is_some() && q.max_live_per_user.is_some() {
+        p.add(
+            format!("{path}.quotas.per_user.max_live"),
+            "also given as `max_live_per_user`; keep one",
+        );
     }
     Quotas {
         max_gpus: q.max_gpus,
         max_gpus_by_model: by_model,
         max_live: q.max_live,
-        max_live_per_user: q.max_live_per_user,
+        max_live_per_user: q.max_live_per_user.or(user.max_live),
+        user_max_gpus: user.max_gpus,
+        user_max_gpus_by_model: models(p, "per_user.max_gpus_by_model", &user.max_gpus_by_model),
+        user_max_live_hourly: user
+            .max_live_hourly_usd
+            .map(|v| dollars(p, format!("{path}.quotas.per_user.max_live_hourly_usd"), v)),
         max_live_hourly: q
             .max_live_hourly_usd
             .map(|v| dollars(p, format!("{path}.quotas.max_live_hourly_usd"), v)),
+        max_launches_per_user: launches(p, path, "max_launches_per_user", q.max_launches_per_user),
+        max_launches_per_team: launches(p, path, "max_launches_per_team", q.max_launches_per_team),
+        launch_window_secs: {
+            let m = q
+                .launch_window_minutes
+                .unwrap_or(DEFAULT_LAUNCH_WINDOW_MINUTES);
+            if !(1..=44_640).contains(&m) {
+                p.add(
+                    format!("{path}.quotas.launch_window_minutes"),
+                    format!("`{m}` is out of range; use 1 to 44640 minutes (31 days)"),
+                );
+            }
+            m.clamp(1, 44_640) * 60
+        },
     }
+}
+
+fn launches(p: &mut Problems, path: &str, key: &str, v: Option<u64>) -> Option<u64> {
+    if let Some(n) = v {
+        if !(1..=1_000_000).contains(&n) {
+            p.add(
+                format!("{path}.quotas.{key}"),
+                format!("`{n}` is out of range; use 1 to 1000000 launches per window"),
+            );
+        }
+    }
+    v
 }
 
 fn team_rules(p: &mut Problems, path: &str, name: &TeamName, t: &TeamSpec) -> Vec<Rule> {

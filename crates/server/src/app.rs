@@ -25,6 +25,9 @@ use crate::error::DoorError;
 use crate::recorder::{self, Recorded};
 use warden_store::{Store, UnixMicros};
 
+/// The least time between two alert checks of one team triggered by grants.
+pub const ALERT_CHECK_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest request body a door accepts.
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 
@@ -33,6 +36,7 @@ pub struct AppState {
     policy: ArcSwap<Policy>,
     settings: ArcSwap<Settings>,
     alerter: ArcSwap<Alerter>,
+    alert_checks: std::sync::Mutex<std::collections::HashMap<warden_core::TeamName, Instant>>,
     store: Option<Store>,
     config_path: Option<PathBuf>,
     request_seq: AtomicU64,
@@ -60,6 +64,7 @@ impl AppState {
             policy: ArcSwap::from_pointee(policy),
             settings: ArcSwap::from_pointee(Settings::default()),
             alerter: ArcSwap::from_pointee(Alerter::log_only()),
+            alert_checks: std::sync::Mutex::default(),
             store,
             config_path,
             request_seq: AtomicU64::new(0),
@@ -86,6 +91,23 @@ impl AppState {
                 .store(Arc::new(Alerter::start(&settings.alerts)));
         }
         self.settings.store(Arc::new(settings));
+    }
+
+    /// Whether a team's spend should be checked for alerts after a grant:
+    /// at most once per [`ALERT_CHECK_SPACING`] per team, so a burst of
+    /// launches costs one check (the periodic watch covers the rest).
+    pub fn alert_check_due(&self, team: &warden_core::TeamName) -> bool {
+        let now = Instant::now();
+        let Ok(mut last) = self.alert_checks.lock() else {
+            return false;
+        };
+        match last.get(team) {
+            Some(t) if now.duration_since(*t) < ALERT_CHECK_SPACING => false,
+            _ => {
+                last.insert(team.clone(), now);
+                true
+            }
+        }
     }
 
     /// Where budget alerts go.
@@ -148,6 +170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/skypilot", post(skypilot_door))
         .route("/vast/{*rest}", any(crate::doors::vast::route))
+        .merge(crate::reports::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
 }
@@ -239,8 +262,12 @@ async fn skypilot_door(
                     .map(|recorded| match recorded {
                         Recorded::Recorded => handled,
                         Recorded::Granted => {
-                            if let Some(team) =
-                                handled.decision.team.as_ref().and_then(|t| policy.team(t))
+                            if let Some(team) = handled
+                                .decision
+                                .team
+                                .as_ref()
+                                .and_then(|t| policy.team(t))
+                                .filter(|t| state.alert_check_due(&t.name))
                             {
                                 crate::alerts::spawn_check(
                                     store.clone(),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod recorder;
 pub mod redact;
 pub mod replay;
+pub mod reports;
 pub mod sync;
 pub mod upstream_key;
 

@@ -70,6 +70,40 @@ pub fn limits(q: &Quotas) -> Vec<Limit> {
             max,
         });
     }
+    let window = std::time::Duration::from_secs(q.launch_window_secs);
+    if let Some(max) = q.max_launches_per_user {
+        out.push(Limit::Launches {
+            scope: Scope::User,
+            max: n(max),
+            per: window,
+        });
+    }
+    if let Some(max) = q.max_launches_per_team {
+        out.push(Limit::Launches {
+            scope: Scope::Team,
+            max: n(max),
+            per: window,
+        });
+    }
+    for (model, max) in &q.user_max_gpus_by_model {
+        out.push(Limit::ModelGpus {
+            model: model.clone(),
+            scope: Scope::User,
+            max: n(*max),
+        });
+    }
+    if let Some(max) = q.user_max_gpus {
+        out.push(Limit::Gpus {
+            scope: Scope::User,
+            max: n(max),
+        });
+    }
+    if let Some(max) = q.user_max_live_hourly {
+        out.push(Limit::HourlyCost {
+            scope: Scope::User,
+            max,
+        });
+    }
     out
 }
 
@@ -254,6 +288,14 @@ pub async fn record(
                 Limit::Budget { .. } => format!(
                     "Warden denied this request (team `{team}`):\n  - [team.budgets] {denial}{}",
                     budget_hint(&denial.limit, now, tz)
+                ),
+                Limit::Launches { .. } => format!(
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}: launch again after that time, or ask a platform admin to change `teams.{team}.quotas`",
+                    req.principal.user.as_deref().unwrap_or("-")
+                ),
+                limit if limit.scope() == Scope::User => format!(
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}. Wait for your running clusters to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas.per_user`",
+                    req.principal.user.as_deref().unwrap_or("-")
                 ),
                 _ => format!(
                     "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"

@@ -4,6 +4,9 @@
 //! never a secret. What is replaced by `"<redacted>"`, at any depth of the
 //! task or config document:
 //!
+//! - the scripts under `run` and `setup` (free text that may carry inline
+//!   credentials), and `_user_specified_yaml` (SkyPilot's copy of the
+//!   user's whole task file, secrets included);
 //! - every value under a key named `envs`, `secrets` or `env` (SkyPilot
 //!   task environment variables and secrets, Kubernetes pod `env`), keeping
 //!   the variable names;
@@ -33,6 +36,9 @@ const SECRET_WORDS: &[&str] = &[
 
 /// Whether the value under `key` is a secret as a whole.
 fn is_secret_key(key: &str) -> bool {
+    if matches!(key, "run" | "setup" | "_user_specified_yaml") {
+        return true;
+    }
     let lower = key.to_ascii_lowercase();
     SECRET_WORDS.iter().any(|w| lower.contains(w))
 }
@@ -92,6 +98,7 @@ mod tests {
             "envs": {"HF_TOKEN": "hf_abc", "EPOCHS": 3},
             "secrets": {"WANDB_API_KEY": "k"},
             "run": "python train.py",
+            "_user_specified_yaml": "envs:\n  HF_TOKEN: hf_abc\n",
             "resources": {"accelerators": "H100:8", "labels": {"team": "ml"}},
             "kubernetes": {"pod_config": {"spec": {"containers": [
                 {"env": [{"name": "AWS_SECRET", "value": "s3cr3t"}]}
@@ -112,6 +119,6 @@ mod tests {
         );
         assert_eq!(doc["resources"]["accelerators"], "H100:8");
         assert_eq!(doc["api_server"]["endpoint"], "http://h");
-        assert_eq!(doc["run"], "python train.py");
+        assert_eq!(doc["run"], REDACTED);
     }
 }

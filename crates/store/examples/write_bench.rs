@@ -14,15 +14,29 @@
 //! - `WORKLOADS` (comma-separated, default `audit,reserve,mixed`):
 //!   - `audit`: `Store::write(Write::Audit)` of a decision record;
 //!   - `reserve`: `Store::write(Write::Reserve)` against four quotas, every
-//!     one granted (the costliest case: a row and a record per write);
+//!     one granted (the costliest case: a row and a record per write); every
+//!     write is a fresh allocation (a new name), and all stay live;
+//!   - `reserve-budget`: the same plus a daily and a monthly team budget
+//!     (high enough to grant everything) with a one-hour reservation, as
+//!     the door sends them;
+//!   - `reserve-rate`: `reserve-budget` plus a per-user launch rate limit
+//!     (high enough to grant everything);
 //!   - `mixed`: callers alternate the two, like a door whose every other
 //!     decision is an allowed launch;
 //!   - `audit-alone`, `reserve-alone`: the same through
 //!     `Store::append_audit`/`Store::reserve`, one transaction per write,
 //!     for comparison.
 //!
-//! Prints one line per workload: writes/s, latency p50/p99/max, and the mean
-//! batch size of the writer task.
+//! Each workload first makes 8 untimed writes per caller; on PostgreSQL it
+//! then runs `ANALYZE`, as autovacuum does within a minute of a table's
+//! first rows (the planner of a never-analyzed table may look up live
+//! allocations by the per-team index instead of the unique one, a cold-start
+//! artifact that has nothing to do with the store's code).
+//!
+//! Prints one line per workload: writes/s, latency p50/p99/max, the
+//! rate late in the run (`tail`: between the answers at 85% and 95%, when
+//! the store has grown the most, so a cost that grows with the number of
+//! rows shows there), and the mean batch size of the writer task.
 
 use std::error::Error;
 use std::str::FromStr;
@@ -33,7 +47,8 @@ use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 use warden_core::{Door, GpuModel, TeamName, Usd};
 use warden_store::{
-    AllocationName, AllocationRequest, Limit, Scope, Store, UnixMicros, Write, Written,
+    AllocationName, AllocationRequest, Limit, ReserveOutcome, Scope, Store, UnixMicros, Write,
+    Written,
 };
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -42,9 +57,12 @@ type BoxError = Box<dyn Error + Send + Sync>;
 enum Workload {
     Audit,
     Reserve,
+    ReserveBudget,
+    ReserveRate,
     Mixed,
     AuditAlone,
     ReserveAlone,
+    ReserveBudgetAlone,
 }
 
 impl FromStr for Workload {
@@ -53,6 +71,9 @@ impl FromStr for Workload {
         Ok(match s {
             "audit" => Workload::Audit,
             "reserve" => Workload::Reserve,
+            "reserve-budget" => Workload::ReserveBudget,
+            "reserve-rate" => Workload::ReserveRate,
+            "reserve-budget-alone" => Workload::ReserveBudgetAlone,
             "mixed" => Workload::Mixed,
             "audit-alone" => Workload::AuditAlone,
             "reserve-alone" => Workload::ReserveAlone,
@@ -237,19 +258,45 @@ fn limits() -> Result<Vec<Limit>, BoxError> {
     ])
 }
 
-/// One caller's writes; returns each write's latency.
+/// [`limits`] plus a daily and a monthly budget of the team, as the door
+/// sends them: periods starting at midnight and on the 1st (UTC), a
+/// reservation of one hour of the launch's price. High enough that every
+/// launch fits.
+fn limits_with_budgets(req: &AllocationRequest, now: UnixMicros) -> Result<Vec<Limit>, BoxError> {
+    let mut limits = limits()?;
+    for from in [now.start_of_day(), now.start_of_month()] {
+        limits.push(Limit::Budget {
+            from,
+            max: Usd::from_micros(1_000_000_000_000_000),
+            reservation: req.hourly,
+        });
+    }
+    Ok(limits)
+}
+
+/// Writes per caller before the measured ones.
+const WARMUP_PER_CALLER: usize = 8;
+
+/// One write's latency and when it was answered.
+type Sample = (Duration, Instant);
+
+/// One caller's writes; returns each write's latency and completion time.
 async fn caller(
     store: Store,
     workload: Workload,
     caller: usize,
-    writes: usize,
+    writes: std::ops::Range<usize>,
     limits: Arc<Vec<Limit>>,
-) -> Result<Vec<Duration>, BoxError> {
-    let mut latencies = Vec::with_capacity(writes);
-    for k in 0..writes {
+) -> Result<Vec<Sample>, BoxError> {
+    let mut latencies = Vec::with_capacity(writes.len());
+    for k in writes {
         let reserve = match workload {
             Workload::Audit | Workload::AuditAlone => false,
-            Workload::Reserve | Workload::ReserveAlone => true,
+            Workload::Reserve
+            | Workload::ReserveAlone
+            | Workload::ReserveBudget
+            | Workload::ReserveRate
+            | Workload::ReserveBudgetAlone => true,
             Workload::Mixed => (caller + k) % 2 == 0,
         };
         let team = format!("team{}", caller % 8);
@@ -265,6 +312,30 @@ async fn caller(
                     .reserve(&reservation(caller, k)?, &limits, now())
                     .await?;
             }
+            (Workload::ReserveBudgetAlone, _) => {
+                let (req, now) = (reservation(caller, k)?, now());
+                let limits = limits_with_budgets(&req, now)?;
+                if let ReserveOutcome::Denied(d) = store.reserve(&req, &limits, now).await? {
+                    return Err(format!("denied: {d}").into());
+                }
+            }
+            (Workload::ReserveBudget | Workload::ReserveRate, _) => {
+                let (request, now) = (reservation(caller, k)?, now());
+                let mut limits = limits_with_budgets(&request, now)?;
+                if workload == Workload::ReserveRate {
+                    limits.push(Limit::Launches {
+                        scope: Scope::User,
+                        max: 1_000_000,
+                        per: Duration::from_secs(1),
+                    });
+                }
+                let write = Write::Reserve { request, limits };
+                if let Written::Reserved(ReserveOutcome::Denied(d)) =
+                    store.write(write, now).await?
+                {
+                    return Err(format!("denied: {d}").into());
+                }
+            }
             (_, false) => {
                 let write = Write::Audit {
                     kind: "decision".to_owned(),
@@ -277,14 +348,14 @@ async fn caller(
                     request: reservation(caller, k)?,
                     limits: limits.to_vec(),
                 };
-                if let Written::Reserved(warden_store::ReserveOutcome::Denied(d)) =
+                if let Written::Reserved(ReserveOutcome::Denied(d)) =
                     store.write(write, now()).await?
                 {
                     return Err(format!("denied: {d}").into());
                 }
             }
         }
-        latencies.push(started.elapsed());
+        latencies.push((started.elapsed(), Instant::now()));
     }
     Ok(latencies)
 }
@@ -311,23 +382,49 @@ async fn run(
         let store = Store::connect(&db.url).await?;
         let limits = Arc::new(limits()?);
         let per_caller = n.div_ceil(callers);
+        let spawn = |writes: std::ops::Range<usize>| -> Vec<_> {
+            (0..callers)
+                .map(|c| {
+                    tokio::spawn(caller(
+                        store.clone(),
+                        workload,
+                        c,
+                        writes.clone(),
+                        Arc::clone(&limits),
+                    ))
+                })
+                .collect()
+        };
+        // Warm up, untimed, then let PostgreSQL's planner see the tables
+        // as autovacuum would within a minute of their first rows.
+        for task in spawn(0..WARMUP_PER_CALLER) {
+            task.await??;
+        }
+        if let Target::Postgres(_) = target {
+            let mut conn = PgConnection::connect(&db.url).await?;
+            conn.execute("ANALYZE").await?;
+            conn.close().await?;
+        }
         let started = Instant::now();
-        let tasks: Vec<_> = (0..callers)
-            .map(|c| {
-                tokio::spawn(caller(
-                    store.clone(),
-                    workload,
-                    c,
-                    per_caller,
-                    Arc::clone(&limits),
-                ))
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(per_caller * callers);
+        let tasks = spawn(WARMUP_PER_CALLER..WARMUP_PER_CALLER + per_caller);
+        let mut samples = Vec::with_capacity(per_caller * callers);
         for task in tasks {
-            latencies.extend(task.await??);
+            samples.extend(task.await??);
         }
         let elapsed = started.elapsed();
+        // The rate late in the run, when the store is largest: between the
+        // answers at 85% and at 95% (the last few percent are slower as
+        // callers run out of writes and batches shrink).
+        let mut done: Vec<Instant> = samples.iter().map(|(_, at)| *at).collect();
+        done.sort_unstable();
+        let (i, j) = (done.len() * 85 / 100, done.len() * 95 / 100);
+        let tail = match (done.get(i), done.get(j)) {
+            (Some(a), Some(b)) if j > i => {
+                (j - i) as f64 / b.duration_since(*a).as_secs_f64().max(1e-9)
+            }
+            _ => 0.0,
+        };
+        let mut latencies: Vec<Duration> = samples.iter().map(|(d, _)| *d).collect();
         latencies.sort_unstable();
         let stats = store.write_stats();
         let live = store.list_live(None).await?.len();
@@ -343,12 +440,13 @@ async fn run(
         };
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{:<8} {:<13} callers {:>3}  writes {:>6}  {:>7.0} writes/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  mean batch {:>5}  live at end {:>5}  (chain intact: {} records)",
+            "{:<8} {:<20} callers {:>3}  writes {:>6}  {:>7.0} writes/s (tail {:>6.0}/s)  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  mean batch {:>5}  live at end {:>6}  (chain intact: {} records)",
             store.backend_name(),
             workload_name,
             callers,
             latencies.len(),
             latencies.len() as f64 / elapsed.as_secs_f64(),
+            tail,
             ms(percentile(&latencies, 0.50)),
             ms(percentile(&latencies, 0.99)),
             ms(latencies.last().copied().unwrap_or_default()),
@@ -366,7 +464,9 @@ async fn run(
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: write_bench URL CALLERS N [audit,reserve,mixed,audit-alone,reserve-alone]";
+    let usage = "usage: write_bench URL CALLERS N \
+                 [audit,reserve,reserve-budget,reserve-rate,mixed,audit-alone,reserve-alone,\
+                 reserve-budget-alone]";
     let (Some(url), Some(callers), Some(n)) = (args.first(), args.get(1), args.get(2)) else {
         return Err(usage.into());
     };

@@ -8,8 +8,10 @@
 //! Budgets ([`Limit::Budget`]) are checked in the same transaction; what
 //! they count is in [`crate::spend`].
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
@@ -17,9 +19,12 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 
 use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
+use crate::budget::{held_until, Charge, TeamBudget};
 use crate::error::{InputError, StoreError};
-use crate::spend::{overlap, scaled_cost, scaled_held, unscale, MICROS_PER_HOUR};
+use crate::launches::{per_micros, BucketKey};
+use crate::spend::{scaled_held, unscale, MICROS_PER_HOUR};
 use crate::time::UnixMicros;
+use crate::usage::Usage;
 use crate::writer::{Op, Written};
 use crate::Store;
 
@@ -173,6 +178,24 @@ pub enum Limit {
         /// The most allowed.
         max: Usd,
     },
+    /// A launch rate: at most `max` launches per `per` (say, 5 per
+    /// minute), per user or per team, as a token bucket of capacity `max`
+    /// refilled continuously at `max / per`, shared by all replicas (see
+    /// [`crate::launches`]). A reservation that would create a new
+    /// allocation needs a token and, if granted, takes it; a re-launch of a
+    /// live allocation is granted without checks and takes none, and a
+    /// denied reservation takes none. The denial says when a token is
+    /// available again ([`Denial::retry_at`]). `per` is counted in whole
+    /// microseconds and must be at least 1 µs.
+    Launches {
+        /// Whose launches.
+        scope: Scope,
+        /// The most in a burst; 0 allows none.
+        max: u32,
+        /// The window over which `max` launches refill.
+        #[serde(rename = "per_us", serialize_with = "serialize_micros")]
+        per: Duration,
+    },
     /// A hard budget: what the team's allocations cost since `from`, plus
     /// what its live allocations still hold of their reservations, plus
     /// this request's `reservation`, must not exceed `max`. Always per
@@ -199,7 +222,8 @@ impl Limit {
             Limit::ModelGpus { scope, .. }
             | Limit::Gpus { scope, .. }
             | Limit::LiveAllocations { scope, .. }
-            | Limit::HourlyCost { scope, .. } => *scope,
+            | Limit::HourlyCost { scope, .. }
+            | Limit::Launches { scope, .. } => *scope,
             Limit::Budget { .. } => Scope::Team,
         }
     }
@@ -209,9 +233,10 @@ impl Limit {
         match self {
             Limit::HourlyCost { .. } => format!("{}/h", Usd::from_micros(n)),
             Limit::Budget { .. } => Usd::from_micros(n).to_string(),
-            Limit::ModelGpus { .. } | Limit::Gpus { .. } | Limit::LiveAllocations { .. } => {
-                n.to_string()
-            }
+            Limit::ModelGpus { .. }
+            | Limit::Gpus { .. }
+            | Limit::LiveAllocations { .. }
+            | Limit::Launches { .. } => n.to_string(),
         }
     }
 }
@@ -229,10 +254,41 @@ impl fmt::Display for Limit {
             Limit::HourlyCost { scope, max } => {
                 write!(f, "at most {max}/h of live allocations {scope}")
             }
+            Limit::Launches { scope, max, per } => {
+                write!(f, "at most {max} launches per {} {scope}", Window(*per))
+            }
             Limit::Budget { from, max, .. } => {
                 write!(f, "budget {max} per team since {from}")
             }
         }
+    }
+}
+
+/// Serializes a duration as whole microseconds (saturating).
+fn serialize_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A launch window for messages: `1h`, `90s`, `250ms`, in the largest unit
+/// that divides it.
+struct Window(Duration);
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        let units: [(u128, &str); 6] = [
+            (86_400_000_000, "d"),
+            (3_600_000_000, "h"),
+            (60_000_000, "m"),
+            (1_000_000, "s"),
+            (1_000, "ms"),
+            (1, "µs"),
+        ];
+        let (size, unit) = units
+            .into_iter()
+            .find(|(size, _)| us > 0 && us % size == 0)
+            .unwrap_or((1, "µs"));
+        write!(f, "{}{unit}", us / size)
     }
 }
 
@@ -242,7 +298,9 @@ impl fmt::Display for Limit {
 /// micro-dollars: `in_use` is what the budget counts already (spend since
 /// `from` plus what live allocations still hold of their reservations,
 /// rounded down to the micro-dollar), `requested` the reservation, `max`
-/// the budget.
+/// the budget. For [`Limit::Launches`], launches: `in_use` is `max` (the
+/// bucket holds less than one launch), `requested` 1, and `retry_at` says
+/// when a launch is possible again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Denial {
     /// The limit exceeded.
@@ -253,6 +311,11 @@ pub struct Denial {
     pub requested: i64,
     /// The limit's maximum.
     pub max: i64,
+    /// For [`Limit::Launches`]: the first instant at which the bucket holds
+    /// a launch again (for a caller to say "retry after"); `None` when no
+    /// launch is ever allowed (`max` 0), and for every other limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<UnixMicros>,
 }
 
 impl fmt::Display for Denial {
@@ -262,7 +325,20 @@ impl fmt::Display for Denial {
     /// `budget exceeded: budget $100.00 per team since
     /// 2026-11-23T00:00:00.000000Z; $95.00 spent or held by live
     /// allocations, this launch reserves $10.00`
+    ///
+    /// `launch rate exceeded: at most 5 launches per 1m per user; next
+    /// launch possible at 2026-11-23T14:05:12.000000Z`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Limit::Launches { .. } = self.limit {
+            return match self.retry_at {
+                Some(at) => write!(
+                    f,
+                    "launch rate exceeded: {}; next launch possible at {at}",
+                    self.limit
+                ),
+                None => write!(f, "launch rate exceeded: {}", self.limit),
+            };
+        }
         if let Limit::Budget { .. } = self.limit {
             return write!(
                 f,
@@ -351,25 +427,27 @@ pub enum EndTarget {
     },
 }
 
-/// Live usage of one team, and of one user within it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    gpus: i64,
-    model_gpus: i64,
-    live: i64,
-    hourly_micros: i64,
+/// What the limits of one reservation are checked against.
+struct Counted<'a> {
+    /// Live usage of the request's team.
+    team: Usage,
+    /// Live usage of the request's user within it.
+    user: Usage,
+    /// For a [`Limit::Budget`] from a given instant, what the budget counts
+    /// already (scaled as in [`crate::spend`]).
+    budget_used: &'a dyn Fn(UnixMicros) -> i128,
+    /// For a [`Limit::Launches`]: `None` if its bucket holds a launch, else
+    /// when it will (`Some(None)`: never).
+    launch_denied: &'a dyn Fn(&Limit) -> Option<Option<UnixMicros>>,
 }
 
-/// The first limit `req` would exceed, given usage by `team` and by `user`,
-/// and, for a [`Limit::Budget`] from a given instant, what the budget counts
-/// already (`budget_used`, scaled as in [`crate::spend`]).
+/// The first limit `req` would exceed, given what is `counted`.
 fn first_exceeded(
     req: &AllocationRequest,
     limits: &[Limit],
-    team: &Usage,
-    user: &Usage,
-    budget_used: &dyn Fn(UnixMicros) -> i128,
+    counted: &Counted<'_>,
 ) -> Option<Denial> {
+    let (team, user, budget_used) = (&counted.team, &counted.user, counted.budget_used);
     limits.iter().find_map(|limit| {
         let usage = match limit.scope() {
             Scope::Team => team,
@@ -403,6 +481,16 @@ fn first_exceeded(
                     in_use: unscale(used),
                     requested: reservation.micros(),
                     max: max.micros(),
+                    retry_at: None,
+                });
+            }
+            Limit::Launches { max, .. } => {
+                return (counted.launch_denied)(limit).map(|retry_at| Denial {
+                    limit: limit.clone(),
+                    in_use: i64::from(*max),
+                    requested: 1,
+                    max: i64::from(*max),
+                    retry_at,
                 });
             }
         };
@@ -412,6 +500,7 @@ fn first_exceeded(
             in_use,
             requested,
             max,
+            retry_at: None,
         })
     })
 }
@@ -517,6 +606,15 @@ impl Reservation<'_> {
         let req = self.request;
         (req.door.as_str(), req.team.as_str(), req.name.as_str())
     }
+
+    /// `held_until_us` of the allocation it grants: see [`crate::budget`].
+    fn held_until(&self) -> i64 {
+        held_until(
+            self.now.micros(),
+            self.request.hourly.micros(),
+            reserved_micros(self.limits),
+        )
+    }
 }
 
 /// What a grant under `limits` reserves against its team's budgets: the
@@ -539,78 +637,29 @@ struct BatchGrant {
     reserved_micros: i64,
 }
 
+impl BatchGrant {
+    fn charge(&self) -> Charge {
+        Charge::new(
+            self.started.micros(),
+            self.hourly_micros,
+            self.reserved_micros,
+        )
+    }
+}
+
 /// Checks what the store cannot represent, before any transaction.
-pub(crate) fn check_request(req: &AllocationRequest) -> Result<(), InputError> {
+pub(crate) fn check_request(req: &AllocationRequest, limits: &[Limit]) -> Result<(), InputError> {
     if req.hourly.micros() < 0 {
         return Err(InputError::NegativeHourly(req.hourly));
     }
-    Ok(())
-}
-
-/// Live allocations of one team summed per (user, GPU model): everything a
-/// [`Limit`] can count, small however many allocations are live.
-#[derive(Debug, Default)]
-struct TeamUsage {
-    groups: Vec<UsageGroup>,
-}
-
-#[derive(Debug)]
-struct UsageGroup {
-    user: Option<String>,
-    model: Option<String>,
-    usage: Usage,
-}
-
-impl Usage {
-    /// Adds `other`; a sum past `i64::MAX` saturates, which only denies.
-    fn add(&mut self, other: &Usage, model_matches: bool) {
-        self.gpus = self.gpus.saturating_add(other.gpus);
-        if model_matches {
-            self.model_gpus = self.model_gpus.saturating_add(other.gpus);
-        }
-        self.live = self.live.saturating_add(other.live);
-        self.hourly_micros = self.hourly_micros.saturating_add(other.hourly_micros);
-    }
-}
-
-impl TeamUsage {
-    /// Usage of the whole team and of `user` within it, counting GPUs of
-    /// `model` (when given) as `model_gpus`: what `first_exceeded` needs.
-    fn of(&self, user: Option<&str>, model: Option<&GpuModel>) -> (Usage, Usage) {
-        let (mut team, mut mine) = (Usage::default(), Usage::default());
-        for g in &self.groups {
-            let model_matches = model.is_some_and(|m| g.model.as_deref() == Some(m.as_str()));
-            team.add(&g.usage, model_matches);
-            if g.user.as_deref() == user {
-                mine.add(&g.usage, model_matches);
+    for limit in limits {
+        if let Limit::Launches { per, .. } = limit {
+            if per_micros(*per).is_none() {
+                return Err(InputError::LaunchWindow(*per));
             }
         }
-        (team, mine)
     }
-
-    /// Counts a newly granted allocation.
-    fn grant(&mut self, req: &AllocationRequest) {
-        let user = req.user.as_deref();
-        let model = req.gpu_model.as_ref().map(GpuModel::as_str);
-        let added = Usage {
-            gpus: i64::from(req.gpus),
-            model_gpus: 0,
-            live: 1,
-            hourly_micros: req.hourly.micros(),
-        };
-        match self
-            .groups
-            .iter_mut()
-            .find(|g| g.user.as_deref() == user && g.model.as_deref() == model)
-        {
-            Some(g) => g.usage.add(&added, false),
-            None => self.groups.push(UsageGroup {
-                user: user.map(str::to_owned),
-                model: model.map(str::to_owned),
-                usage: added,
-            }),
-        }
-    }
+    Ok(())
 }
 
 /// Where a live allocation's id comes from while a batch is decided.
@@ -641,10 +690,11 @@ impl Tx {
     /// after the ones before it, and returns every op's audit record to
     /// append (in this transaction), with the decision of each reservation.
     ///
-    /// All teams are locked first (see [`Tx::lock_teams`]); each team's live
-    /// usage is read once after that and kept up to date in memory as the
-    /// batch grants, so a reservation sees every grant of the batch before
-    /// it; granted rows are inserted together at the end.
+    /// All teams are locked first (see [`Tx::lock_teams`]); each team's
+    /// usage summary and budget state are read once after that and kept up
+    /// to date in memory as the batch grants, so a reservation sees every
+    /// grant of the batch before it; granted rows are inserted, and the
+    /// summaries written back, together at the end.
     pub(crate) async fn decide<'o>(
         &mut self,
         ops: &'o [Op<'o>],
@@ -672,23 +722,27 @@ impl Tx {
         }
 
         // Usage is needed for the teams of reservations not already live.
-        let mut needed: Vec<&TeamName> = reservations
+        let undecided: Vec<&Reservation<'_>> = reservations
             .iter()
+            .copied()
             .filter(|r| !live.contains_key(&r.key()))
-            .map(|r| &r.request.team)
             .collect();
+        let mut needed: Vec<&TeamName> = undecided.iter().map(|r| &r.request.team).collect();
         needed.sort_unstable();
         needed.dedup();
-        let mut loaded = self.team_usages(&needed).await?;
-        let mut usage: HashMap<&str, TeamUsage> = needed
-            .iter()
-            .map(|team| {
-                (
-                    team.as_str(),
-                    loaded.remove(team.as_str()).unwrap_or_default(),
-                )
-            })
-            .collect();
+        let mut usage = self.load_usage(&needed).await?;
+        let mut budgets = self.load_budgets(&needed).await?;
+        self.prepare_budgets(&needed, &undecided, &mut budgets)
+            .await?;
+        let mut bucket_keys: Vec<BucketKey> = Vec::new();
+        for r in &undecided {
+            for key in r.limits.iter().filter_map(|l| BucketKey::of(r.request, l)) {
+                if !bucket_keys.contains(&key) {
+                    bucket_keys.push(key);
+                }
+            }
+        }
+        let mut buckets = self.load_buckets(&bucket_keys).await?;
         let mut fresh: Vec<&Reservation<'_>> = Vec::new();
         let mut batch_grants: HashMap<&str, Vec<BatchGrant>> = HashMap::new();
         let mut pending: Vec<Pending<'o>> = Vec::with_capacity(ops.len());
@@ -713,30 +767,39 @@ impl Tx {
                 continue;
             }
             let req = r.request;
-            let budgets = self
-                .budgets_used(r, batch_grants.get(req.team.as_str()))
+            let team_name = req.team.as_str();
+            let budget_state = budgets.get_mut(team_name);
+            let used = self
+                .budgets_used(r, budget_state, batch_grants.get(team_name))
                 .await?;
             let budget_used = |from: UnixMicros| {
-                budgets
-                    .iter()
+                used.iter()
                     .find(|(f, _)| *f == from)
                     .map_or(0, |(_, used)| *used)
             };
             // The team is one of `needed`, so its usage is loaded.
-            let team_usage = usage.entry(req.team.as_str()).or_default();
+            let team_usage = usage.entry(team_name).or_default();
             let (team, user) = team_usage.of(req.user.as_deref(), req.gpu_model.as_ref());
-            let verdict = match first_exceeded(req, r.limits, &team, &user, &budget_used) {
+            let counted = Counted {
+                team,
+                user,
+                budget_used: &budget_used,
+                launch_denied: &|limit| buckets.denies(req, limit, r.now),
+            };
+            let verdict = match first_exceeded(req, r.limits, &counted) {
                 Some(denial) => Verdict::Denied(denial),
                 None => {
-                    team_usage.grant(req);
-                    batch_grants
-                        .entry(req.team.as_str())
-                        .or_default()
-                        .push(BatchGrant {
-                            hourly_micros: req.hourly.micros(),
-                            started: r.now,
-                            reserved_micros: reserved_micros(r.limits),
-                        });
+                    team_usage.grant(req)?;
+                    buckets.take(req, r.limits, r.now);
+                    let grant = BatchGrant {
+                        hourly_micros: req.hourly.micros(),
+                        started: r.now,
+                        reserved_micros: reserved_micros(r.limits),
+                    };
+                    if let Some(state) = budgets.get_mut(team_name) {
+                        state.grant(&req.team, grant.charge())?;
+                    }
+                    batch_grants.entry(team_name).or_default().push(grant);
                     let slot = Slot::New(fresh.len());
                     live.insert(r.key(), slot);
                     fresh.push(r);
@@ -750,6 +813,11 @@ impl Tx {
         }
 
         let new_ids = self.insert_allocations(&fresh).await?;
+        self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
+            .await?;
+        self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
+            .await?;
+        self.save_buckets(&buckets).await?;
         pending
             .into_iter()
             .map(|p| {
@@ -797,14 +865,64 @@ impl Tx {
             .collect()
     }
 
+    /// Gets the budget states of `needed` ready for the checks of
+    /// `undecided` (the batch's reservations not already live): for each
+    /// team with a budget to check from before its `now`, builds the state
+    /// if the team has none, or moves it to the latest such `now`, then adds
+    /// the periods it lacks. Runs before anything is granted.
+    async fn prepare_budgets<'t>(
+        &mut self,
+        needed: &[&'t TeamName],
+        undecided: &[&Reservation<'_>],
+        budgets: &mut HashMap<&'t str, TeamBudget>,
+    ) -> Result<(), StoreError> {
+        for &team in needed {
+            let mut latest: Option<i64> = None;
+            let mut froms: Vec<i64> = Vec::new();
+            for r in undecided.iter().filter(|r| r.request.team == *team) {
+                let now = r.now.micros();
+                for limit in r.limits {
+                    if let Limit::Budget { from, .. } = limit {
+                        if from.micros() < now {
+                            froms.push(from.micros());
+                            latest = Some(latest.map_or(now, |l| l.max(now)));
+                        }
+                    }
+                }
+            }
+            let Some(latest) = latest else { continue };
+            let state = match budgets.entry(team.as_str()) {
+                Entry::Occupied(state) => {
+                    let state = state.into_mut();
+                    self.advance_budget(team, state, latest).await?;
+                    state
+                }
+                Entry::Vacant(slot) => slot.insert(self.build_budget(team, latest).await?),
+            };
+            froms.sort_unstable();
+            froms.dedup();
+            for from in froms {
+                if !state.has_period(from) {
+                    self.add_budget_period(team, state, from, latest).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// For each distinct `from` of `r`'s budget limits, what that budget
     /// counts already at `r.now` (scaled as in [`crate::spend`]): spend since
-    /// `from` and held reservations, of the stored allocations and of
-    /// `batch`, the team's grants earlier in this batch. Empty, and no
-    /// query, when `r` has no budget limit.
+    /// `from` and held reservations, of the stored allocations and of the
+    /// team's grants earlier in this batch. From the team's budget `state`
+    /// (prepared for `r` by [`Tx::prepare_budgets`], and counting those
+    /// grants) when `from` is before `r.now`; otherwise only held
+    /// reservations count, read from the team's live allocations and
+    /// `batch`, the batch's grants. Empty, and no query, when `r` has no
+    /// budget limit.
     async fn budgets_used(
         &mut self,
         r: &Reservation<'_>,
+        state: Option<&mut TeamBudget>,
         batch: Option<&Vec<BatchGrant>>,
     ) -> Result<Vec<(UnixMicros, i128)>, StoreError> {
         let mut froms: Vec<UnixMicros> = r
@@ -821,22 +939,26 @@ impl Tx {
         froms.sort_unstable();
         froms.dedup();
         let (team, now) = (&r.request.team, r.now);
-        let batch = batch.map_or(&[][..], Vec::as_slice);
-        let held = batch
-            .iter()
-            .map(|g| scaled_held(g.hourly_micros, g.started, g.reserved_micros, now))
-            .fold(self.scaled_held(team, now).await?, i128::saturating_add);
-        let mut used = Vec::with_capacity(froms.len());
-        for from in froms {
-            let (f, n) = (from.micros(), now.micros());
-            let spend = batch
+        let (past, future): (Vec<UnixMicros>, Vec<UnixMicros>) =
+            froms.into_iter().partition(|from| *from < now);
+        let mut used = Vec::with_capacity(past.len() + future.len());
+        if !past.is_empty() {
+            let state = state.ok_or_else(|| StoreError::Corrupt {
+                what: format!("budget state of team `{team}`"),
+                detail: "it was not prepared".to_owned(),
+            })?;
+            let micros: Vec<i64> = past.iter().map(|f| f.micros()).collect();
+            let counted = self.budget_used(team, state, &micros, now.micros()).await?;
+            used.extend(past.into_iter().zip(counted));
+        }
+        if !future.is_empty() {
+            // Nothing is spent since a start at or after `now`.
+            let batch = batch.map_or(&[][..], Vec::as_slice);
+            let held = batch
                 .iter()
-                .map(|g| scaled_cost(g.hourly_micros, overlap(g.started.micros(), n, f, n)))
-                .fold(
-                    self.scaled_spend(team, from, now).await?,
-                    i128::saturating_add,
-                );
-            used.push((from, spend.saturating_add(held)));
+                .map(|g| scaled_held(g.hourly_micros, g.started, g.reserved_micros, now))
+                .fold(self.scaled_held(team, now).await?, i128::saturating_add);
+            used.extend(future.into_iter().map(|from| (from, held)));
         }
         Ok(used)
     }
@@ -851,11 +973,18 @@ impl Tx {
                 let doors: Vec<&str> = keys.iter().map(|k| k.0).collect();
                 let teams: Vec<&str> = keys.iter().map(|k| k.1).collect();
                 let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
+                // One index probe per key, whatever the planner thinks of
+                // the table's size: a LATERAL subquery with LIMIT cannot
+                // become a hash join over a scan of every allocation (which
+                // stale statistics on a fast-growing table can pick).
                 Ok(sqlx::query_as(
-                    "SELECT a.id, a.door, a.team, a.name FROM allocations a \
-                     JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
-                       ON a.door = k.door AND a.team = k.team AND a.name = k.name \
-                     WHERE a.state = 'live'",
+                    "SELECT a.id, a.door, a.team, a.name \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
+                     CROSS JOIN LATERAL ( \
+                       SELECT id, door, team, name FROM allocations \
+                       WHERE door = k.door AND team = k.team AND name = k.name \
+                         AND state = 'live' \
+                       LIMIT 1) a",
                 )
                 .bind(doors)
                 .bind(teams)
@@ -888,61 +1017,6 @@ impl Tx {
         }
     }
 
-    /// Live usage of each of `teams` per (user, GPU model): one indexed
-    /// scan of each team's live rows, in one statement on PostgreSQL. Teams
-    /// without live rows are absent.
-    async fn team_usages(
-        &mut self,
-        teams: &[&TeamName],
-    ) -> Result<HashMap<String, TeamUsage>, StoreError> {
-        type Row = (String, Option<String>, Option<String>, i64, i64, i64);
-        let mut rows: Vec<Row> = Vec::new();
-        match self {
-            Tx::Postgres { tx } => {
-                if !teams.is_empty() {
-                    let names: Vec<&str> = teams.iter().map(|t| t.as_str()).collect();
-                    rows = sqlx::query_as(
-                        "SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT), \
-                           CAST(COUNT(*) AS BIGINT), CAST(SUM(hourly_micros) AS BIGINT) \
-                         FROM allocations WHERE team = ANY($1::TEXT[]) AND state = 'live' \
-                         GROUP BY team, user_name, gpu_model",
-                    )
-                    .bind(names)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                }
-            }
-            Tx::Sqlite { tx, .. } => {
-                for team in teams {
-                    let team_rows: Vec<Row> = sqlx::query_as(
-                        "SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT), \
-                           CAST(COUNT(*) AS BIGINT), CAST(SUM(hourly_micros) AS BIGINT) \
-                         FROM allocations WHERE team = $1 AND state = 'live' \
-                         GROUP BY team, user_name, gpu_model",
-                    )
-                    .bind(team.as_str())
-                    .fetch_all(&mut **tx)
-                    .await?;
-                    rows.extend(team_rows);
-                }
-            }
-        }
-        let mut usage: HashMap<String, TeamUsage> = HashMap::with_capacity(teams.len());
-        for (team, user, model, gpus, live, hourly_micros) in rows {
-            usage.entry(team).or_default().groups.push(UsageGroup {
-                user,
-                model,
-                usage: Usage {
-                    gpus,
-                    model_gpus: 0,
-                    live,
-                    hourly_micros,
-                },
-            });
-        }
-        Ok(usage)
-    }
-
     /// Inserts `fresh` as live allocations, each started at its `now`, and
     /// returns their ids in the same order.
     async fn insert_allocations(
@@ -959,13 +1033,14 @@ impl Tx {
                 returned = sqlx::query_as(
                     "INSERT INTO allocations \
                        (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                        started_us, ended_us, state, reserved_micros) \
+                        started_us, ended_us, state, reserved_micros, held_until_us) \
                      SELECT door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                        started_us, NULL, 'live', reserved_micros \
+                        started_us, NULL, 'live', reserved_micros, held_until_us \
                      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
-                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[]) \
+                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], \
+                                 $10::BIGINT[]) \
                        AS x(door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                            started_us, reserved_micros) \
+                            started_us, reserved_micros, held_until_us) \
                      RETURNING id, door, team, name",
                 )
                 .bind(reqs().map(|q| q.door.as_str()).collect::<Vec<_>>())
@@ -986,6 +1061,7 @@ impl Tx {
                         .map(|r| reserved_micros(r.limits))
                         .collect::<Vec<_>>(),
                 )
+                .bind(fresh.iter().map(|r| r.held_until()).collect::<Vec<_>>())
                 .fetch_all(&mut **tx)
                 .await?;
             }
@@ -995,9 +1071,9 @@ impl Tx {
                     let sql = format!(
                         "INSERT INTO allocations \
                            (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                            started_us, ended_us, state, reserved_micros) \
+                            started_us, ended_us, state, reserved_micros, held_until_us) \
                          VALUES {} RETURNING id, door, team, name",
-                        values_params(chunk.len(), 11)
+                        values_params(chunk.len(), 12)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for r in chunk {
@@ -1013,7 +1089,8 @@ impl Tx {
                             .bind(r.now.micros())
                             .bind(None::<i64>)
                             .bind("live")
-                            .bind(reserved_micros(r.limits));
+                            .bind(reserved_micros(r.limits))
+                            .bind(r.held_until());
                     }
                     returned.extend(query.fetch_all(&mut **tx).await?);
                 }
@@ -1065,19 +1142,35 @@ impl Tx {
             .collect()
     }
 
-    /// Ends the live allocations of `target` within `team`.
+    /// Ends the live allocations of `target` within `team`; returns each
+    /// with what it reserved.
     async fn end_in_team(
         &mut self,
         target: &EndTarget,
         team: &TeamName,
         now: UnixMicros,
-    ) -> Result<Vec<Allocation>, StoreError> {
-        let rows: Vec<AllocationRow> = on_tx!(self, |conn| match target {
+    ) -> Result<Vec<(Allocation, i64)>, StoreError> {
+        type EndedRow = (
+            i64,
+            String,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            String,
+            i64,
+        );
+        let rows: Vec<EndedRow> = on_tx!(self, |conn| match target {
             EndTarget::Id(id) => {
                 sqlx::query_as(concat!(
                     "UPDATE allocations SET state = 'ended', ended_us = $1 \
                      WHERE id = $2 AND team = $3 AND state = 'live' RETURNING ",
-                    allocation_columns!()
+                    allocation_columns!(),
+                    ", reserved_micros"
                 ))
                 .bind(now.micros())
                 .bind(id.get())
@@ -1089,7 +1182,8 @@ impl Tx {
                 sqlx::query_as(concat!(
                     "UPDATE allocations SET state = 'ended', ended_us = $1 \
                      WHERE door = $2 AND name = $3 AND team = $4 AND state = 'live' RETURNING ",
-                    allocation_columns!()
+                    allocation_columns!(),
+                    ", reserved_micros"
                 ))
                 .bind(now.micros())
                 .bind(door.as_str())
@@ -1099,7 +1193,29 @@ impl Tx {
                 .await?
             }
         });
-        rows.into_iter().map(allocation).collect()
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    door,
+                    team,
+                    user,
+                    name,
+                    model,
+                    gpus,
+                    hourly,
+                    started,
+                    ended,
+                    state,
+                    reserved,
+                )| {
+                    let row = (
+                        id, door, team, user, name, model, gpus, hourly, started, ended, state,
+                    );
+                    Ok((allocation(row)?, reserved))
+                },
+            )
+            .collect()
     }
 }
 
@@ -1128,7 +1244,7 @@ impl Store {
         limits: &[Limit],
         now: UnixMicros,
     ) -> Result<ReserveOutcome, StoreError> {
-        check_request(req)?;
+        check_request(req, limits)?;
         let op = Op::Reserve(Reservation {
             request: req,
             limits,
@@ -1153,11 +1269,34 @@ impl Store {
         // Lock the teams before changing their rows, like `reserve`, so an
         // end and a re-launch of the same allocation are ordered.
         let teams = tx.target_teams(target).await?;
-        tx.lock_teams(&teams.iter().collect::<Vec<_>>()).await?;
-        let mut ended = Vec::new();
-        for team in &teams {
-            ended.extend(tx.end_in_team(target, team, now).await?);
+        let teams: Vec<&TeamName> = teams.iter().collect();
+        tx.lock_teams(&teams).await?;
+        // The summaries change with the rows. Budget states move to `now`
+        // first, while the rows are still live (see `crate::budget`).
+        let mut usage = tx.load_usage(&teams).await?;
+        let mut budgets = tx.load_budgets(&teams).await?;
+        for &team in &teams {
+            if let Some(state) = budgets.get_mut(team.as_str()) {
+                tx.advance_budget(team, state, now.micros()).await?;
+            }
         }
+        let mut ended = Vec::new();
+        for &team in &teams {
+            for (a, reserved) in tx.end_in_team(target, team, now).await? {
+                if let Some(u) = usage.get_mut(team.as_str()) {
+                    u.release(&a)?;
+                }
+                if let Some(state) = budgets.get_mut(team.as_str()) {
+                    let charge = Charge::new(a.started.micros(), a.hourly.micros(), reserved);
+                    state.end(team, charge, now.micros())?;
+                }
+                ended.push(a);
+            }
+        }
+        tx.save_usage(usage.iter().map(|(team, u)| (*team, u)))
+            .await?;
+        tx.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
+            .await?;
         ended.sort_by_key(|a| a.id);
         let records = ended
             .iter()
@@ -1206,6 +1345,22 @@ mod tests {
         }
     }
 
+    /// `first_exceeded` with no budget spent and every launch bucket full.
+    fn check(
+        req: &AllocationRequest,
+        limits: &[Limit],
+        team: Usage,
+        user: Usage,
+    ) -> Option<Denial> {
+        let counted = Counted {
+            team,
+            user,
+            budget_used: &|_| 0,
+            launch_denied: &|_| None,
+        };
+        first_exceeded(req, limits, &counted)
+    }
+
     #[test]
     fn first_exceeded_limit_in_order_wins() {
         let req = request(2, 5_000_000);
@@ -1230,7 +1385,7 @@ mod tests {
                 max: 8,
             },
         ];
-        let denial = first_exceeded(&req, &limits, &team, &user, &|_| 0).unwrap();
+        let denial = check(&req, &limits, team, user).unwrap();
         assert_eq!(denial.in_use, 20_000_000);
         assert_eq!(denial.requested, 5_000_000);
         assert_eq!(denial.max, 24_000_000);
@@ -1260,16 +1415,10 @@ mod tests {
                 max: 0,
             },
         ];
-        assert_eq!(
-            first_exceeded(&request(0, 0), &limits, &over, &over, &|_| 0),
-            None
-        );
+        assert_eq!(check(&request(0, 0), &limits, over, over), None);
         // Another model's limit does not apply to an H100 launch.
         let fresh = Usage::default();
-        assert_eq!(
-            first_exceeded(&request(1, 0), &limits[1..], &fresh, &fresh, &|_| 0),
-            None
-        );
+        assert_eq!(check(&request(1, 0), &limits[1..], fresh, fresh), None);
     }
 
     #[test]

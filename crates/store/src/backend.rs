@@ -284,8 +284,8 @@ impl Tx {
     /// only makes them wait for each other; it never lets two writers of one
     /// team in at once. Keys are derived the same way in every process, so
     /// any number of replicas on one database serialize correctly. Teams are
-    /// locked in key order, and always before the audit head, so two writers
-    /// never wait for each other in a cycle.
+    /// locked in key order (all in one statement), and always before the
+    /// audit head, so two writers never wait for each other in a cycle.
     ///
     /// SQLite: nothing to do; `BEGIN IMMEDIATE` already holds the database's
     /// one write lock.
@@ -296,12 +296,15 @@ impl Tx {
         let mut keys: Vec<i64> = teams.iter().map(|team| team_lock_key(team)).collect();
         keys.sort_unstable();
         keys.dedup();
-        for key in keys {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(key)
-                .execute(&mut **tx)
-                .await?;
+        if keys.is_empty() {
+            return Ok(());
         }
+        // One round trip: the scan yields the keys in array order, and each
+        // row's lock is taken as the row is produced.
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::BIGINT[]) AS k")
+            .bind(keys)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

@@ -27,6 +27,10 @@ pub enum InputError {
     /// An allocation's estimated price per hour was negative.
     #[error("hourly price `{0}` is negative")]
     NegativeHourly(Usd),
+    /// A launch limit's window was shorter than a microsecond, or too long
+    /// to count in microseconds.
+    #[error("launch limit window `{0:?}` is invalid; use at least 1 µs")]
+    LaunchWindow(std::time::Duration),
     /// An audit record kind was not a short lowercase dotted word.
     #[error("audit kind `{0}` is invalid; use 1 to 64 lowercase letters, digits, `.`, `_` or `-`")]
     AuditKind(String),
@@ -74,6 +78,14 @@ pub enum StoreError {
         what: String,
         /// What is wrong with it.
         detail: String,
+    },
+    /// A sum the store keeps (live usage, a budget's state) would leave the
+    /// range it is stored in; nothing was recorded. Only absurd amounts get
+    /// there (more than 9.2 × 10^12 dollars).
+    #[error("{what} would exceed the range the store keeps it in")]
+    Overflow {
+        /// Which sum, e.g. ``budget state of team `ml` ``.
+        what: String,
     },
     /// The caller handed an unacceptable value.
     #[error(transparent)]

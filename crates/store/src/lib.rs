@@ -59,6 +59,20 @@
 //!   re-launches idempotent. `reserved_micros` is what the grant reserved
 //!   against its team's budgets (see [`spend`]); an index on
 //!   `(team, started_us)` serves spend over a window.
+//!   `held_until_us` is when that reservation is used up (see
+//!   `src/budget.rs`), indexed among live rows; ended rows are indexed by
+//!   `(team, ended_us)`.
+//! - `live_usage(id, team, user_name, gpu_model, gpus, live,
+//!   hourly_micros)`: live allocations summed per (team, user, GPU model),
+//!   what quotas read (`src/usage.rs`).
+//! - `budget_teams(team, ...)` and `budget_periods(team, from_us, used,
+//!   touched_us)`: budget states, what budget checks read
+//!   (`src/budget.rs`). Both summaries change in the transactions that
+//!   grant or end allocations, under the team's lock, so a check costs the
+//!   same however many allocations are live or fall in a period.
+//! - `launch_buckets(id, team, scope, user_name, max_launches, per_us,
+//!   full_at_us, full_at_frac)`: the token buckets of launch rate limits
+//!   ([`Limit::Launches`]; see [`launches`]).
 //! - `audit(seq, at_us, kind, payload, prev_hash, hash)`: the hash-chained
 //!   audit log; `payload` is JSON text. See [`audit`].
 //! - `audit_head(id = 1, seq, hash)`: the chain's last record, updated by
@@ -83,6 +97,10 @@
 //!   transaction, under the same team lock, against [`Store::spend`] since
 //!   its start plus what live allocations (stored, or granted earlier in
 //!   the batch) still hold of their reservations; the rule is in [`spend`].
+//!   Quotas and budgets read summaries kept exactly in step with the
+//!   allocations (see Schema), not the allocations themselves.
+//! - **Launch rates are exact too.** A [`Limit::Launches`] bucket is read,
+//!   checked and debited in the same transaction, under the same team lock.
 //! - **Audit before answer.** Every reservation (granted or denied) and
 //!   every end writes its audit record in the same transaction as the
 //!   change; a call that returned `Ok` has both committed. So does a
@@ -100,11 +118,15 @@ pub mod alerts;
 pub mod allocations;
 pub mod audit;
 mod backend;
+mod budget;
 pub mod error;
 pub mod keys;
+pub mod launches;
+pub mod report;
 pub mod settle;
 pub mod spend;
 pub mod time;
+mod usage;
 pub mod writer;
 
 pub use alerts::{BudgetAlert, StoredAlert};
@@ -119,6 +141,7 @@ pub use keys::{
     ApiKey, ApiKeyId, IssuedKey, KeyAdminError, KeyError, KeyInputError, KeyName, KeyPrincipal,
     KeySecret, KeyState, KeyUser, NewKey, Rotated, RotatedExpiry,
 };
+pub use report::{GroupBy, GroupKey, GroupUsage, UsageQuery, COST_SCALE};
 pub use settle::Settled;
 pub use time::{parse_time_zone, Period, PeriodKind, TimeZone, UnixMicros};
 pub use writer::{Write, WriteStats, Written, MAX_BATCH};

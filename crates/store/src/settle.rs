@@ -7,12 +7,15 @@
 //! connection). So it reserves under a placeholder name, then:
 //!
 //! - [`Store::settle`] renames the placeholder to the real name, once the
-//!   resource is known to exist, and records the price it actually costs;
+//!   resource is known to exist (a rename changes nothing a quota or a
+//!   budget counts: the price reserved stays the allocation's price);
 //! - [`Store::void`] ends a placeholder whose resource never came to exist
 //!   *at its start*, so it costs nothing: a failed create leaves no spend.
 //!
 //! Both write their audit record in the same transaction, under the team's
-//! lock, like every other allocation change. [`Store::allocations_named`]
+//! lock, like every other allocation change, and a void keeps the usage and
+//! budget summaries in step exactly as an end does (an end at the
+//! allocation's start). [`Store::allocations_named`]
 //! answers who an allocation name belongs to, live or ended (which team
 //! owns a stopped instance).
 
@@ -22,6 +25,7 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 use crate::allocations::{Allocation, AllocationId, AllocationName, AllocationState};
 use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, Tx};
+use crate::budget::Charge;
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 use crate::Store;
@@ -121,47 +125,90 @@ impl Tx {
         row.map(row_allocation).transpose()
     }
 
-    /// Ends live allocation `id` at its own start (zero cost).
-    async fn void_row(&mut self, id: AllocationId) -> Result<Option<Allocation>, StoreError> {
+    /// Ends live allocation `id` of `team` (locked by the caller) at its
+    /// own start, so it costs nothing, keeping the usage and budget
+    /// summaries in step as [`Store::end`] does.
+    async fn void_in_team(
+        &mut self,
+        id: AllocationId,
+        team: &TeamName,
+        now: UnixMicros,
+    ) -> Result<Option<Allocation>, StoreError> {
+        let teams = [team];
+        let mut usage = self.load_usage(&teams).await?;
+        let mut budgets = self.load_budgets(&teams).await?;
+        // Budget states move to `now` first, while the row is still live.
+        if let Some(state) = budgets.get_mut(team.as_str()) {
+            self.advance_budget(team, state, now.micros()).await?;
+        }
         let sql = format!(
             "UPDATE allocations SET state = 'ended', ended_us = started_us \
-             WHERE id = $1 AND state = 'live' RETURNING {COLUMNS}"
+             WHERE id = $1 AND team = $2 AND state = 'live' RETURNING {COLUMNS}, reserved_micros"
         );
-        let row: Option<Row> = on_tx!(self, |conn| {
+        type VoidedRow = (
+            i64,
+            String,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            String,
+            i64,
+        );
+        let row: Option<VoidedRow> = on_tx!(self, |conn| {
             sqlx::query_as(&sql)
                 .bind(id.get())
+                .bind(team.as_str())
                 .fetch_optional(&mut *conn)
                 .await?
         });
-        row.map(row_allocation).transpose()
+        let Some((i, door, t, user, name, model, gpus, hourly, started, ended, state, reserved)) =
+            row
+        else {
+            return Ok(None);
+        };
+        let a = row_allocation((
+            i, door, t, user, name, model, gpus, hourly, started, ended, state,
+        ))?;
+        if let Some(u) = usage.get_mut(team.as_str()) {
+            u.release(&a)?;
+        }
+        if let Some(state) = budgets.get_mut(team.as_str()) {
+            let charge = Charge::new(a.started.micros(), a.hourly.micros(), reserved);
+            state.end(team, charge, a.started.micros())?;
+        }
+        self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
+            .await?;
+        self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
+            .await?;
+        Ok(Some(a))
     }
 }
 
 impl Store {
-    /// Renames the live allocation `from` of `door` and `team` to `to` and,
-    /// when given, sets its price per hour to `hourly` (what the resource
-    /// really costs, from its start), writing an `allocation.settled` audit
-    /// record in the same transaction. Safe to call twice and from two
-    /// places at once (the door and a reconciler): see [`Settled`].
+    /// Renames the live allocation `from` of `door` and `team` to `to`,
+    /// writing an `allocation.settled` audit record in the same
+    /// transaction. Safe to call twice and from two places at once (the
+    /// door and a reconciler): see [`Settled`].
     pub async fn settle(
         &self,
         door: Door,
         team: &TeamName,
         from: &AllocationName,
         to: &AllocationName,
-        hourly: Option<Usd>,
         now: UnixMicros,
     ) -> Result<Settled, StoreError> {
-        if let Some(h) = hourly.filter(|h| h.micros() < 0) {
-            return Err(crate::error::InputError::NegativeHourly(h).into());
-        }
         let mut tx = self.begin_write().await?;
         tx.lock_teams(&[team]).await?;
         let pending = tx.live_named(door, team, from).await?;
         if let Some(existing) = tx.live_named(door, team, to).await? {
             let mut records = Vec::new();
             if let Some(p) = pending {
-                if let Some(voided) = tx.void_row(p.id).await? {
+                if let Some(voided) = tx.void_in_team(p.id, team, now).await? {
                     records.push(record(
                         "allocation.voided",
                         json!({
@@ -183,14 +230,11 @@ impl Store {
             return Ok(Settled::Missing);
         };
         let sql = format!(
-            "UPDATE allocations SET name = $1, hourly_micros = $2 \
-             WHERE id = $3 AND state = 'live' RETURNING {COLUMNS}"
+            "UPDATE allocations SET name = $1 WHERE id = $2 AND state = 'live' RETURNING {COLUMNS}"
         );
-        let hourly = hourly.unwrap_or(pending.hourly);
         let row: Row = on_tx!(&mut tx, |conn| {
             sqlx::query_as(&sql)
                 .bind(to.as_str())
-                .bind(hourly.micros())
                 .bind(pending.id.get())
                 .fetch_one(&mut *conn)
                 .await?
@@ -205,7 +249,6 @@ impl Store {
                 "from": from,
                 "name": to,
                 "hourly_micros": renamed.hourly.micros(),
-                "previous_hourly_micros": pending.hourly.micros(),
                 "started_us": renamed.started,
             }),
             now,
@@ -240,7 +283,7 @@ impl Store {
             detail: e.to_string(),
         })?;
         tx.lock_teams(&[&team]).await?;
-        let voided = tx.void_row(id).await?;
+        let voided = tx.void_in_team(id, &team, now).await?;
         if let Some(a) = &voided {
             tx.append_records(vec![record(
                 "allocation.voided",

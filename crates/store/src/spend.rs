@@ -36,6 +36,11 @@
 //! batches, or by different replicas (serialized by the team lock).
 //! A live allocation that started before `from` still holds its remaining
 //! reservation: that is cost expected inside the window.
+//!
+//! Checks do not sum the allocations each time: they read a budget state
+//! kept in step with every grant and end, which gives exactly these
+//! answers at a cost that does not grow with the number of allocations
+//! (`src/budget.rs` shows why it is exact).
 
 use warden_core::{TeamName, Usd};
 
@@ -67,6 +72,7 @@ pub(crate) fn scaled_held(
 }
 
 /// The length of [start, end) ∩ [from, to), 0 if they do not meet.
+#[cfg(test)]
 pub(crate) fn overlap(start: i64, end: i64, from: i64, to: i64) -> i64 {
     end.min(to).saturating_sub(start.max(from)).max(0)
 }

@@ -160,7 +160,7 @@ impl Entry {
                 }
             }
             Write::Reserve { request, limits } => {
-                check_request(&request)?;
+                check_request(&request, &limits)?;
                 Entry::Reserve {
                     request,
                     limits,

@@ -360,14 +360,7 @@ async fn settle_matches(
         let to = AllocationName::parse(&id.to_string())
             .map_err(|e| VastError::Internal(e.to_string()))?;
         let outcome = store
-            .settle(
-                Door::Vast,
-                &a.team,
-                &a.name,
-                &to,
-                instances::dph_total(row),
-                now(),
-            )
+            .settle(Door::Vast, &a.team, &a.name, &to, now())
             .await
             .map_err(store_error)?;
         tracing::info!(

@@ -15,28 +15,28 @@ fn vast(team: &str, n: &str, hourly: i64) -> warden_store::AllocationRequest {
 }
 
 on_both_backends! {
-    /// A placeholder becomes the instance: renamed, priced as it really
-    /// costs from its start, audited; settling twice changes nothing more.
-    async fn settle_renames_and_reprices_once(db: &TestDb) {
+    /// A placeholder becomes the instance: renamed, with its price and
+    /// start, audited; settling twice changes nothing more.
+    async fn settle_renames_once(db: &TestDb) {
         let store = db.store().await;
         let ml = TeamName::parse("ml").unwrap();
         granted(store.reserve(&vast("ml", "pending:1001:r1", 500_000), &[], at(0)).await.unwrap());
         let settled = store
-            .settle(Door::Vast, &ml, &name("pending:1001:r1"), &name("5001"), Some(Usd::from_micros(400_000)), at(10))
+            .settle(Door::Vast, &ml, &name("pending:1001:r1"), &name("5001"), at(10))
             .await
             .unwrap();
         let Settled::Renamed(a) = settled else { panic!("{settled:?}") };
-        assert_eq!((a.name.as_str(), a.hourly.micros(), a.started), ("5001", 400_000, at(0)));
+        assert_eq!((a.name.as_str(), a.hourly.micros(), a.started), ("5001", 500_000, at(0)));
         // A second settle (the reconciler after the door) finds it done.
         let again = store
-            .settle(Door::Vast, &ml, &name("pending:1001:r1"), &name("5001"), None, at(11))
+            .settle(Door::Vast, &ml, &name("pending:1001:r1"), &name("5001"), at(11))
             .await
             .unwrap();
         assert!(matches!(again, Settled::AlreadySettled(ref b) if b.id == a.id), "{again:?}");
         let live = store.list_live(Some(&ml)).await.unwrap();
         assert_eq!(live.len(), 1);
-        // Cost from the reservation's start at the settled price: one hour.
-        assert_eq!(store.spend(&ml, at(0), at(3600)).await.unwrap(), Usd::from_micros(400_000));
+        // Cost from the reservation's start: one hour.
+        assert_eq!(store.spend(&ml, at(0), at(3600)).await.unwrap(), Usd::from_micros(500_000));
         let kinds: Vec<String> = store.export_audit(at(0), at(100)).await.unwrap().into_iter().map(|r| r.kind).collect();
         assert_eq!(kinds, ["allocation.granted", "allocation.settled"]);
         assert!(store.verify_audit().await.unwrap().is_intact());
@@ -64,6 +64,27 @@ on_both_backends! {
         assert_eq!(voided["reason"], "the create failed upstream (HTTP 400)");
     }
 
+    /// A void keeps the budget's summaries in step: a voided reservation
+    /// neither holds nor has spent anything, at once and later.
+    async fn void_frees_the_budget(db: &TestDb) {
+        let store = db.store().await;
+        let ml = TeamName::parse("ml").unwrap();
+        let budget = |from: i64| Limit::Budget {
+            from: at(from),
+            max: Usd::from_micros(1_000_000),
+            reservation: Usd::from_micros(900_000),
+        };
+        let id = granted(store.reserve(&vast("ml", "pending:1:a", 900_000), &[budget(0)], at(10)).await.unwrap());
+        denied(store.reserve(&vast("ml", "pending:2:b", 900_000), &[budget(0)], at(20)).await.unwrap());
+        store.void(id, "no instance", at(30)).await.unwrap().unwrap();
+        granted(store.reserve(&vast("ml", "pending:2:c", 900_000), &[budget(0)], at(40)).await.unwrap());
+        // Much later the voided one still counts nothing: $0.90 for the hour
+        // the second ran, within the $1 budget.
+        assert_eq!(store.spend(&ml, at(0), at(3640)).await.unwrap(), Usd::from_micros(900_000));
+        denied(store.reserve(&vast("ml", "pending:3:d", 200_000), &[Limit::Budget { from: at(0), max: Usd::from_micros(1_000_000), reservation: Usd::from_micros(200_000) }], at(3640)).await.unwrap());
+        granted(store.reserve(&vast("ml", "pending:3:e", 100_000), &[Limit::Budget { from: at(0), max: Usd::from_micros(1_000_000), reservation: Usd::from_micros(100_000) }], at(3640)).await.unwrap());
+    }
+
     /// Settling onto a name that is live already voids the placeholder
     /// (never two allocations for one instance); settling a placeholder
     /// that is gone changes nothing.
@@ -72,11 +93,11 @@ on_both_backends! {
         let ml = TeamName::parse("ml").unwrap();
         granted(store.reserve(&vast("ml", "5001", 500_000), &[], at(0)).await.unwrap());
         granted(store.reserve(&vast("ml", "pending:1001:r1", 500_000), &[], at(1)).await.unwrap());
-        let s = store.settle(Door::Vast, &ml, &name("pending:1001:r1"), &name("5001"), None, at(2)).await.unwrap();
+        let s = store.settle(Door::Vast, &ml, &name("pending:1001:r1"), &name("5001"), at(2)).await.unwrap();
         assert!(matches!(s, Settled::AlreadySettled(_)), "{s:?}");
         let live = store.list_live(Some(&ml)).await.unwrap();
         assert_eq!(live.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["5001"]);
-        let s = store.settle(Door::Vast, &ml, &name("pending:9:r9"), &name("5009"), None, at(3)).await.unwrap();
+        let s = store.settle(Door::Vast, &ml, &name("pending:9:r9"), &name("5009"), at(3)).await.unwrap();
         assert_eq!(s, Settled::Missing);
     }
 

@@ -128,6 +128,54 @@ impl TestDb {
         })
     }
 
+    /// Applies the first `n` embedded migrations only, as an older version
+    /// of Warden would have left the database.
+    pub async fn migrate_first(&self, n: usize) {
+        let dir = match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(dir);
+        let mut migrator = sqlx::migrate::Migrator::new(path).await.unwrap();
+        migrator.migrations = migrator.migrations[..n].to_vec().into();
+        match self.backend {
+            Backend::Sqlite => {
+                let options =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&self.url)
+                        .unwrap()
+                        .create_if_missing(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    /// `live_usage` rows that differ from the live allocations summed from
+    /// scratch (either way): 0 when the summary is right.
+    pub async fn usage_mismatches(&self) -> i64 {
+        self.scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM ( \
+               SELECT team, user_name, gpu_model, CAST(SUM(gpus) AS BIGINT) AS gpus, \
+                 CAST(COUNT(*) AS BIGINT) AS live, \
+                 CAST(SUM(hourly_micros) AS BIGINT) AS hourly \
+               FROM allocations WHERE state = 'live' GROUP BY team, user_name, gpu_model) a \
+             FULL OUTER JOIN live_usage u \
+               ON a.team = u.team AND a.user_name IS NOT DISTINCT FROM u.user_name \
+              AND a.gpu_model IS NOT DISTINCT FROM u.gpu_model \
+              AND a.gpus = u.gpus AND a.live = u.live AND a.hourly = u.hourly_micros \
+             WHERE a.team IS NULL OR u.team IS NULL",
+        )
+        .await
+    }
+
     /// Runs raw SQL, standing in for someone with direct database access.
     pub async fn exec(&self, sql: &str) {
         match self.backend {

@@ -480,7 +480,7 @@ async fn settle(
     let team = caller.team_name();
     let outcome = caller
         .store
-        .settle(Door::Vast, team, placeholder, &name, None, now())
+        .settle(Door::Vast, team, placeholder, &name, now())
         .await
         .map_err(store_error)?;
     if outcome == Settled::Missing {

@@ -6,7 +6,8 @@
 //!
 //! - a create placeholder whose instance is listed (matched by the
 //!   `WARDEN_CREATE_ID` env var Warden put into the create) is **settled**:
-//!   renamed to the instance id, priced at its `dph_total`;
+//!   renamed to the instance id (its price stays the offer's `dph_total`
+//!   the create reserved);
 //! - a placeholder with no instance, older than `pending_grace_seconds` and
 //!   not being created by this process, is **voided** (ended at its start:
 //!   no cost), since the create never happened;
