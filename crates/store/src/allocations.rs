@@ -540,7 +540,10 @@ macro_rules! allocation_columns {
     };
 }
 
-type AllocationRow = (
+pub(crate) use allocation_columns;
+
+/// An allocation row as read with [`allocation_columns`].
+pub(crate) type AllocationRow = (
     i64,
     String,
     String,
@@ -554,7 +557,8 @@ type AllocationRow = (
     String,
 );
 
-fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
+/// Parses a row read with [`allocation_columns`].
+pub(crate) fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
     let (id, door, team, user, name, gpu_model, gpus, hourly, started, ended, state) = row;
     let corrupt = |detail: String| StoreError::Corrupt {
         what: format!("allocation `{id}`"),

@@ -20,9 +20,11 @@
 //! owns a stopped instance).
 
 use serde_json::json;
-use warden_core::{Door, GpuModel, TeamName, Usd};
+use warden_core::{Door, TeamName};
 
-use crate::allocations::{Allocation, AllocationId, AllocationName, AllocationState};
+use crate::allocations::{
+    allocation, allocation_columns, Allocation, AllocationId, AllocationName, AllocationRow,
+};
 use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, Tx};
 use crate::budget::Charge;
@@ -43,56 +45,12 @@ pub enum Settled {
     Missing,
 }
 
-const COLUMNS: &str = "id, door, team, user_name, name, gpu_model, gpus, hourly_micros, \
-                       started_us, ended_us, state";
+const COLUMNS: &str = allocation_columns!();
 
-type Row = (
-    i64,
-    String,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    String,
-);
+type Row = AllocationRow;
 
 fn row_allocation(row: Row) -> Result<Allocation, StoreError> {
-    let (id, door, team, user, name, gpu_model, gpus, hourly, started, ended, state) = row;
-    let corrupt = |detail: String| StoreError::Corrupt {
-        what: format!("allocation `{id}`"),
-        detail,
-    };
-    let door = match door.as_str() {
-        "skypilot" => Door::Skypilot,
-        "vast" => Door::Vast,
-        "kubernetes" => Door::Kubernetes,
-        other => return Err(corrupt(format!("unknown door `{other}`"))),
-    };
-    let state = match state.as_str() {
-        "live" => AllocationState::Live,
-        "ended" => AllocationState::Ended,
-        other => return Err(corrupt(format!("unknown state `{other}`"))),
-    };
-    Ok(Allocation {
-        id: AllocationId::new(id),
-        door,
-        team: TeamName::parse(&team).map_err(|e| corrupt(e.to_string()))?,
-        user,
-        name: AllocationName::parse(&name).map_err(|e| corrupt(e.to_string()))?,
-        gpu_model: gpu_model
-            .map(|m| GpuModel::parse(&m))
-            .transpose()
-            .map_err(|e| corrupt(e.to_string()))?,
-        gpus: u32::try_from(gpus).map_err(|_| corrupt(format!("gpus `{gpus}` out of range")))?,
-        hourly: Usd::from_micros(hourly),
-        started: UnixMicros::from_micros(started),
-        ended: ended.map(UnixMicros::from_micros),
-        state,
-    })
+    allocation(row)
 }
 
 fn record(kind: &str, payload: serde_json::Value, at: UnixMicros) -> NewRecord {
