@@ -53,7 +53,7 @@ struct Harness {
 }
 
 async fn harness_with(policy: &str, storage: Option<&str>, config: VastConfig) -> Harness {
-    harness_full(policy, storage, config, None).await
+    harness_full(policy, storage, config, None, None).await
 }
 
 async fn harness_full(
@@ -61,6 +61,7 @@ async fn harness_full(
     storage: Option<&str>,
     config: VastConfig,
     ssh: Option<&std::path::Path>,
+    ssh_address: Option<(String, u16)>,
 ) -> Harness {
     let dir = TempDir::new("warden-vast");
     let url = storage.map_or_else(
@@ -71,6 +72,7 @@ async fn harness_full(
     let sim = SimState::new(SimConfig {
         api_keys: vec![UPSTREAM_KEY.to_owned()],
         clock: ManualClock::at_unix(1_800_000_000).into(),
+        ssh_address,
         ..SimConfig::default()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1107,10 +1109,13 @@ async fn the_pre_destroy_command_runs_over_ssh_and_is_audited() {
         pre_destroy: Some(PreDestroy {
             command: "/opt/sync-results.sh --final".to_owned(),
             timeout: Duration::from_secs(20),
+            user: "root".to_owned(),
+            identity: None,
+            known_hosts: None,
         }),
         ..quick_config()
     };
-    let h = harness_full(POLICY, None, config, Some(&ssh)).await;
+    let h = harness_full(POLICY, None, config, Some(&ssh), None).await;
 
     let ml = h.key("ml").await;
     let (_, c) = h.create(&ml, h.offer("RTX 3090", 1)).await;
@@ -1163,6 +1168,165 @@ async fn the_pre_destroy_command_runs_over_ssh_and_is_audited() {
         .as_str()
         .unwrap()
         .contains("synced 3 files"));
+}
+
+/// A throwaway OpenSSH server on a free port of this machine, logging in
+/// only the user running the tests with a key made for the test. Stopped
+/// on drop. `scripts/test` installs `openssh-server` when it is missing.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &std::path::Path) {
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (package openssh-client) must be installed");
+    assert!(status.success());
+}
+
+fn start_sshd(dir: &std::path::Path, client_key: &std::path::Path) -> Sshd {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "sshd not found: scripts/test installs openssh-server (apt-get install openssh-server)",
+        );
+    // Privilege separation needs this directory when sshd runs as root.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let host_key = dir.join("host_key");
+    keygen(&host_key);
+    let authorized = dir.join("authorized_keys");
+    std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n",
+            host_key.display(),
+            authorized.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sshd did not listen: {}",
+            std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd { child, port }
+}
+
+/// The pre-destroy cleanup through the real `ssh` client and a real sshd:
+/// the command runs on the instance's SSH address before the destroy, with
+/// Warden's own key and known-hosts file, and its outcome is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pre_destroy_command_runs_through_a_real_ssh_server() {
+    let dir = TempDir::new("warden-real-ssh");
+    let client_key = dir.0.join("warden_ssh_key");
+    keygen(&client_key);
+    let sshd = start_sshd(&dir.0, &client_key);
+    let user = String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let marker = dir.0.join("cleaned");
+    let known_hosts = dir.0.join("known_hosts");
+    let config = VastConfig {
+        pre_destroy: Some(PreDestroy {
+            command: format!("echo synced > {}", marker.display()),
+            timeout: Duration::from_secs(30),
+            user: user.clone(),
+            identity: Some(client_key.clone()),
+            known_hosts: Some(known_hosts.clone()),
+        }),
+        ..quick_config()
+    };
+    let h = harness_full(
+        POLICY,
+        None,
+        config,
+        None,
+        Some(("127.0.0.1".to_owned(), sshd.port)),
+    )
+    .await;
+    let ml = h.key("ml").await;
+    let (_, c) = h.create(&ml, h.offer("RTX 3090", 1)).await;
+    let id = c["new_contract"].as_u64().unwrap();
+    let (status, body) = h
+        .call(
+            Method::DELETE,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["warden_pre_destroy"]["exit_code"], 0, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "synced",
+        "the command ran on the SSH server"
+    );
+    assert!(
+        std::fs::read_to_string(&known_hosts)
+            .unwrap()
+            .contains("ssh-ed25519"),
+        "the host key was recorded in Warden's known-hosts file"
+    );
+    assert_eq!(
+        h.sim.instance(id).unwrap().status,
+        InstanceStatus::Destroyed
+    );
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let pre: Value = serde_json::from_str(
+        &records
+            .iter()
+            .find(|r| r.kind == "vast.pre_destroy")
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(pre["exit_code"], 0, "{pre}");
+    assert_eq!(pre["port"], sshd.port, "{pre}");
+    assert_eq!(pre["ran"], true, "{pre}");
 }
 
 /// A Vast key file others may read stops `warden serve` at start, naming

@@ -298,15 +298,31 @@ pub(crate) struct Market {
     instances: BTreeMap<u64, Instance>,
     next_instance_id: u64,
     boot_delay: Duration,
+    /// Where every instance says its SSH server is, when set.
+    ssh_address: Option<(String, u16)>,
 }
 
 impl Market {
+    /// Every instance reports this SSH address (a real sshd for tests).
+    pub(crate) fn set_ssh_address(&mut self, address: Option<(String, u16)>) {
+        self.ssh_address = address;
+    }
+
+    fn with_ssh(&self, mut row: Map<String, Value>) -> Map<String, Value> {
+        if let Some((host, port)) = &self.ssh_address {
+            row.insert("ssh_host".to_owned(), Value::String(host.clone()));
+            row.insert("ssh_port".to_owned(), Value::from(*port));
+        }
+        row
+    }
+
     pub(crate) fn new(offers: Vec<Offer>, first_instance_id: u64, boot_delay: Duration) -> Market {
         Market {
             offers: offers.into_iter().map(|o| (o.id, o)).collect(),
             instances: BTreeMap::new(),
             next_instance_id: first_instance_id,
             boot_delay,
+            ssh_address: None,
         }
     }
 
@@ -507,7 +523,7 @@ impl Market {
         self.instances
             .values()
             .filter(|i| i.destroyed.is_none())
-            .map(|i| i.row(now))
+            .map(|i| self.with_ssh(i.row(now)))
             .collect()
     }
 
@@ -515,7 +531,7 @@ impl Market {
         self.instances
             .get(&id)
             .filter(|i| i.destroyed.is_none())
-            .map(|i| i.row(now))
+            .map(|i| self.with_ssh(i.row(now)))
     }
 
     pub(crate) fn infos(&self, now: SystemTime) -> impl Iterator<Item = InstanceInfo> + '_ {

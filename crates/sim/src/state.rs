@@ -38,6 +38,10 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Faults pending from the start.
     pub faults: Vec<Fault>,
+    /// The SSH address (host, port) every instance reports, e.g. a real
+    /// sshd on this machine for tests of SSH-based cleanup; `None`: a
+    /// made-up `sshN.sim.invalid` per instance.
+    pub ssh_address: Option<(String, u16)>,
 }
 
 impl Default for SimConfig {
@@ -53,6 +57,7 @@ impl Default for SimConfig {
             credit_micros: 1_000_000_000,
             latency: Duration::ZERO,
             faults: Vec::new(),
+            ssh_address: None,
         }
     }
 }
@@ -71,6 +76,7 @@ impl fmt::Debug for SimConfig {
             .field("credit_micros", &self.credit_micros)
             .field("latency", &self.latency)
             .field("faults", &self.faults)
+            .field("ssh_address", &self.ssh_address)
             .finish()
     }
 }
@@ -138,11 +144,11 @@ impl SimState {
                 clock: config.clock,
                 credit_micros: config.credit_micros,
                 gpu_names,
-                market: Mutex::new(Market::new(
-                    offers,
-                    config.first_instance_id,
-                    config.boot_delay,
-                )),
+                market: Mutex::new({
+                    let mut m = Market::new(offers, config.first_instance_id, config.boot_delay);
+                    m.set_ssh_address(config.ssh_address);
+                    m
+                }),
                 faults: Mutex::new(FaultBook::new(config.faults, config.latency, config.seed)),
                 released: watch::channel(false).0,
             }),

@@ -41,6 +41,12 @@ pub(crate) struct VastFile {
     pre_destroy_command: Option<String>,
     #[serde(default)]
     pre_destroy_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pre_destroy_ssh_user: Option<String>,
+    #[serde(default)]
+    pre_destroy_ssh_key: Option<PathBuf>,
+    #[serde(default)]
+    pre_destroy_known_hosts: Option<PathBuf>,
 }
 
 /// The Vast door's settings.
@@ -79,7 +85,7 @@ impl Default for VastConfig {
     }
 }
 
-/// `vast.pre_destroy_command`: `ssh -p PORT root@HOST COMMAND` before a
+/// `vast.pre_destroy_command`: `ssh -p PORT USER@HOST COMMAND` before a
 /// destroy, bounded by `timeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreDestroy {
@@ -87,6 +93,16 @@ pub struct PreDestroy {
     pub command: String,
     /// Bound on the whole SSH session.
     pub timeout: Duration,
+    /// The remote user (`pre_destroy_ssh_user`, default `root`, as on Vast
+    /// instances).
+    pub user: String,
+    /// The private key to log in with (`pre_destroy_ssh_key`, only this
+    /// one is offered); `None`: ssh's defaults for the user Warden runs as.
+    pub identity: Option<PathBuf>,
+    /// The known-hosts file (`pre_destroy_known_hosts`); new hosts are
+    /// added on first contact (`accept-new`), a changed key is refused.
+    /// `None`: ssh's default file.
+    pub known_hosts: Option<PathBuf>,
 }
 
 /// Validates `vast`; the errors are `key.path: problem` lines.
@@ -166,10 +182,38 @@ pub(crate) fn vast_config(path: &Path, f: VastFile) -> Result<VastConfig, Vec<St
             );
             None
         }
-        Some(command) => Some(PreDestroy {
-            command,
-            timeout: pre_timeout,
-        }),
+        Some(command) => {
+            let user = f
+                .pre_destroy_ssh_user
+                .map(|u| u.trim().to_owned())
+                .unwrap_or_else(|| "root".to_owned());
+            if user.is_empty()
+                || !user
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                problems.push(format!(
+                    "vast.pre_destroy_ssh_user: `{user}` is not a user name (letters, digits, `_`, `-`, `.`)"
+                ));
+            }
+            let resolve = |p: PathBuf| {
+                if p.is_absolute() {
+                    p
+                } else {
+                    path.parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default()
+                        .join(p)
+                }
+            };
+            Some(PreDestroy {
+                command,
+                timeout: pre_timeout,
+                user,
+                identity: f.pre_destroy_ssh_key.map(resolve),
+                known_hosts: f.pre_destroy_known_hosts.map(resolve),
+            })
+        }
         None => None,
     };
     if problems.is_empty() {
@@ -201,7 +245,7 @@ mod tests {
         let c = parse("{}").unwrap();
         assert_eq!(c, VastConfig::default());
         assert!(!c.key_configured);
-        let c = parse("{upstream_url: 'https://console.vast.ai/', api_key_file: vast.key, timeout_seconds: 5, pre_destroy_command: 'sync-out.sh'}").unwrap();
+        let c = parse("{upstream_url: 'https://console.vast.ai/', api_key_file: vast.key, timeout_seconds: 5, pre_destroy_command: 'sync-out.sh', pre_destroy_ssh_key: keys/cleanup}").unwrap();
         assert_eq!(c.upstream_url.as_deref(), Some("https://console.vast.ai"));
         assert_eq!(
             c.key,
@@ -213,7 +257,10 @@ mod tests {
             c.pre_destroy,
             Some(PreDestroy {
                 command: "sync-out.sh".to_owned(),
-                timeout: Duration::from_secs(60)
+                timeout: Duration::from_secs(60),
+                user: "root".to_owned(),
+                identity: Some(PathBuf::from("/etc/warden/keys/cleanup")),
+                known_hosts: None,
             })
         );
     }

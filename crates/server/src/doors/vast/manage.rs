@@ -303,7 +303,7 @@ pub async fn destroy(door: &VastDoor, caller: &Caller, ids: &[u64]) -> Result<Va
     let mut last = json!({"success": true});
     for &id in ids {
         let cleanup = match &door.config.pre_destroy {
-            Some(pre) => Some(pre_destroy(door, caller, id, &pre.command, pre.timeout).await?),
+            Some(pre) => Some(pre_destroy(door, caller, id, pre).await?),
             None => None,
         };
         let answer = match door.upstream.destroy(id).await {
@@ -357,9 +357,10 @@ async fn pre_destroy(
     door: &VastDoor,
     caller: &Caller,
     id: u64,
-    command: &str,
-    timeout: std::time::Duration,
+    settings: &crate::config::PreDestroy,
 ) -> Result<Value, VastError> {
+    let command = settings.command.as_str();
+    let timeout = settings.timeout;
     let row = door.upstream.instance(id).await.map_err(upstream_error)?;
     let target = row
         .as_ref()
@@ -372,17 +373,22 @@ async fn pre_destroy(
         }
         Some((host, port)) => {
             let mut cmd = tokio::process::Command::new(&door.ssh_program);
-            cmd.arg("-p")
-                .arg(port.to_string())
-                .args([
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "StrictHostKeyChecking=accept-new",
-                    "-o",
-                    "ConnectTimeout=10",
-                ])
-                .arg(format!("root@{host}"))
+            cmd.arg("-p").arg(port.to_string()).args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-o",
+                "ConnectTimeout=10",
+            ]);
+            if let Some(key) = &settings.identity {
+                cmd.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
+            }
+            if let Some(file) = &settings.known_hosts {
+                cmd.arg("-o")
+                    .arg(format!("UserKnownHostsFile={}", file.display()));
+            }
+            cmd.arg(format!("{}@{host}", settings.user))
                 .arg(command)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
