@@ -93,10 +93,24 @@ impl AppState {
         self.settings.store(Arc::new(settings));
     }
 
-    /// Whether a team's spend should be checked for alerts after a grant:
-    /// at most once per [`ALERT_CHECK_SPACING`] per team, so a burst of
-    /// launches costs one check (the periodic watch covers the rest).
-    pub fn alert_check_due(&self, team: &warden_core::TeamName) -> bool {
+    /// After a granted launch at `now`: checks `team`'s spend against its
+    /// alert thresholds in the background, at most once per
+    /// [`ALERT_CHECK_SPACING`] per team, so a burst of launches costs one
+    /// check (the periodic watch covers the rest). Every door calls this.
+    pub fn alert_after_grant(&self, store: &Store, team: &warden_core::Team, now: UnixMicros) {
+        if !self.alert_check_due(&team.name) {
+            return;
+        }
+        crate::alerts::spawn_check(
+            store.clone(),
+            team.clone(),
+            self.settings().time_zone.clone(),
+            self.alerter(),
+            now,
+        );
+    }
+
+    fn alert_check_due(&self, team: &warden_core::TeamName) -> bool {
         let now = Instant::now();
         let Ok(mut last) = self.alert_checks.lock() else {
             return false;
@@ -262,20 +276,10 @@ async fn skypilot_door(
                     .map(|recorded| match recorded {
                         Recorded::Recorded => handled,
                         Recorded::Granted => {
-                            if let Some(team) = handled
-                                .decision
-                                .team
-                                .as_ref()
-                                .and_then(|t| policy.team(t))
-                                .filter(|t| state.alert_check_due(&t.name))
+                            if let Some(team) =
+                                handled.decision.team.as_ref().and_then(|t| policy.team(t))
                             {
-                                crate::alerts::spawn_check(
-                                    store.clone(),
-                                    team.clone(),
-                                    settings.time_zone.clone(),
-                                    state.alerter(),
-                                    now,
-                                );
+                                state.alert_after_grant(store, team, now);
                             }
                             handled
                         }

@@ -248,6 +248,26 @@ pub fn upstream_error(e: UpstreamError) -> VastError {
     }
 }
 
+/// What a create or start whose decision was recorded may go on with: only
+/// a granted reservation (`what` names the action in the internal error).
+fn require_grant(
+    recorded: &crate::recorder::Recorded,
+    decision: &warden_core::Decision,
+    what: &str,
+) -> Result<(), VastError> {
+    use crate::recorder::Recorded;
+    match recorded {
+        Recorded::Granted => Ok(()),
+        Recorded::OverQuota(msg) => Err(VastError::Denied(msg.clone())),
+        Recorded::Recorded if !decision.is_allowed() => {
+            Err(VastError::Denied(decision.denial_message()))
+        }
+        Recorded::Recorded => Err(VastError::Internal(format!(
+            "an allowed {what} was not reserved"
+        ))),
+    }
+}
+
 fn store_error(e: warden_store::StoreError) -> VastError {
     VastError::Unavailable(format!(
         "Warden's store cannot be used ({e}); nothing was done, try again later"

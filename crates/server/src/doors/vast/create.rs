@@ -34,7 +34,8 @@ use super::instances::{CREATE_ENV, TEAM_ENV};
 use super::search::{model_of, number};
 use super::upstream::Row;
 use super::{
-    now, settle_matches, store_error, upstream_error, Caller, Pending, VastDoor, VastError,
+    now, require_grant, settle_matches, store_error, upstream_error, Caller, Pending, VastDoor,
+    VastError,
 };
 use crate::app::AppState;
 use crate::recorder::{self, Decided, Recorded};
@@ -375,25 +376,8 @@ pub async fn create(
     .await
     .map_err(|e| VastError::Unavailable(e.to_string()))?;
     log_decision(&caller, &req, &decision, &recorded, &skipped);
-    match recorded {
-        Recorded::OverQuota(msg) => return Err(VastError::Denied(msg)),
-        Recorded::Recorded if !decision.is_allowed() => {
-            return Err(VastError::Denied(decision.denial_message()))
-        }
-        Recorded::Recorded => {
-            return Err(VastError::Internal(
-                "an allowed create was not reserved".to_owned(),
-            ))
-        }
-        Recorded::Granted => {}
-    }
-    crate::alerts::spawn_check(
-        caller.store.clone(),
-        caller.team.clone(),
-        settings.time_zone.clone(),
-        state.alerter(),
-        at,
-    );
+    require_grant(&recorded, &decision, "create")?;
+    state.alert_after_grant(&caller.store, &caller.team, at);
     tag_env(&mut mutated, team.as_str(), &token);
     let placeholder =
         AllocationName::parse(&pending.name()).map_err(|e| VastError::Internal(e.to_string()))?;

@@ -28,9 +28,9 @@ use warden_store::{AllocationName, EndTarget, Write};
 use super::instances::{self, ssh_address};
 use super::search::model_of;
 use super::upstream::Row;
-use super::{now, owners, store_error, upstream_error, Caller, VastDoor, VastError};
+use super::{now, owners, require_grant, store_error, upstream_error, Caller, VastDoor, VastError};
 use crate::app::AppState;
-use crate::recorder::{self, Decided, Recorded};
+use crate::recorder::{self, Decided};
 
 fn name(id: u64) -> Result<AllocationName, VastError> {
     AllocationName::parse(&id.to_string()).map_err(|e| VastError::Internal(e.to_string()))
@@ -254,25 +254,8 @@ async fn start(
     )
     .await
     .map_err(|e| VastError::Unavailable(e.to_string()))?;
-    match recorded {
-        Recorded::OverQuota(msg) => return Err(VastError::Denied(msg)),
-        Recorded::Recorded if !decision.is_allowed() => {
-            return Err(VastError::Denied(decision.denial_message()))
-        }
-        Recorded::Recorded => {
-            return Err(VastError::Internal(
-                "an allowed start was not reserved".to_owned(),
-            ))
-        }
-        Recorded::Granted => {}
-    }
-    crate::alerts::spawn_check(
-        caller.store.clone(),
-        caller.team.clone(),
-        settings.time_zone.clone(),
-        state.alerter(),
-        at,
-    );
+    require_grant(&recorded, &decision, "start")?;
+    state.alert_after_grant(&caller.store, &caller.team, at);
     match door.upstream.manage(id, body).await {
         Ok(answer) => Ok(answer),
         Err(e) if e.is_definite_refusal() => {
