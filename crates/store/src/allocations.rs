@@ -1148,11 +1148,14 @@ impl Tx {
 
     /// Ends the live allocations of `target` within `team`; returns each
     /// with what it reserved.
+    /// With `void`, each row ends at its own start instead of `now`: it
+    /// never ran, so it costs nothing.
     async fn end_in_team(
         &mut self,
         target: &EndTarget,
         team: &TeamName,
         now: UnixMicros,
+        void: bool,
     ) -> Result<Vec<(Allocation, i64)>, StoreError> {
         type EndedRow = (
             i64,
@@ -1171,7 +1174,8 @@ impl Tx {
         let rows: Vec<EndedRow> = on_tx!(self, |conn| match target {
             EndTarget::Id(id) => {
                 sqlx::query_as(concat!(
-                    "UPDATE allocations SET state = 'ended', ended_us = $1 \
+                    "UPDATE allocations SET state = 'ended', \
+                       ended_us = CASE WHEN $4 THEN started_us ELSE $1 END \
                      WHERE id = $2 AND team = $3 AND state = 'live' RETURNING ",
                     allocation_columns!(),
                     ", reserved_micros"
@@ -1179,12 +1183,14 @@ impl Tx {
                 .bind(now.micros())
                 .bind(id.get())
                 .bind(team.as_str())
+                .bind(void)
                 .fetch_all(&mut *conn)
                 .await?
             }
             EndTarget::Name { door, name } => {
                 sqlx::query_as(concat!(
-                    "UPDATE allocations SET state = 'ended', ended_us = $1 \
+                    "UPDATE allocations SET state = 'ended', \
+                       ended_us = CASE WHEN $5 THEN started_us ELSE $1 END \
                      WHERE door = $2 AND name = $3 AND team = $4 AND state = 'live' RETURNING ",
                     allocation_columns!(),
                     ", reserved_micros"
@@ -1193,6 +1199,7 @@ impl Tx {
                 .bind(door.as_str())
                 .bind(name.as_str())
                 .bind(team.as_str())
+                .bind(void)
                 .fetch_all(&mut *conn)
                 .await?
             }
@@ -1220,6 +1227,49 @@ impl Tx {
                 },
             )
             .collect()
+    }
+}
+
+impl Tx {
+    /// Ends the live allocations `target` names among `teams` (locked by the
+    /// caller), keeping the usage and budget summaries in step; with `void`,
+    /// each ends at its own start and costs nothing. Ordered by id; the
+    /// caller writes the audit records.
+    pub(crate) async fn end_locked(
+        &mut self,
+        target: &EndTarget,
+        teams: &[&TeamName],
+        now: UnixMicros,
+        void: bool,
+    ) -> Result<Vec<Allocation>, StoreError> {
+        // The summaries change with the rows. Budget states move to `now`
+        // first, while the rows are still live (see `crate::budget`).
+        let mut usage = self.load_usage(teams).await?;
+        let mut budgets = self.load_budgets(teams).await?;
+        for &team in teams {
+            if let Some(state) = budgets.get_mut(team.as_str()) {
+                self.advance_budget(team, state, now.micros()).await?;
+            }
+        }
+        let mut ended = Vec::new();
+        for &team in teams {
+            for (a, reserved) in self.end_in_team(target, team, now, void).await? {
+                if let Some(u) = usage.get_mut(team.as_str()) {
+                    u.release(&a)?;
+                }
+                if let Some(state) = budgets.get_mut(team.as_str()) {
+                    let charge = Charge::new(a.started.micros(), a.hourly.micros(), reserved);
+                    state.end(team, charge, a.ended.unwrap_or(now).micros())?;
+                }
+                ended.push(a);
+            }
+        }
+        self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
+            .await?;
+        self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
+            .await?;
+        ended.sort_by_key(|a| a.id);
+        Ok(ended)
     }
 }
 
@@ -1275,33 +1325,7 @@ impl Store {
         let teams = tx.target_teams(target).await?;
         let teams: Vec<&TeamName> = teams.iter().collect();
         tx.lock_teams(&teams).await?;
-        // The summaries change with the rows. Budget states move to `now`
-        // first, while the rows are still live (see `crate::budget`).
-        let mut usage = tx.load_usage(&teams).await?;
-        let mut budgets = tx.load_budgets(&teams).await?;
-        for &team in &teams {
-            if let Some(state) = budgets.get_mut(team.as_str()) {
-                tx.advance_budget(team, state, now.micros()).await?;
-            }
-        }
-        let mut ended = Vec::new();
-        for &team in &teams {
-            for (a, reserved) in tx.end_in_team(target, team, now).await? {
-                if let Some(u) = usage.get_mut(team.as_str()) {
-                    u.release(&a)?;
-                }
-                if let Some(state) = budgets.get_mut(team.as_str()) {
-                    let charge = Charge::new(a.started.micros(), a.hourly.micros(), reserved);
-                    state.end(team, charge, now.micros())?;
-                }
-                ended.push(a);
-            }
-        }
-        tx.save_usage(usage.iter().map(|(team, u)| (*team, u)))
-            .await?;
-        tx.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
-            .await?;
-        ended.sort_by_key(|a| a.id);
+        let ended = tx.end_locked(target, &teams, now, false).await?;
         let records = ended
             .iter()
             .map(|a| NewRecord {

@@ -24,10 +24,10 @@ use warden_core::{Door, TeamName};
 
 use crate::allocations::{
     allocation, allocation_columns, Allocation, AllocationId, AllocationName, AllocationRow,
+    EndTarget,
 };
 use crate::audit::NewRecord;
 use crate::backend::{on_pool, on_tx, Tx};
-use crate::budget::Charge;
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 use crate::Store;
@@ -92,58 +92,11 @@ impl Tx {
         team: &TeamName,
         now: UnixMicros,
     ) -> Result<Option<Allocation>, StoreError> {
-        let teams = [team];
-        let mut usage = self.load_usage(&teams).await?;
-        let mut budgets = self.load_budgets(&teams).await?;
-        // Budget states move to `now` first, while the row is still live.
-        if let Some(state) = budgets.get_mut(team.as_str()) {
-            self.advance_budget(team, state, now.micros()).await?;
-        }
-        let sql = format!(
-            "UPDATE allocations SET state = 'ended', ended_us = started_us \
-             WHERE id = $1 AND team = $2 AND state = 'live' RETURNING {COLUMNS}, reserved_micros"
-        );
-        type VoidedRow = (
-            i64,
-            String,
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-            i64,
-            i64,
-            i64,
-            Option<i64>,
-            String,
-            i64,
-        );
-        let row: Option<VoidedRow> = on_tx!(self, |conn| {
-            sqlx::query_as(&sql)
-                .bind(id.get())
-                .bind(team.as_str())
-                .fetch_optional(&mut *conn)
-                .await?
-        });
-        let Some((i, door, t, user, name, model, gpus, hourly, started, ended, state, reserved)) =
-            row
-        else {
-            return Ok(None);
-        };
-        let a = row_allocation((
-            i, door, t, user, name, model, gpus, hourly, started, ended, state,
-        ))?;
-        if let Some(u) = usage.get_mut(team.as_str()) {
-            u.release(&a)?;
-        }
-        if let Some(state) = budgets.get_mut(team.as_str()) {
-            let charge = Charge::new(a.started.micros(), a.hourly.micros(), reserved);
-            state.end(team, charge, a.started.micros())?;
-        }
-        self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
-            .await?;
-        self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
-            .await?;
-        Ok(Some(a))
+        Ok(self
+            .end_locked(&EndTarget::Id(id), &[team], now, true)
+            .await?
+            .into_iter()
+            .next())
     }
 }
 
