@@ -14,6 +14,7 @@ pub mod replay;
 pub mod reports;
 pub mod sync;
 pub mod upstream_key;
+pub mod yaml;
 
 pub use app::{router, AppState, Application};
 pub use error::DoorError;

@@ -205,8 +205,13 @@ fn parse_yaml(what: &str, text: &str) -> Result<Value, DoorError> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    let v: Value = serde_norway::from_str(text)
-        .map_err(|e| DoorError::bad(format!("`{what}` is not valid YAML: {e}")))?;
+    // SkyPilot's block-style YAML takes the fast path; anything else (and
+    // every error message) comes from the full parser.
+    let v: Value = match crate::yaml::parse(text) {
+        Some(v) => v,
+        None => serde_norway::from_str(text)
+            .map_err(|e| DoorError::bad(format!("`{what}` is not valid YAML: {e}")))?,
+    };
     match v {
         Value::Object(_) => Ok(v),
         Value::Null => Ok(Value::Object(Map::new())),
