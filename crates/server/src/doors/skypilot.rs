@@ -860,18 +860,47 @@ impl Normalized {
 }
 
 /// Encodes the success body: a JSON string literal of `{task, skypilot_config}`.
-pub fn encode_answer(task: &str, config: &str) -> Result<String, DoorError> {
-    #[derive(serde::Serialize)]
-    struct Out<'a> {
-        task: &'a str,
-        skypilot_config: &'a str,
+///
+/// One pass: each document is escaped for the inner JSON object and again
+/// for the outer string literal at once, byte for byte what
+/// `serde_json::to_string(&serde_json::to_string(&{task, skypilot_config}))`
+/// gives (a unit test holds the two together).
+pub fn encode_answer(task: &str, config: &str) -> String {
+    let mut out = String::with_capacity(task.len() + config.len() + task.len() / 8 + 48);
+    out.push_str(r#""{\"task\":\""#);
+    push_escaped_twice(&mut out, task);
+    out.push_str(r#"\",\"skypilot_config\":\""#);
+    push_escaped_twice(&mut out, config);
+    out.push_str(r#"\"}""#);
+    out
+}
+
+/// Appends `s` escaped as JSON string content, then escaped again.
+fn push_escaped_twice(out: &mut String, s: &str) {
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let twice: &str = match b {
+            b'"' => r#"\\\""#,
+            b'\\' => r#"\\\\"#,
+            b'\n' => r"\\n",
+            b'\r' => r"\\r",
+            b'\t' => r"\\t",
+            0x08 => r"\\b",
+            0x0c => r"\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(s.get(plain..i).unwrap_or_default());
+        plain = i + 1;
+        if twice.is_empty() {
+            // Other control characters: `\u00XX` inside, its backslash escaped.
+            use std::fmt::Write as _;
+            let _ = write!(out, r"\\u{b:04x}");
+        } else {
+            out.push_str(twice);
+        }
     }
-    let inner = serde_json::to_string(&Out {
-        task,
-        skypilot_config: config,
-    })
-    .map_err(|e| DoorError::Internal(e.to_string()))?;
-    serde_json::to_string(&inner).map_err(|e| DoorError::Internal(e.to_string()))
+    out.push_str(s.get(plain..).unwrap_or_default());
 }
 
 /// Handles one request body end to end: decode, normalize, decide, apply.
@@ -887,7 +916,7 @@ pub fn handle_request(policy: &Policy, req: SkyRequest) -> Result<Handled, DoorE
     let decision = policy.decide(&normalized.request);
     if decision.is_allowed() {
         let (task, config) = normalized.apply(&decision)?;
-        let answer = Answer::Allow(encode_answer(&task, &config)?);
+        let answer = Answer::Allow(encode_answer(&task, &config));
         Ok(Handled {
             request: normalized.request,
             decision,
@@ -910,6 +939,32 @@ pub fn handle_request(policy: &Policy, req: SkyRequest) -> Result<Handled, DoorE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encode_answer_matches_serde_json_twice() {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            task: &'a str,
+            skypilot_config: &'a str,
+        }
+        let mut samples: Vec<String> = vec![
+            String::new(),
+            "name: x\nrun: 'a \"b\" \\\\ c'\n".to_owned(),
+            "é 日本 🚀 \u{7f}".to_owned(),
+        ];
+        samples.push((0u8..0x80).map(char::from).collect());
+        for task in &samples {
+            for config in &samples {
+                let inner = serde_json::to_string(&Out {
+                    task,
+                    skypilot_config: config,
+                })
+                .unwrap();
+                let want = serde_json::to_string(&inner).unwrap();
+                assert_eq!(encode_answer(task, config), want);
+            }
+        }
+    }
 
     fn policy(yaml: &str) -> Policy {
         Policy::from_yaml(yaml).expect("policy")
