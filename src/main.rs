@@ -218,29 +218,33 @@ enum AllocationsCommand {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// JSON log lines on stderr, written by a background thread so a decision
-/// never waits on the terminal or pipe; flushed as soon as no line waits. Not lossy: when the buffer is full,
-/// logging waits rather than dropping lines. Keep the guard alive until exit:
-/// dropping it flushes what is buffered.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// JSON log lines on stderr through one process-wide buffer
+/// ([`warden_server::logging`]): tracing's events and the hand-written
+/// decision lines are appended to it whole, and a background thread writes
+/// it out at most `FLUSH_INTERVAL` (5 ms) after a line arrives, so a
+/// decision never waits on the terminal or pipe and a burst costs one
+/// syscall. Not lossy: when the buffer is full, logging waits rather than
+/// dropping lines. Keep the guard alive until exit: dropping it writes out
+/// what is buffered.
+fn init_logging() -> Option<warden_server::logging::SinkGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Buffered: the writer thread drains every waiting line, then writes
-        // them in one go and flushes, so a burst costs one syscall.
-        .finish(std::io::BufWriter::with_capacity(
-            1 << 16,
-            std::io::stderr(),
-        ));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .init();
-    guard
+        .with_env_filter(filter);
+    match warden_server::logging::init_global(std::io::stderr()) {
+        Some((sink, guard)) => {
+            subscriber.with_writer(move || sink.writer()).init();
+            Some(guard)
+        }
+        // No writer thread: unbuffered stderr, decision lines included.
+        None => {
+            subscriber.with_writer(std::io::stderr).init();
+            None
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -196,3 +196,63 @@ fn serve_reloads_on_sighup_keeps_old_policy_on_error_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     wait_for_log(&server, "\"stopped\"");
 }
+
+#[test]
+fn decision_lines_keep_their_shape_and_follow_warden_log() {
+    let dir = TempDir::new("warden-log");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(&config, "default_team: t\nteams: {t: {}}\n").unwrap();
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/skypilot-0.14.1/02_cpu_sky_launch_client.json"),
+    )
+    .unwrap();
+
+    // The default filter: one decision line, keys in tracing's order.
+    let server = Server::start_with_env(&config, "none", &[]);
+    assert_eq!(post(&server.addr, &body).0, 200);
+    let log = wait_for_log(&server, "\"message\":\"decision\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"message\":\"decision\""))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["team"], "t");
+    assert_eq!(v["quota_denied"], false);
+    assert!(v["latency_us"].is_u64(), "{line}");
+    assert!(v.get("user").is_none(), "no user, no key: {line}");
+    let keys = [
+        "timestamp",
+        "level",
+        "message",
+        "request_id",
+        "door",
+        "team",
+        "request",
+        "verdict",
+        "quota_denied",
+        "denied",
+        "warned",
+        "mutated",
+        "latency_us",
+        "target",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| line.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "key order: {line}");
+    assert!(line.ends_with("\"target\":\"warden::decision\"}"), "{line}");
+    drop(server);
+
+    // `WARDEN_LOG` applies to decision lines as to every other event.
+    let server = Server::start_with_env(
+        &config,
+        "none",
+        &[("WARDEN_LOG", "info,warden::decision=warn".into())],
+    );
+    assert_eq!(post(&server.addr, &body).0, 200);
+    assert_eq!(post(&server.addr, b"not json").0, 400);
+    let log = wait_for_log(&server, "rejected malformed request");
+    assert!(!log.contains("\"message\":\"decision\""), "{log}");
+}

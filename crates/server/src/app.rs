@@ -218,6 +218,7 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, DoorError
     })
 }
 
+/// The decision line (`warden::decision`, see [`crate::logging::decision`]).
 fn log_decision(
     request_id: &str,
     door: &str,
@@ -226,23 +227,22 @@ fn log_decision(
     allowed: bool,
     started: Instant,
 ) {
-    let join =
-        |v: Vec<&warden_core::RuleName>| v.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
-    tracing::info!(
-        target: "warden::decision",
-        request_id,
-        door,
-        team = decision.team.as_ref().map(|t| t.as_str()),
-        user = request.principal.user.as_deref(),
-        request = request.request_name.as_str(),
-        verdict = if allowed { "allow" } else { "deny" },
-        quota_denied = decision.is_allowed() && !allowed,
-        denied = join(decision.denied_by()),
-        warned = join(decision.warned_by()),
-        mutated = join(decision.mutated_by()),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "decision"
-    );
+    crate::logging::decision(|line| {
+        line.str("request_id", request_id);
+        line.str("door", door);
+        line.opt_str("team", decision.team.as_ref().map(|t| t.as_str()));
+        line.opt_str("user", request.principal.user.as_deref());
+        line.str("request", request.request_name.as_str());
+        line.str("verdict", if allowed { "allow" } else { "deny" });
+        line.bool("quota_denied", decision.is_allowed() && !allowed);
+        line.joined("denied", decision.denied_by().iter().map(|r| r.as_str()));
+        line.joined("warned", decision.warned_by().iter().map(|r| r.as_str()));
+        line.joined("mutated", decision.mutated_by().iter().map(|r| r.as_str()));
+        line.u64(
+            "latency_us",
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+    });
 }
 
 async fn skypilot_door(

@@ -8,6 +8,7 @@ pub mod cases;
 pub mod config;
 pub mod doors;
 pub mod error;
+pub mod logging;
 pub mod recorder;
 pub mod redact;
 pub mod replay;
