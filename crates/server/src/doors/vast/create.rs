@@ -497,25 +497,23 @@ fn log_decision(
     recorded: &Recorded,
     skipped: &[String],
 ) {
-    let join = |v: Vec<&RuleName>| v.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
-    tracing::info!(
-        target: "warden::decision",
-        request_id = caller.request_id.as_str(),
-        door = "vast",
-        team = caller.team_name().as_str(),
-        user = req.principal.user.as_deref(),
-        key = caller.key.id.as_str(),
-        request = req.request_name.as_str(),
-        target_name = req.target.as_deref(),
-        verdict = if matches!(recorded, Recorded::Granted) { "allow" } else { "deny" },
-        quota_denied = matches!(recorded, Recorded::OverQuota(_)),
-        denied = join(d.denied_by()),
-        warned = join(d.warned_by()),
-        mutated = join(d.mutated_by()),
-        not_applicable = skipped.join(","),
-        hourly_usd = d.hourly_usd.map(|u| u.to_string()),
-        "decision"
-    );
+    crate::logging::decision(|line| {
+        line.str("request_id", caller.request_id.as_str());
+        line.str("door", "vast");
+        line.str("team", caller.team_name().as_str());
+        line.opt_str("user", req.principal.user.as_deref());
+        line.str("key", caller.key.id.as_str());
+        line.str("request", req.request_name.as_str());
+        line.opt_str("target_name", req.target.as_deref());
+        let granted = matches!(recorded, Recorded::Granted);
+        line.str("verdict", if granted { "allow" } else { "deny" });
+        line.bool("quota_denied", matches!(recorded, Recorded::OverQuota(_)));
+        line.joined("denied", d.denied_by().iter().map(|r| r.as_str()));
+        line.joined("warned", d.warned_by().iter().map(|r| r.as_str()));
+        line.joined("mutated", d.mutated_by().iter().map(|r| r.as_str()));
+        line.joined("not_applicable", skipped.iter().map(String::as_str));
+        line.opt_str("hourly_usd", d.hourly_usd.map(|u| u.to_string()).as_deref());
+    });
 }
 
 #[cfg(test)]
