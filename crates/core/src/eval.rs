@@ -315,12 +315,12 @@ impl<'r> State<'r> {
 /// names: converting values into CEL costs per field, and most policies
 /// read few of them.
 struct Fields<'w> {
-    words: &'w std::collections::HashSet<String>,
+    words: &'w [String],
     out: Vec<(&'static str, Value)>,
 }
 
 impl<'w> Fields<'w> {
-    fn new(words: &'w std::collections::HashSet<String>) -> Self {
+    fn new(words: &'w [String]) -> Self {
         Self {
             words,
             out: Vec::new(),
@@ -328,7 +328,7 @@ impl<'w> Fields<'w> {
     }
 
     fn add(&mut self, key: &'static str, value: impl FnOnce() -> Value) {
-        if self.words.contains(key) {
+        if self.words.binary_search_by(|w| w.as_str().cmp(key)).is_ok() {
             self.out.push((key, value()));
         }
     }

@@ -9,8 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
@@ -157,15 +158,17 @@ impl AppState {
     }
 
     pub(crate) fn request_id(&self, headers: &HeaderMap) -> String {
-        let given = headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
+        self.request_id_given(headers.get(REQUEST_ID))
+    }
+
+    /// The caller's `X-Request-Id` when it is well formed, else a fresh id.
+    fn request_id_given(&self, given: Option<&HeaderValue>) -> String {
+        let given = given.and_then(|v| v.to_str().ok()).filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
         match given {
             Some(id) => id.to_owned(),
             None => format!(
@@ -174,6 +177,20 @@ impl AppState {
                 self.request_seq.fetch_add(1, Ordering::Relaxed)
             ),
         }
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The `X-Request-Id` header alone: cheaper than extracting (cloning) the
+/// whole header map on the hot path.
+struct GivenRequestId(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for GivenRequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(REQUEST_ID).cloned()))
     }
 }
 
@@ -247,21 +264,21 @@ fn log_decision(
 
 async fn skypilot_door(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    GivenRequestId(given): GivenRequestId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let request_id = state.request_id(&headers);
+    let request_id = state.request_id_given(given.as_ref());
     // A reference to the same buffer, for the audit record's replay input.
     let raw = body.as_ref().ok().cloned();
-    let result = body_or_error(body).and_then(|body| {
-        let policy = state.policy.load_full();
-        skypilot::handle(&policy, &body).map(|h| (h, policy))
-    });
+    // A guard, not an `Arc` clone: no shared counter to bounce between cores.
+    let policy = state.policy.load();
+    let result = body_or_error(body).and_then(|body| skypilot::handle(&policy, &body));
     let result = match result {
-        Ok((handled, policy)) => match &state.store {
+        Ok(handled) => match &state.store {
             None => Ok(handled),
             Some(store) => {
+                let policy = arc_swap::Guard::into_inner(policy);
                 let now = UnixMicros::from_system_time(SystemTime::now());
                 let settings = state.settings();
                 let input = raw.as_deref().and_then(skypilot::replay_input);
@@ -315,7 +332,7 @@ async fn skypilot_door(
                 [
                     (header::CONTENT_TYPE, content_type),
                     (
-                        header::HeaderName::from_static("x-request-id"),
+                        header::HeaderName::from_static(REQUEST_ID),
                         request_id.as_str(),
                     ),
                 ],
