@@ -211,30 +211,34 @@ impl<'r> State<'r> {
     }
 
     fn resource_value(&self, policy: &Policy, i: usize, r: &Resource) -> Value {
-        let mut f = Fields::new(&policy.cel_words);
-        f.add("index", || Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
-        f.add("accelerator", || {
+        let mut f = Fields::new(policy.cel_fields);
+        f.add(field::INDEX, || {
+            Value::Int(i64::try_from(i).unwrap_or(i64::MAX))
+        });
+        f.add(field::ACCELERATOR, || {
             opt_str(r.accelerator.as_ref().map(|a| a.model.as_str()))
         });
-        f.add("gpus", || Value::Int(i64::from(r.gpus_per_node())));
-        f.add("total_gpus", || {
+        f.add(field::GPUS, || Value::Int(i64::from(r.gpus_per_node())));
+        f.add(field::TOTAL_GPUS, || {
             Value::Int(i64::try_from(self.total_gpus(r)).unwrap_or(i64::MAX))
         });
-        f.add("cloud", || opt_str(r.cloud.as_deref()));
-        f.add("region", || opt_str(r.region.as_deref()));
-        f.add("zone", || opt_str(r.zone.as_deref()));
-        f.add("use_spot", || Value::Bool(r.use_spot));
-        f.add("cpus", || opt_str(r.cpus.as_deref()));
-        f.add("memory", || opt_str(r.memory.as_deref()));
-        f.add("memory_gb", || {
+        f.add(field::CLOUD, || opt_str(r.cloud.as_deref()));
+        f.add(field::REGION, || opt_str(r.region.as_deref()));
+        f.add(field::ZONE, || opt_str(r.zone.as_deref()));
+        f.add(field::USE_SPOT, || Value::Bool(r.use_spot));
+        f.add(field::CPUS, || opt_str(r.cpus.as_deref()));
+        f.add(field::MEMORY, || opt_str(r.memory.as_deref()));
+        f.add(field::MEMORY_GB, || {
             r.memory_gb().map_or(Value::Null, Value::Float)
         });
-        f.add("disk_size", || r.disk_size.map_or(Value::Null, Value::Int));
-        f.add("image_id", || opt_str(r.image_id.as_deref()));
-        f.add("ports", || {
+        f.add(field::DISK_SIZE, || {
+            r.disk_size.map_or(Value::Null, Value::Int)
+        });
+        f.add(field::IMAGE_ID, || opt_str(r.image_id.as_deref()));
+        f.add(field::PORTS, || {
             Value::List(Arc::new(r.ports.iter().map(|p| string(p)).collect()))
         });
-        f.add("hourly_usd", || {
+        f.add(field::HOURLY_USD, || {
             self.hourly(policy, r)
                 .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64()))
         });
@@ -244,20 +248,26 @@ impl<'r> State<'r> {
     fn request_value(&self, policy: &Policy) -> Value {
         let req = self.req;
         let alive: Vec<(usize, &Resource)> = self.alive().collect();
-        let mut f = Fields::new(&policy.cel_words);
-        f.add("door", || string(req.door.as_str()));
-        f.add("name", || string(&req.request_name));
-        f.add("user", || opt_str(req.principal.user.as_deref()));
-        f.add("team", || opt_str(self.team.as_ref().map(TeamName::as_str)));
-        f.add("workspace", || opt_str(req.principal.workspace.as_deref()));
-        f.add("at_client_side", || Value::Bool(req.at_client_side));
-        f.add("client_api_version", || {
+        let mut f = Fields::new(policy.cel_fields);
+        f.add(field::DOOR, || string(req.door.as_str()));
+        f.add(field::NAME, || string(&req.request_name));
+        f.add(field::USER, || opt_str(req.principal.user.as_deref()));
+        f.add(field::TEAM, || {
+            opt_str(self.team.as_ref().map(TeamName::as_str))
+        });
+        f.add(field::WORKSPACE, || {
+            opt_str(req.principal.workspace.as_deref())
+        });
+        f.add(field::AT_CLIENT_SIDE, || Value::Bool(req.at_client_side));
+        f.add(field::CLIENT_API_VERSION, || {
             req.client_api_version.map_or(Value::Null, Value::Int)
         });
-        f.add("client_version", || opt_str(req.client_version.as_deref()));
-        f.add("controller", || Value::Bool(req.is_controller()));
-        f.add("num_nodes", || Value::Int(i64::from(req.num_nodes)));
-        f.add("gpus", || {
+        f.add(field::CLIENT_VERSION, || {
+            opt_str(req.client_version.as_deref())
+        });
+        f.add(field::CONTROLLER, || Value::Bool(req.is_controller()));
+        f.add(field::NUM_NODES, || Value::Int(i64::from(req.num_nodes)));
+        f.add(field::GPUS, || {
             let gpus = alive
                 .iter()
                 .map(|(_, r)| self.total_gpus(r))
@@ -265,7 +275,7 @@ impl<'r> State<'r> {
                 .unwrap_or(0);
             Value::Int(i64::try_from(gpus).unwrap_or(i64::MAX))
         });
-        f.add("gpu_models", || {
+        f.add(field::GPU_MODELS, || {
             let mut models: Vec<Value> = Vec::new();
             for (_, r) in &alive {
                 if let Some(a) = &r.accelerator {
@@ -277,21 +287,21 @@ impl<'r> State<'r> {
             }
             Value::List(Arc::new(models))
         });
-        f.add("hourly_usd", || {
+        f.add(field::HOURLY_USD, || {
             self.worst_hourly(policy)
                 .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64()))
         });
-        f.add("use_spot", || {
+        f.add(field::USE_SPOT, || {
             Value::Bool(!alive.is_empty() && alive.iter().all(|(_, r)| r.use_spot))
         });
-        f.add("labels", || {
+        f.add(field::LABELS, || {
             self.labels
                 .iter()
                 .map(|(k, v)| (k.clone(), string(v)))
                 .collect::<std::collections::HashMap<String, Value>>()
                 .into()
         });
-        f.add("autostop", || {
+        f.add(field::AUTOSTOP, || {
             self.autostop.map_or(Value::Null, |a| {
                 map(vec![
                     ("idle_minutes", Value::Int(a.idle_minutes)),
@@ -299,7 +309,7 @@ impl<'r> State<'r> {
                 ])
             })
         });
-        f.add("resources", || {
+        f.add(field::RESOURCES, || {
             Value::List(Arc::new(
                 alive
                     .iter()
@@ -311,25 +321,105 @@ impl<'r> State<'r> {
     }
 }
 
+/// The fields of the CEL `request` and `resource` values, by index into
+/// [`FIELD_NAMES`]; a policy keeps a bit mask of the ones its expressions
+/// name ([`field_mask`]), so building a value tests a bit per field.
+pub(crate) mod field {
+    pub(crate) const ACCELERATOR: usize = 0;
+    pub(crate) const AT_CLIENT_SIDE: usize = 1;
+    pub(crate) const AUTOSTOP: usize = 2;
+    pub(crate) const CLIENT_API_VERSION: usize = 3;
+    pub(crate) const CLIENT_VERSION: usize = 4;
+    pub(crate) const CLOUD: usize = 5;
+    pub(crate) const CONTROLLER: usize = 6;
+    pub(crate) const CPUS: usize = 7;
+    pub(crate) const DISK_SIZE: usize = 8;
+    pub(crate) const DOOR: usize = 9;
+    pub(crate) const GPU_MODELS: usize = 10;
+    pub(crate) const GPUS: usize = 11;
+    pub(crate) const HOURLY_USD: usize = 12;
+    pub(crate) const IMAGE_ID: usize = 13;
+    pub(crate) const INDEX: usize = 14;
+    pub(crate) const LABELS: usize = 15;
+    pub(crate) const MEMORY: usize = 16;
+    pub(crate) const MEMORY_GB: usize = 17;
+    pub(crate) const NAME: usize = 18;
+    pub(crate) const NUM_NODES: usize = 19;
+    pub(crate) const PORTS: usize = 20;
+    pub(crate) const REGION: usize = 21;
+    pub(crate) const RESOURCES: usize = 22;
+    pub(crate) const TEAM: usize = 23;
+    pub(crate) const TOTAL_GPUS: usize = 24;
+    pub(crate) const USE_SPOT: usize = 25;
+    pub(crate) const USER: usize = 26;
+    pub(crate) const WORKSPACE: usize = 27;
+    pub(crate) const ZONE: usize = 28;
+}
+
+/// Field names, indexed by the constants of [`field`].
+const FIELD_NAMES: [&str; 29] = [
+    "accelerator",
+    "at_client_side",
+    "autostop",
+    "client_api_version",
+    "client_version",
+    "cloud",
+    "controller",
+    "cpus",
+    "disk_size",
+    "door",
+    "gpu_models",
+    "gpus",
+    "hourly_usd",
+    "image_id",
+    "index",
+    "labels",
+    "memory",
+    "memory_gb",
+    "name",
+    "num_nodes",
+    "ports",
+    "region",
+    "resources",
+    "team",
+    "total_gpus",
+    "use_spot",
+    "user",
+    "workspace",
+    "zone",
+];
+
+/// The mask of fields named by some word of a CEL expression.
+pub(crate) fn field_mask(words: &[String]) -> u64 {
+    FIELD_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| words.iter().any(|w| w == *name))
+        .fold(0, |mask, (i, _)| mask | (1 << i))
+}
+
 /// Builds a CEL map with only the fields some expression of the policy
 /// names: converting values into CEL costs per field, and most policies
 /// read few of them.
-struct Fields<'w> {
-    words: &'w [String],
+struct Fields {
+    mask: u64,
     out: Vec<(&'static str, Value)>,
 }
 
-impl<'w> Fields<'w> {
-    fn new(words: &'w [String]) -> Self {
+impl Fields {
+    fn new(mask: u64) -> Self {
         Self {
-            words,
+            mask,
             out: Vec::new(),
         }
     }
 
-    fn add(&mut self, key: &'static str, value: impl FnOnce() -> Value) {
-        if self.words.binary_search_by(|w| w.as_str().cmp(key)).is_ok() {
-            self.out.push((key, value()));
+    /// Adds field `index` (a [`field`] constant) if the policy reads it.
+    fn add(&mut self, index: usize, value: impl FnOnce() -> Value) {
+        if self.mask >> index & 1 == 1 {
+            if let Some(key) = FIELD_NAMES.get(index) {
+                self.out.push((key, value()));
+            }
         }
     }
 

@@ -525,10 +525,9 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) env: Arc<cel::Env>,
     pub(crate) uses: Uses,
-    /// Every identifier-like word of every CEL expression, sorted and
-    /// deduplicated: the fields of `request`/`resource` worth building. (A
-    /// binary search of a few short words beats hashing each field name.)
-    pub(crate) cel_words: Vec<String>,
+    /// The fields of `request`/`resource` worth building: those some CEL
+    /// expression names (see `eval::field_mask`).
+    pub(crate) cel_fields: u64,
 }
 
 impl std::fmt::Debug for Policy {
@@ -723,8 +722,7 @@ impl Policy {
             };
             uses.config |= config_path;
         }
-        cel_words.sort_unstable();
-        cel_words.dedup();
+        let cel_fields = crate::eval::field_mask(&cel_words);
         Ok(Self {
             teams,
             by_name,
@@ -735,7 +733,7 @@ impl Policy {
             rules,
             env: Arc::new(cel::Env::stdlib()),
             uses,
-            cel_words,
+            cel_fields,
         })
     }
 
