@@ -50,9 +50,10 @@ pub fn parse(text: &str) -> Option<Value> {
 /// Printable characters only, no tab, no carriage return, no byte-order mark.
 fn plain_characters(text: &str) -> bool {
     if text.is_ascii() {
-        return text
-            .bytes()
-            .all(|b| b == b'\n' || (b' '..=b'~').contains(&b));
+        // No early exit, so the loop vectorizes.
+        return text.bytes().fold(true, |ok, b| {
+            ok & ((b' '..=b'~').contains(&b) | (b == b'\n'))
+        });
     }
     text.chars().all(|c| {
         c == '\n'
@@ -193,11 +194,13 @@ impl<'a> Parser<'a> {
                     key.to_owned()
                 }
             };
-            if map.contains_key(&key) {
-                return None;
-            }
             let value = self.value(n, true)?;
-            map.insert(key, value);
+            match map.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                serde_json::map::Entry::Occupied(_) => return None,
+            }
             if self.eof || self.col < n {
                 return Some(Value::Object(map));
             }
