@@ -29,7 +29,7 @@ use cel::{Context, Value};
 use crate::decision::{
     AppliedMutation, Decision, Doc, Effect, Mutation, Reason, ResourceField, Verdict,
 };
-use crate::expr::{from_json, map, opt_str, string};
+use crate::expr::{from_json, map, opt_str, string, Expr, IntField};
 use crate::ids::{RuleName, TeamName};
 use crate::money::Usd;
 use crate::policy::{Action, Mode, Policy, Rule, UnknownVersion};
@@ -208,6 +208,16 @@ impl<'r> State<'r> {
         s.replace("${team}", self.team.as_ref().map_or("", TeamName::as_str))
             .replace("${user}", self.req.principal.user.as_deref().unwrap_or(""))
             .replace("${request}", &self.req.request_name)
+    }
+
+    /// An integer field of candidate `r` (index `i`), as
+    /// [`Self::resource_value`] gives it to CEL.
+    fn int_field(&self, field: IntField, i: usize, r: &Resource) -> i64 {
+        match field {
+            IntField::Index => i64::try_from(i).unwrap_or(i64::MAX),
+            IntField::Gpus => i64::from(r.gpus_per_node()),
+            IntField::TotalGpus => i64::try_from(self.total_gpus(r)).unwrap_or(i64::MAX),
+        }
     }
 
     fn resource_value(&self, policy: &Policy, i: usize, r: &Resource) -> Value {
@@ -546,7 +556,8 @@ impl Policy {
         ctx: &mut Option<Context<'static, 'static>>,
     ) -> Outcome {
         let m = &rule.matcher;
-        let needs_ctx = m.when.is_some() || m.resource.is_some();
+        let native_resource = m.resource.as_ref().and_then(Expr::native);
+        let needs_ctx = m.when.is_some() || (m.resource.is_some() && native_resource.is_none());
         if needs_ctx && ctx.is_none() {
             *ctx = Some(self.context(state));
         }
@@ -559,7 +570,11 @@ impl Policy {
         }
         let mut selected = Vec::new();
         for (i, r) in state.alive() {
-            if let (Some(expr), Some(c)) = (&m.resource, ctx.as_ref()) {
+            if let Some(native) = native_resource {
+                if !native.eval(state.int_field(native.field, i, r)) {
+                    continue;
+                }
+            } else if let (Some(expr), Some(c)) = (&m.resource, ctx.as_ref()) {
                 let mut inner = c.new_inner_scope();
                 inner.add_variable_from_value("resource", state.resource_value(self, i, r));
                 match expr.eval_bool(&inner) {

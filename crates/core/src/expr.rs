@@ -42,6 +42,77 @@ pub struct Expr {
     source: String,
     program: Program,
     uses: Uses,
+    native: Option<IntCompare>,
+}
+
+/// An integer field of `resource` the evaluator can read without building
+/// CEL values. (`request` fields are left to CEL: its `request` value is
+/// built once per decision, and reading the live state instead could differ
+/// after a rule pruned candidates.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IntField {
+    /// `resource.index`.
+    Index,
+    /// `resource.gpus`.
+    Gpus,
+    /// `resource.total_gpus`.
+    TotalGpus,
+}
+
+/// `resource.FIELD OP INT`, the most common shape of condition (for
+/// example `resource.gpus` compared with `0`), on a field that is always a
+/// CEL `int`: evaluated natively, with exactly CEL's answer (an `int`
+/// against an `int` literal compares as `i64`), and without building the
+/// CEL context. Every other expression runs in CEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IntCompare {
+    pub(crate) field: IntField,
+    op: std::cmp::Ordering,
+    /// `op` holds (`==`, `<`, `>`) or, negated, fails (`!=`, `>=`, `<=`).
+    negated: bool,
+    literal: i64,
+}
+
+impl IntCompare {
+    fn parse(source: &str) -> Option<Self> {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        let s = source.trim();
+        let at = s.find(['=', '!', '<', '>'])?;
+        let (lhs, rest) = s.split_at(at);
+        let (op, negated, rhs) = [
+            ("==", Equal, false),
+            ("!=", Equal, true),
+            ("<=", Greater, true),
+            (">=", Less, true),
+            ("<", Less, false),
+            (">", Greater, false),
+        ]
+        .iter()
+        .find_map(|(text, op, neg)| rest.strip_prefix(text).map(|r| (*op, *neg, r)))?;
+        let field = match lhs.trim() {
+            "resource.index" => IntField::Index,
+            "resource.gpus" => IntField::Gpus,
+            "resource.total_gpus" => IntField::TotalGpus,
+            _ => return None,
+        };
+        let rhs = rhs.trim();
+        let digits = rhs.strip_prefix('-').unwrap_or(rhs);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let literal = rhs.parse().ok()?;
+        Some(Self {
+            field,
+            op,
+            negated,
+            literal,
+        })
+    }
+
+    /// The comparison's result for the field's value.
+    pub(crate) fn eval(&self, value: i64) -> bool {
+        (value.cmp(&self.literal) == self.op) != self.negated
+    }
 }
 
 /// Variables a condition may use, by where it appears.
@@ -73,7 +144,13 @@ impl Expr {
             source: source.to_owned(),
             program,
             uses,
+            native: IntCompare::parse(source),
         })
+    }
+
+    /// The native form of a simple integer comparison, if it is one.
+    pub(crate) fn native(&self) -> Option<IntCompare> {
+        self.native
     }
 
     /// The expression as written.
@@ -182,6 +259,61 @@ mod tests {
         assert_eq!(eval("task.num_nodes * 8 == 32", task.clone()), Ok(true));
         assert_eq!(eval("task.num_nodes > 2", task.clone()), Ok(true));
         assert_eq!(eval("task.mem > 1", task), Ok(true));
+    }
+
+    /// The native comparisons give CEL's answer for every operator, sign and
+    /// spacing; anything else is left to CEL.
+    #[test]
+    fn native_comparisons_agree_with_cel() {
+        let ops = ["==", "!=", "<", "<=", ">", ">="];
+        let fields = ["resource.gpus", "resource.index", "resource.total_gpus"];
+        let mut compared = 0;
+        for field in fields {
+            for op in ops {
+                for literal in ["0", "1", "8", "-1", "9223372036854775807"] {
+                    for spacing in [" ", ""] {
+                        let src = format!("{field}{spacing}{op}{spacing}{literal}");
+                        let e = Expr::compile(&src, RESOURCE_VARS).unwrap();
+                        let native = e.native().unwrap_or_else(|| panic!("not native: {src}"));
+                        for value in [-2i64, -1, 0, 1, 7, 8, 9, i64::MAX] {
+                            let (var, key) = field.split_once('.').unwrap();
+                            let mut ctx = Context::with_env(Arc::new(cel::Env::stdlib()));
+                            let key = ["gpus", "index", "total_gpus"]
+                                .into_iter()
+                                .find(|k| *k == key)
+                                .unwrap();
+                            ctx.add_variable_from_value(var, map(vec![(key, Value::Int(value))]));
+                            assert_eq!(
+                                Ok(native.eval(value)),
+                                e.eval_bool(&ctx),
+                                "{src} with {value}"
+                            );
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 1000);
+        for src in [
+            "resource.gpus > 0u",
+            "resource.gpus > 0x1",
+            "resource.gpus > 1.5",
+            "resource.gpus > 0 && true",
+            "(resource.gpus > 0)",
+            "resource.memory_gb > 0",
+            "resource.disk_size > 0",
+            "request.gpus > 0",
+            "request.num_nodes == 1",
+            "0 < resource.gpus",
+            "resource.gpus > 99999999999999999999",
+            "resource.gpus >= -",
+        ] {
+            let native = Expr::compile(src, RESOURCE_VARS)
+                .ok()
+                .and_then(|e| e.native());
+            assert_eq!(native, None, "{src}");
+        }
     }
 
     #[test]

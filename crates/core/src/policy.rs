@@ -1266,6 +1266,71 @@ mod tests {
         assert!(e.contains("unknown variant `sometimes`"), "{e}");
     }
 
+    /// A condition evaluated natively (`resource.gpus > 0`) decides exactly
+    /// as the same condition run by CEL (parenthesized, so not native).
+    #[test]
+    fn native_resource_conditions_decide_as_cel_does() {
+        use crate::request::{Accelerator, LaunchRequest, Resource};
+        use crate::Door;
+        use crate::GpuModel;
+        let conditions = [
+            "resource.gpus > 0",
+            "resource.gpus >= 8",
+            "resource.total_gpus != 16",
+            "resource.index == 1",
+            "resource.gpus <= 1",
+        ];
+        let policy = |cond: &str| {
+            Policy::from_yaml(&format!(
+                "default_team: t\nteams: {{t: {{}}}}\nrules:\n  - {{name: a, match: {{resource: '{cond}'}}, use_spot: true}}\n  - {{name: b, match: {{resource: '{cond}'}}, allowed_gpus: {{models: [A100], prune: true}}}}\n  - {{name: c, match: {{resource: '{cond}'}}, deny: no}}\n"
+            ))
+            .unwrap()
+        };
+        let gpu = |name: &str, count| Resource {
+            accelerator: Some(Accelerator {
+                model: GpuModel::parse(name).unwrap(),
+                count,
+            }),
+            ..Resource::default()
+        };
+        let shapes = [
+            vec![Resource::default()],
+            vec![gpu("H100", 8)],
+            vec![gpu("H100", 1), gpu("A100", 8), Resource::default()],
+            vec![gpu("A100", 1), gpu("H100", 16)],
+        ];
+        for cond in conditions {
+            let native = policy(cond);
+            let cel = policy(&format!("({cond})"));
+            assert!(native.rules[0]
+                .matcher
+                .resource
+                .as_ref()
+                .unwrap()
+                .native()
+                .is_some());
+            assert!(cel.rules[0]
+                .matcher
+                .resource
+                .as_ref()
+                .unwrap()
+                .native()
+                .is_none());
+            for resources in &shapes {
+                for nodes in [1, 2] {
+                    let mut req = LaunchRequest::new(Door::Skypilot, "launch".to_owned());
+                    req.resources = resources.clone();
+                    req.num_nodes = nodes;
+                    assert_eq!(
+                        format!("{:?}", native.decide(&req)),
+                        format!("{:?}", cel.decide(&req)),
+                        "{cond} on {resources:?} x{nodes}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn rules_need_exactly_one_action() {
         assert!(err("rules:\n  - name: a\n").contains("no action"));
