@@ -319,6 +319,19 @@ done
       pct="$(awk -v r="$r" 'BEGIN { printf "%.1f%%", r * 100 }')"
       if ge "$r" 0.5; then verdict="met"; else verdict="MISSED"; missed=1; fi
       echo "- Warden / ceiling: **${pct}** (target >= 50%: $verdict)"
+      if ((ROUNDS > 1)); then
+        # Each round runs the two back to back, so its ratio is the least
+        # touched by the machine's drifts (a shared VM's speed wanders).
+        paired="" list=""
+        for ((round = 1; round <= ROUNDS; round++)); do
+          p="$(ratio "$(json_field rps "$RESULTS/warden.r$round.wrk.txt")" \
+            "$(json_field rps "$RESULTS/ceiling.r$round.wrk.txt")")"
+          paired+="$p"$'\n'
+          list+="$(awk -v r="$p" 'BEGIN { printf "%.1f%%", r * 100 }') "
+        done
+        med="$(printf '%s' "$paired" | sort -n | awk '{ v[NR] = $1 } END { printf "%.1f%%", v[int((NR + 1) / 2)] * 100 }')"
+        echo "- Warden / ceiling, round by round: ${list% } (median ${med})"
+      fi
     fi
   else
     if [[ -n "$best_fa" ]] && wants ceiling; then
