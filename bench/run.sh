@@ -308,10 +308,17 @@ done
   echo
   if wants warden; then
     w_rps="$(json_field rps "${MED[warden]}")"
-    if [[ -n "$best_fa" ]]; then
-      r="$(ratio "$w_rps" "$best_fa_rps")"
+    # The 100x target is judged against one uvicorn worker: the way
+    # SkyPilot's example policy server runs (`uvicorn.run(app)`), which the
+    # issue names as the baseline. Two workers are reported beside it.
+    if wants fastapi-w1; then
+      r="$(ratio "$w_rps" "$(json_field rps "${MED[fastapi-w1]}")")"
       if ge "$r" 100; then verdict="met"; else verdict="MISSED"; missed=1; fi
-      echo "- Warden / FastAPI ($(server_label "$best_fa"), the faster FastAPI run): **${r}x** (target >= 100x: $verdict)"
+      echo "- Warden / FastAPI ($(server_label fastapi-w1), as SkyPilot's example server runs): **${r}x** (target >= 100x: $verdict)"
+    fi
+    if wants fastapi-w2; then
+      r="$(ratio "$w_rps" "$(json_field rps "${MED[fastapi-w2]}")")"
+      echo "- Warden / FastAPI ($(server_label fastapi-w2), one worker per core): **${r}x** (no target; reported for comparison)"
     fi
     if wants ceiling; then
       c_rps="$(json_field rps "${MED[ceiling]}")"
