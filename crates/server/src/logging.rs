@@ -528,7 +528,8 @@ fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     };
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400).unsigned_abs();
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = warden_store::time::civil_from_days(days);
+    let (month, day) = (month.unsigned_abs(), day.unsigned_abs());
     match u64::try_from(year) {
         Ok(y) if y <= 9999 => push_digits(buf, y, 4),
         Ok(_) => {
@@ -563,21 +564,6 @@ fn push_digits(buf: &mut Vec<u8>, mut n: u64, width: usize) {
             n /= 10;
         }
     }
-}
-
-/// (year, month, day) of a day count since 1970-01-01 in the proleptic
-/// Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u64, u64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month.unsigned_abs(), day.unsigned_abs())
 }
 
 #[cfg(test)]
@@ -884,15 +870,7 @@ mod tests {
     /// What tracing's JSON formatter (as `warden serve` configures it)
     /// prints for the same event, with the timestamp blanked.
     fn by_tracing(team: Option<&str>, user: Option<&str>) -> String {
-        let out = Capture::default();
-        let make = out.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_writer(move || make.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        blank_timestamp(&tracing_json(|| {
             tracing::info!(
                 target: "warden::decision",
                 request_id = "6921a3c4-17",
@@ -908,8 +886,22 @@ mod tests {
                 latency_us = 31_u64,
                 "decision"
             );
-        });
-        blank_timestamp(&out.text())
+        }))
+    }
+
+    /// What `emit`'s events look like through tracing's JSON formatter,
+    /// configured as `warden serve` configures it.
+    fn tracing_json(emit: impl FnOnce()) -> String {
+        let out = Capture::default();
+        let make = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(move || make.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        out.text()
     }
 
     fn blank_timestamp(line: &str) -> String {
@@ -952,15 +944,7 @@ mod tests {
     fn the_vast_door_decision_shape_is_reproduced_too() {
         let skipped = ["cap: autostop".to_owned(), "x \"y\"".to_owned()];
         for (target_name, hourly) in [(Some("run-1"), Some("2.41".to_owned())), (None, None)] {
-            let out = Capture::default();
-            let make = out.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_writer(move || make.clone())
-                .finish();
-            tracing::subscriber::with_default(subscriber, || {
+            let by_tracing = tracing_json(|| {
                 tracing::info!(
                     target: "warden::decision",
                     request_id = "r-1",
@@ -998,7 +982,7 @@ mod tests {
                 line.opt_str("hourly_usd", hourly.as_deref());
             });
             let ours = String::from_utf8(buf).unwrap();
-            assert_eq!(blank_timestamp(&ours), blank_timestamp(&out.text()));
+            assert_eq!(blank_timestamp(&ours), blank_timestamp(&by_tracing));
         }
     }
 
