@@ -168,14 +168,38 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
 /// for anything else (`\u` escapes, control characters, a missing close
 /// quote, trailing data, bad UTF-8), which `serde_json` then decodes or
 /// explains. A unit test holds it to `serde_json`'s answers.
+/// Bytes that end a run of plain JSON string content: `"`, `\` and the
+/// control characters (a table lookup beats three comparisons per byte).
+#[expect(
+    clippy::indexing_slicing,
+    reason = "indices below 256 into a 256-entry table, checked at compile time"
+)]
+static ENDS_RUN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a u8 always indexes a 256-entry table"
+)]
+fn ends_run(b: u8) -> bool {
+    ENDS_RUN[usize::from(b)]
+}
+
 fn unquote(literal: &[u8]) -> Option<String> {
     let body = literal.strip_prefix(b"\"")?;
     let mut out = Vec::with_capacity(body.len());
     let mut rest = body;
     loop {
-        let at = rest
-            .iter()
-            .position(|&c| c == b'\\' || c == b'"' || c < 0x20)?;
+        let at = rest.iter().position(|&c| ends_run(c))?;
         out.extend_from_slice(rest.get(..at)?);
         match rest.get(at)? {
             b'"' => {
@@ -926,6 +950,9 @@ pub fn encode_answer(task: &str, config: &str) -> String {
 fn push_escaped_twice(out: &mut String, s: &str) {
     let mut plain = 0;
     for (i, b) in s.bytes().enumerate() {
+        if !ends_run(b) {
+            continue;
+        }
         let twice: &str = match b {
             b'"' => r#"\\\""#,
             b'\\' => r#"\\\\"#,
