@@ -216,6 +216,30 @@ impl Caller {
     pub fn team_name(&self) -> &TeamName {
         &self.team.name
     }
+
+    /// Records this caller's decision now (audit, and for a grant the
+    /// reservation), in the configured time zone; returns the outcome and
+    /// the instant it was recorded at.
+    pub async fn record(
+        &self,
+        state: &AppState,
+        request: &warden_core::LaunchRequest,
+        decision: &warden_core::Decision,
+        input: Value,
+    ) -> Result<(crate::recorder::Recorded, UnixMicros), VastError> {
+        let settings = state.settings();
+        let at = now();
+        let decided = crate::recorder::Decided {
+            request_id: &self.request_id,
+            request,
+            decision,
+            input: Some(input),
+        };
+        crate::recorder::record(&self.store, &self.policy, decided, at, &settings.time_zone)
+            .await
+            .map(|recorded| (recorded, at))
+            .map_err(|e| VastError::Unavailable(e.to_string()))
+    }
 }
 
 /// Now, as the store counts time.

@@ -38,7 +38,7 @@ use super::{
     VastError,
 };
 use crate::app::AppState;
-use crate::recorder::{self, Decided, Recorded};
+use crate::recorder::Recorded;
 use crate::redact::{redact, REDACTED};
 
 /// Disk the simulator and Vast assume when a create names none, GB.
@@ -359,22 +359,9 @@ pub async fn create(
     } else {
         Vec::new()
     };
-    let settings = state.settings();
-    let at = now();
-    let recorded = recorder::record(
-        &caller.store,
-        &caller.policy,
-        Decided {
-            request_id: &caller.request_id,
-            request: &req,
-            decision: &decision,
-            input: Some(replay_input(offer_id, &body)),
-        },
-        at,
-        &settings.time_zone,
-    )
-    .await
-    .map_err(|e| VastError::Unavailable(e.to_string()))?;
+    let (recorded, at) = caller
+        .record(state, &req, &decision, replay_input(offer_id, &body))
+        .await?;
     log_decision(&caller, &req, &decision, &recorded, &skipped);
     require_grant(&recorded, &decision, "create")?;
     state.alert_after_grant(&caller.store, &caller.team, at);

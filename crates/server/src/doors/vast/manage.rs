@@ -30,7 +30,6 @@ use super::search::model_of;
 use super::upstream::Row;
 use super::{now, owners, require_grant, store_error, upstream_error, Caller, VastDoor, VastError};
 use crate::app::AppState;
-use crate::recorder::{self, Decided};
 
 fn name(id: u64) -> Result<AllocationName, VastError> {
     AllocationName::parse(&id.to_string()).map_err(|e| VastError::Internal(e.to_string()))
@@ -238,22 +237,9 @@ async fn start(
         })?;
     let req = restart_request(caller, &row, id, body)?;
     let decision = caller.policy.decide(&req);
-    let settings = state.settings();
-    let at = now();
-    let recorded = recorder::record(
-        &caller.store,
-        &caller.policy,
-        Decided {
-            request_id: &caller.request_id,
-            request: &req,
-            decision: &decision,
-            input: Some(json!({"start": id})),
-        },
-        at,
-        &settings.time_zone,
-    )
-    .await
-    .map_err(|e| VastError::Unavailable(e.to_string()))?;
+    let (recorded, at) = caller
+        .record(state, &req, &decision, json!({"start": id}))
+        .await?;
     require_grant(&recorded, &decision, "start")?;
     state.alert_after_grant(&caller.store, &caller.team, at);
     match door.upstream.manage(id, body).await {
