@@ -222,15 +222,18 @@ impl<'r> State<'r> {
 
     fn resource_value(&self, policy: &Policy, i: usize, r: &Resource) -> Value {
         let mut f = Fields::new(policy.cel_fields);
+        // The same values the native comparisons read (`int_field`).
         f.add(field::INDEX, || {
-            Value::Int(i64::try_from(i).unwrap_or(i64::MAX))
+            Value::Int(self.int_field(IntField::Index, i, r))
         });
         f.add(field::ACCELERATOR, || {
             opt_str(r.accelerator.as_ref().map(|a| a.model.as_str()))
         });
-        f.add(field::GPUS, || Value::Int(i64::from(r.gpus_per_node())));
+        f.add(field::GPUS, || {
+            Value::Int(self.int_field(IntField::Gpus, i, r))
+        });
         f.add(field::TOTAL_GPUS, || {
-            Value::Int(i64::try_from(self.total_gpus(r)).unwrap_or(i64::MAX))
+            Value::Int(self.int_field(IntField::TotalGpus, i, r))
         });
         f.add(field::CLOUD, || opt_str(r.cloud.as_deref()));
         f.add(field::REGION, || opt_str(r.region.as_deref()));
@@ -331,73 +334,63 @@ impl<'r> State<'r> {
     }
 }
 
-/// The fields of the CEL `request` and `resource` values, by index into
-/// [`FIELD_NAMES`]; a policy keeps a bit mask of the ones its expressions
-/// name ([`field_mask`]), so building a value tests a bit per field.
-pub(crate) mod field {
-    pub(crate) const ACCELERATOR: usize = 0;
-    pub(crate) const AT_CLIENT_SIDE: usize = 1;
-    pub(crate) const AUTOSTOP: usize = 2;
-    pub(crate) const CLIENT_API_VERSION: usize = 3;
-    pub(crate) const CLIENT_VERSION: usize = 4;
-    pub(crate) const CLOUD: usize = 5;
-    pub(crate) const CONTROLLER: usize = 6;
-    pub(crate) const CPUS: usize = 7;
-    pub(crate) const DISK_SIZE: usize = 8;
-    pub(crate) const DOOR: usize = 9;
-    pub(crate) const GPU_MODELS: usize = 10;
-    pub(crate) const GPUS: usize = 11;
-    pub(crate) const HOURLY_USD: usize = 12;
-    pub(crate) const IMAGE_ID: usize = 13;
-    pub(crate) const INDEX: usize = 14;
-    pub(crate) const LABELS: usize = 15;
-    pub(crate) const MEMORY: usize = 16;
-    pub(crate) const MEMORY_GB: usize = 17;
-    pub(crate) const NAME: usize = 18;
-    pub(crate) const NUM_NODES: usize = 19;
-    pub(crate) const PORTS: usize = 20;
-    pub(crate) const REGION: usize = 21;
-    pub(crate) const RESOURCES: usize = 22;
-    pub(crate) const TEAM: usize = 23;
-    pub(crate) const TOTAL_GPUS: usize = 24;
-    pub(crate) const USE_SPOT: usize = 25;
-    pub(crate) const USER: usize = 26;
-    pub(crate) const WORKSPACE: usize = 27;
-    pub(crate) const ZONE: usize = 28;
+/// Declares the field constants of [`field`] and [`FIELD_NAMES`] from one
+/// list, so an index and its name cannot drift apart.
+macro_rules! cel_fields {
+    ($($id:ident = $name:literal,)*) => {
+        /// The fields of the CEL `request` and `resource` values, by index
+        /// into [`FIELD_NAMES`]; a policy keeps a bit mask of the ones its
+        /// expressions name ([`field_mask`]), so building a value tests a
+        /// bit per field.
+        pub(crate) mod field {
+            #[allow(
+                non_camel_case_types,
+                clippy::upper_case_acronyms,
+                dead_code,
+                reason = "one variant per field, named like its constant, for its index"
+            )]
+            enum Index { $($id,)* }
+            $(pub(crate) const $id: usize = Index::$id as usize;)*
+        }
+
+        /// Field names, indexed by the constants of [`field`].
+        const FIELD_NAMES: &[&str] = &[$($name,)*];
+        // A policy's fields are a `u64` bit mask.
+        const _: () = assert!(FIELD_NAMES.len() <= 64);
+    };
 }
 
-/// Field names, indexed by the constants of [`field`].
-const FIELD_NAMES: [&str; 29] = [
-    "accelerator",
-    "at_client_side",
-    "autostop",
-    "client_api_version",
-    "client_version",
-    "cloud",
-    "controller",
-    "cpus",
-    "disk_size",
-    "door",
-    "gpu_models",
-    "gpus",
-    "hourly_usd",
-    "image_id",
-    "index",
-    "labels",
-    "memory",
-    "memory_gb",
-    "name",
-    "num_nodes",
-    "ports",
-    "region",
-    "resources",
-    "team",
-    "total_gpus",
-    "use_spot",
-    "user",
-    "workspace",
-    "zone",
-];
+cel_fields! {
+    ACCELERATOR = "accelerator",
+    AT_CLIENT_SIDE = "at_client_side",
+    AUTOSTOP = "autostop",
+    CLIENT_API_VERSION = "client_api_version",
+    CLIENT_VERSION = "client_version",
+    CLOUD = "cloud",
+    CONTROLLER = "controller",
+    CPUS = "cpus",
+    DISK_SIZE = "disk_size",
+    DOOR = "door",
+    GPU_MODELS = "gpu_models",
+    GPUS = "gpus",
+    HOURLY_USD = "hourly_usd",
+    IMAGE_ID = "image_id",
+    INDEX = "index",
+    LABELS = "labels",
+    MEMORY = "memory",
+    MEMORY_GB = "memory_gb",
+    NAME = "name",
+    NUM_NODES = "num_nodes",
+    PORTS = "ports",
+    REGION = "region",
+    RESOURCES = "resources",
+    TEAM = "team",
+    TOTAL_GPUS = "total_gpus",
+    USE_SPOT = "use_spot",
+    USER = "user",
+    WORKSPACE = "workspace",
+    ZONE = "zone",
+}
 
 /// The mask of fields named by some word of a CEL expression.
 pub(crate) fn field_mask(words: &[String]) -> u64 {
