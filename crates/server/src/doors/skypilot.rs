@@ -149,10 +149,7 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
         })
     };
     if trimmed.first() == Some(&b'"') {
-        if let Some(inner) = unquote(trimmed) {
-            return parse_obj(inner.as_bytes());
-        }
-        let inner: String = serde_json::from_slice(trimmed).map_err(|e| {
+        let inner = string_literal(trimmed).map_err(|e| {
             DoorError::bad(format!(
                 "the request body is not a valid JSON string literal: {e}"
             ))
@@ -192,6 +189,15 @@ static ENDS_RUN: [bool; 256] = {
 )]
 fn ends_run(b: u8) -> bool {
     ENDS_RUN[usize::from(b)]
+}
+
+/// Decodes a JSON string literal: directly when [`unquote`] can, else by
+/// `serde_json`, which also explains what is wrong.
+fn string_literal(literal: &[u8]) -> Result<String, serde_json::Error> {
+    match unquote(literal) {
+        Some(text) => Ok(text),
+        None => serde_json::from_slice(literal),
+    }
 }
 
 fn unquote(literal: &[u8]) -> Option<String> {
@@ -238,7 +244,7 @@ fn unquote(literal: &[u8]) -> Option<String> {
 pub fn replay_input(body: &[u8]) -> Option<Value> {
     let trimmed = body.trim_ascii_start();
     let mut v: Value = if trimmed.first() == Some(&b'"') {
-        let inner: String = serde_json::from_slice(trimmed).ok()?;
+        let inner = string_literal(trimmed).ok()?;
         serde_json::from_str(&inner).ok()?
     } else {
         serde_json::from_slice(trimmed).ok()?
@@ -961,8 +967,8 @@ fn push_escaped_twice(out: &mut String, s: &str) {
             b'\t' => r"\\t",
             0x08 => r"\\b",
             0x0c => r"\\f",
-            0..=0x1f => "",
-            _ => continue,
+            // Other control characters (`ends_run` lets nothing else by).
+            _ => "",
         };
         out.push_str(s.get(plain..i).unwrap_or_default());
         plain = i + 1;
