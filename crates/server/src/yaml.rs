@@ -261,13 +261,8 @@ impl<'a> Parser<'a> {
                 } else if self.col > n {
                     self.block_node(self.col)
                 } else if in_mapping && self.col == n && self.is_dash_item() {
-                    self.depth += 1;
-                    if self.depth > MAX_DEPTH {
-                        return None;
-                    }
-                    let v = self.sequence(n);
-                    self.depth -= 1;
-                    v
+                    // PyYAML's style: a sequence at its key's own column.
+                    self.block_node(n)
                 } else {
                     Some(Value::Null)
                 }
