@@ -329,6 +329,52 @@ fn team_lock_key(team: &TeamName) -> i64 {
 /// The most rows one SQLite multi-row statement carries.
 const MAX_SQLITE_CHUNK: usize = 64;
 
+impl Tx {
+    /// The rows of `select` (a query without `WHERE`) whose `column` names
+    /// one of `teams`: one `= ANY` statement on PostgreSQL, chunked
+    /// `IN (VALUES ...)` statements on SQLite.
+    pub(crate) async fn rows_for_teams<R>(
+        &mut self,
+        select: &str,
+        column: &str,
+        teams: &[&TeamName],
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    {
+        let mut rows = Vec::new();
+        match self {
+            Tx::Postgres { tx } => {
+                if !teams.is_empty() {
+                    let names: Vec<&str> = teams.iter().map(|t| t.as_str()).collect();
+                    rows = sqlx::query_as(&format!("{select} WHERE {column} = ANY($1::TEXT[])"))
+                        .bind(names)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                }
+            }
+            Tx::Sqlite { tx, .. } => {
+                for range in sqlite_chunks(teams.len()) {
+                    let chunk = teams.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "{select} WHERE {column} IN (VALUES {})",
+                        values_params(chunk.len(), 1)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for team in chunk {
+                        query = query.bind(team.as_str());
+                    }
+                    rows.extend(query.fetch_all(&mut **tx).await?);
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
 /// Splits `0..n` into consecutive ranges whose lengths are powers of two of
 /// at most [`MAX_SQLITE_CHUNK`], largest first.
 ///

@@ -302,32 +302,7 @@ impl Tx {
                t.fresh_until_us, t.last_break_us, \
                p.from_us, p.used, p.touched_us \
              FROM budget_teams t LEFT JOIN budget_periods p ON p.team = t.team";
-        let mut rows: Vec<StateRow> = Vec::new();
-        match self {
-            Tx::Postgres { tx } => {
-                if !teams.is_empty() {
-                    let names: Vec<&str> = teams.iter().map(|t| t.as_str()).collect();
-                    rows = sqlx::query_as(&format!("{COLUMNS} WHERE t.team = ANY($1::TEXT[])"))
-                        .bind(names)
-                        .fetch_all(&mut **tx)
-                        .await?;
-                }
-            }
-            Tx::Sqlite { tx, .. } => {
-                for range in sqlite_chunks(teams.len()) {
-                    let chunk = teams.get(range).unwrap_or_default();
-                    let sql = format!(
-                        "{COLUMNS} WHERE t.team IN (VALUES {})",
-                        values_params(chunk.len(), 1)
-                    );
-                    let mut query = sqlx::query_as(&sql);
-                    for team in chunk {
-                        query = query.bind(team.as_str());
-                    }
-                    rows.extend(query.fetch_all(&mut **tx).await?);
-                }
-            }
-        }
+        let rows: Vec<StateRow> = self.rows_for_teams(COLUMNS, "t.team", teams).await?;
         let mut states: HashMap<&str, TeamBudget> = HashMap::new();
         for (team, swept, accruing, fresh_until, last_break, from, used, touched) in rows {
             let Some(&name) = teams.iter().find(|t| t.as_str() == team) else {

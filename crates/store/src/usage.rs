@@ -152,36 +152,13 @@ impl Tx {
         &mut self,
         teams: &[&'t TeamName],
     ) -> Result<HashMap<&'t str, TeamUsage>, StoreError> {
-        let mut rows: Vec<UsageRow> = Vec::new();
-        match self {
-            Tx::Postgres { tx } => {
-                if !teams.is_empty() {
-                    let names: Vec<&str> = teams.iter().map(|t| t.as_str()).collect();
-                    rows = sqlx::query_as(
-                        "SELECT id, team, user_name, gpu_model, gpus, live, hourly_micros \
-                         FROM live_usage WHERE team = ANY($1::TEXT[])",
-                    )
-                    .bind(names)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                }
-            }
-            Tx::Sqlite { tx, .. } => {
-                for range in sqlite_chunks(teams.len()) {
-                    let chunk = teams.get(range).unwrap_or_default();
-                    let sql = format!(
-                        "SELECT id, team, user_name, gpu_model, gpus, live, hourly_micros \
-                         FROM live_usage WHERE team IN (VALUES {})",
-                        values_params(chunk.len(), 1)
-                    );
-                    let mut query = sqlx::query_as(&sql);
-                    for team in chunk {
-                        query = query.bind(team.as_str());
-                    }
-                    rows.extend(query.fetch_all(&mut **tx).await?);
-                }
-            }
-        }
+        let rows: Vec<UsageRow> = self
+            .rows_for_teams(
+                "SELECT id, team, user_name, gpu_model, gpus, live, hourly_micros FROM live_usage",
+                "team",
+                teams,
+            )
+            .await?;
         let mut usage: HashMap<&str, TeamUsage> = teams
             .iter()
             .map(|t| (t.as_str(), TeamUsage::default()))
