@@ -505,7 +505,12 @@ fn decide(config: &std::path::Path, request: &std::path::Path) -> anyhow::Result
         }
     };
     let doc = |text: &str| -> serde_json::Value {
-        serde_norway::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+        // What SkyPilot's YAML loader reads (YAML 1.1), shown as JSON.
+        match warden_server::yaml::parse(text) {
+            Ok(Some(node)) => node.to_json(),
+            Ok(None) => serde_json::Value::Null,
+            Err(_) => serde_json::Value::String(text.to_owned()),
+        }
     };
     let (status, message) = match &handled.answer {
         Answer::Allow(_) => (200, None),

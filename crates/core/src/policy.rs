@@ -721,6 +721,11 @@ impl Policy {
                 _ => false,
             };
             uses.config |= config_path;
+            uses.task |= match &r.action {
+                Action::Set(list) => list.iter().any(|(d, _, _)| *d == Doc::Task),
+                Action::RequirePaths(list) => list.iter().any(|(d, _)| *d == Doc::Task),
+                _ => false,
+            };
         }
         let cel_fields = crate::eval::field_mask(&cel_words);
         Ok(Self {
@@ -761,6 +766,23 @@ impl Policy {
     /// skip parsing it when not (and when team resolution does not need it).
     pub fn needs_config(&self) -> bool {
         self.uses.config
+    }
+
+    /// Whether any rule reads or writes the native task document (CEL
+    /// `task`, raw `task.` paths); doors skip building it when not.
+    pub fn needs_task(&self) -> bool {
+        self.uses.task
+    }
+
+    /// Whether a rule's `match.requests` names `name` exactly: doors refuse
+    /// request names they do not know unless a rule names them.
+    pub fn names_request(&self, name: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.matcher.requests.as_ref().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| matches!(p, NamePattern::Exact(e) if e == name))
+            })
+        })
     }
 
     /// Whether any team is resolved by workspace.

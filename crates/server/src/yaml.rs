@@ -1,32 +1,49 @@
-//! A fast path for the YAML that SkyPilot's client sends.
+//! The SkyPilot door's YAML: read as PyYAML's `safe_load` reads it, written
+//! back so that it reads back the same.
 //!
-//! SkyPilot writes `task`, `skypilot_config` and `user` with PyYAML's block
-//! style (`yaml.dump(..., default_flow_style=False)`): indented mappings,
-//! `- ` sequences, plain scalars, single- or double-quoted scalars that may
-//! span lines, and `{}` / `[]`. Parsing those few hundred bytes with the
-//! general parser (`serde_norway`, a port of libyaml) cost more than every
-//! other step of a decision together, so [`parse`] reads that subset directly.
+//! SkyPilot reads Warden's answer with PyYAML's safe loader (YAML 1.1), so
+//! the contract is: *what PyYAML reads from Warden's answer is what it reads
+//! from the user's document, plus Warden's changes.* [`Node`] keeps what
+//! that needs (scalar text and kind, key order, keys of every kind);
+//! [`resolve`] types plain scalars by PyYAML's rules; [`emit`] writes flow
+//! YAML that reads back the same. A differential test against the real
+//! PyYAML (`tests/client/yaml_contract.py`, run by `scripts/test`) holds
+//! the whole path to it.
 //!
-//! The contract is narrow and checked by a differential test
-//! (`tests` below: every fixture, generated documents, and random mutations of
-//! them): when [`parse`] returns `Some(value)`, `serde_norway::from_str` returns
-//! the same value for the same text. Whenever the text strays outside the
-//! subset — comments, anchors, aliases, tags, block scalars (`|`, `>`), flow
-//! collections other than `{}`/`[]`, tabs, `\r`, document markers, quoted or
-//! unusual keys, multi-line plain scalars, numbers other than plain decimal
-//! integers, duplicate keys, or anything else unusual — it returns `None` and
-//! the caller falls back to the full parser, which also produces the error
-//! messages. Plain scalars are typed exactly as `serde_norway` types them
-//! (null, bool, integer, float, else string).
+//! Reading has two paths. SkyPilot writes `task`, `skypilot_config` and
+//! `user` in PyYAML's block style (`yaml.dump(..., default_flow_style=False)`):
+//! indented mappings, `- ` sequences, plain scalars, single- or
+//! double-quoted scalars that may span lines, and `{}` / `[]`. [`parse`]
+//! reads that subset directly (the general parser costs more than every
+//! other step of a decision together); whenever the text strays outside it
+//! (comments, anchors, aliases, tags, block scalars, flow collections other
+//! than `{}`/`[]`, tabs, `\r`, document markers, unusual keys, multi-line
+//! plain scalars, nesting past [`MAX_DEPTH`], ...) the general reader
+//! ([`full`]) takes over and writes every error message. A differential
+//! test (`tests` below) checks that both give the same tree whenever the
+//! fast path answers.
 
-use serde_json::{Map, Number, Value};
+mod emit;
+mod full;
+mod node;
+mod resolve;
 
-/// Deeper documents are left to the full parser.
-const MAX_DEPTH: usize = 64;
+pub use emit::to_string;
+pub use full::{YamlError, MAX_DEPTH, MAX_NODES};
+pub use node::{float_text, map_get, Node, Scalar};
+pub use resolve::{bool_value, float_value, int_value, Kind};
 
-/// Parses `text` if it lies within the block-style subset described in the
-/// module documentation; `None` means "use the full parser".
-pub fn parse(text: &str) -> Option<Value> {
+/// Reads the first document of `text` as PyYAML's `safe_load_all(...)[0]`
+/// does; an empty document is `None` (null).
+pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
+    match fast(text) {
+        Some(node) => Ok(Some(node)),
+        None => full::parse(text),
+    }
+}
+
+/// The fast path: `Some` only for the block-style subset described above.
+fn fast(text: &str) -> Option<Node> {
     if !plain_characters(text) {
         return None;
     }
@@ -144,7 +161,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A block mapping or sequence whose first content is at `pos`, column `n`.
-    fn block_node(&mut self, n: usize) -> Option<Value> {
+    fn block_node(&mut self, n: usize) -> Option<Node> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return None;
@@ -179,30 +196,26 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn mapping(&mut self, n: usize) -> Option<Value> {
-        let mut map = Map::new();
+    fn mapping(&mut self, n: usize) -> Option<Node> {
+        let mut map = Vec::new();
         loop {
             let key = match self.peek() {
-                Some(q @ (b'\'' | b'"')) => self.quoted_key(n, q == b'"')?,
+                Some(q @ (b'\'' | b'"')) => Node::str(self.quoted_key(n, q == b'"')?),
                 _ => {
                     let len = self.key_len();
                     let key = self.text(self.pos, self.pos + len)?;
-                    if len == 0 || resolves_to_non_string(key) {
+                    if len == 0 {
                         return None;
                     }
                     self.pos += len + 1; // the key and its ':'
-                    key.to_owned()
+                                         // A simple key may be a bool or null word (`on:`, `null:`).
+                    plain_scalar(key)?
                 }
             };
             let value = self.value(n, true)?;
-            match map.entry(key) {
-                serde_json::map::Entry::Vacant(slot) => {
-                    slot.insert(value);
-                }
-                serde_json::map::Entry::Occupied(_) => return None,
-            }
+            map.push((key, value));
             if self.eof || self.col < n {
-                return Some(Value::Object(map));
+                return Some(Node::Map(map));
             }
             if self.col > n || self.is_dash_item() {
                 return None;
@@ -225,13 +238,13 @@ impl<'a> Parser<'a> {
         Some(key)
     }
 
-    fn sequence(&mut self, n: usize) -> Option<Value> {
+    fn sequence(&mut self, n: usize) -> Option<Node> {
         let mut items = Vec::new();
         loop {
             self.pos += 1; // the '-'
             items.push(self.value(n, false)?);
             if self.eof || self.col < n {
-                return Some(Value::Array(items));
+                return Some(Node::Seq(items));
             }
             if self.col > n {
                 return None;
@@ -239,14 +252,14 @@ impl<'a> Parser<'a> {
             if !self.is_dash_item() {
                 // A key at the sequence's column ends a sequence that is the
                 // value of a key at that same column (PyYAML's style).
-                return Some(Value::Array(items));
+                return Some(Node::Seq(items));
             }
         }
     }
 
     /// The value after a key's `:` or an item's `-` of a collection at
     /// column `n`; leaves the parser at the next content line.
-    fn value(&mut self, n: usize, in_mapping: bool) -> Option<Value> {
+    fn value(&mut self, n: usize, in_mapping: bool) -> Option<Node> {
         while self.peek() == Some(b' ') {
             self.pos += 1;
         }
@@ -257,14 +270,14 @@ impl<'a> Parser<'a> {
                 }
                 self.next_line()?;
                 if self.eof {
-                    Some(Value::Null)
+                    Some(null())
                 } else if self.col > n {
                     self.block_node(self.col)
                 } else if in_mapping && self.col == n && self.is_dash_item() {
                     // PyYAML's style: a sequence at its key's own column.
                     self.block_node(n)
                 } else {
-                    Some(Value::Null)
+                    Some(null())
                 }
             }
             Some(b'\'' | b'"') if !in_mapping && self.quoted_key_follows() => {
@@ -274,24 +287,24 @@ impl<'a> Parser<'a> {
             Some(b'\'') => {
                 let v = self.quoted(n, false)?;
                 self.end_line()?;
-                Some(Value::String(v))
+                Some(Node::str(v))
             }
             Some(b'"') => {
                 let v = self.quoted(n, true)?;
                 self.end_line()?;
-                Some(Value::String(v))
+                Some(Node::str(v))
             }
             Some(b'{') => {
                 (self.at(self.pos + 1) == Some(b'}')).then_some(())?;
                 self.pos += 2;
                 self.end_line()?;
-                Some(Value::Object(Map::new()))
+                Some(Node::empty_map())
             }
             Some(b'[') => {
                 (self.at(self.pos + 1) == Some(b']')).then_some(())?;
                 self.pos += 2;
                 self.end_line()?;
-                Some(Value::Array(Vec::new()))
+                Some(Node::Seq(Vec::new()))
             }
             Some(_) if !in_mapping && (self.key_len() > 0 || self.is_dash_item()) => {
                 // `- key: value` or `- - item`: a collection whose first entry
@@ -307,8 +320,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// A one-line plain scalar, typed as `serde_norway` types it.
-    fn plain(&mut self) -> Option<Value> {
+    /// A one-line plain scalar, typed as PyYAML types it.
+    fn plain(&mut self) -> Option<Node> {
         let first = self.peek()?;
         let starts_ok = match first {
             b'-' => !self.is_dash_item(),
@@ -333,7 +346,7 @@ impl<'a> Parser<'a> {
         }
         let text = self.text(start, start + line.trim_ascii_end().len())?;
         self.pos = start + len;
-        resolve_plain(text)
+        plain_scalar(text)
     }
 
     /// A single- (`double == false`) or double-quoted scalar at `pos`, in a
@@ -453,73 +466,24 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// Plain words `serde_norway` reads as null or bool: never taken as keys here.
-fn resolves_to_non_string(key: &str) -> bool {
-    matches!(
-        key,
-        "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE"
-    )
+fn null() -> Node {
+    Node::Scalar(Scalar {
+        text: String::new(),
+        kind: Kind::Null,
+    })
 }
 
-/// Types a plain scalar the way `serde_norway` does for an untagged value:
-/// null words, bool words, integers (decimal, `0x`, `0o`, `0b`, signed;
-/// leading zeros make a string), finite floats and `.inf`/`.nan` forms,
-/// otherwise a string. Integers beyond 64 bits are left to the full parser.
-fn resolve_plain(v: &str) -> Option<Value> {
-    match v {
-        "" | "~" | "null" | "Null" | "NULL" => return Some(Value::Null),
-        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
-        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
-        _ => {}
-    }
-    let first = v.as_bytes().first().copied()?;
-    if !(first.is_ascii_digit() || matches!(first, b'+' | b'-' | b'.')) {
-        // Neither an integer nor a float can start this way; Rust's float
-        // parser accepts "inf", "infinity" and "nan", which are not finite,
-        // so `serde_norway` keeps those as strings too.
-        return Some(Value::String(v.to_owned()));
-    }
-    let unsigned = v.strip_prefix('+').unwrap_or(v);
-    let leading_zero = {
-        let d = v.strip_prefix(['-', '+']).unwrap_or(v);
-        d.len() > 1 && d.starts_with('0') && d.bytes().skip(1).all(|b| b.is_ascii_digit())
+/// A plain scalar the way PyYAML types it; `None` (leave it to the full
+/// reader, which explains the problem) when `safe_load` would not construct it.
+fn plain_scalar(text: &str) -> Option<Node> {
+    let s = Scalar::plain(text);
+    let ok = match s.kind {
+        Kind::Int => int_value(text).is_some(),
+        Kind::Float => float_value(text).is_some(),
+        Kind::Merge | Kind::Value => false,
+        _ => true,
     };
-    if leading_zero {
-        return Some(Value::String(v.to_owned()));
-    }
-    let prefixed = |s: &str| {
-        ["0x", "0o", "0b", "-0x", "-0o", "-0b"]
-            .iter()
-            .any(|p| s.starts_with(p))
-    };
-    if prefixed(unsigned) {
-        return None;
-    }
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !unsigned.starts_with('-') && digits(unsigned) {
-        return unsigned
-            .parse::<u64>()
-            .ok()
-            .map(|n| Value::Number(n.into()));
-    }
-    if let Some(d) = v.strip_prefix('-') {
-        if digits(d) {
-            return v.parse::<i64>().ok().map(|n| Value::Number(n.into()));
-        }
-    }
-    if unsigned.contains(['i', 'I', 'n', 'N']) && unsigned.contains('.') {
-        // `.inf`, `-.inf`, `.nan` and their cases: left to the full parser.
-        return None;
-    }
-    let float = if unsigned.starts_with(['+', '-']) && v.starts_with('+') {
-        None
-    } else {
-        unsigned.parse::<f64>().ok().filter(|f| f.is_finite())
-    };
-    Some(match float {
-        Some(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        None => Value::String(v.to_owned()),
-    })
+    ok.then_some(Node::Scalar(s))
 }
 
 #[cfg(test)]

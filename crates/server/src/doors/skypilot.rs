@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use warden_core::{
-    normalize_cloud, set_path, Accelerator, Autostop, Decision, Doc, Door, GpuModel, LaunchRequest,
-    Mutation, Policy, Resource, ResourceField,
+    normalize_cloud, Accelerator, Autostop, Decision, Doc, Door, GpuModel, LaunchRequest, Mutation,
+    Policy, Resource, ResourceField,
 };
 
 use crate::error::DoorError;
+use crate::yaml::{self, map_get, Kind, Node};
 
 /// The decoded request body.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,7 +72,9 @@ pub struct RequestOptions {
 enum AccRef {
     None,
     Whole,
-    Key(String),
+    /// The entry's place in an `accelerators` mapping.
+    Key(usize),
+    /// The item's place in an `accelerators` list.
     Index(usize),
 }
 
@@ -91,11 +94,14 @@ struct Origin {
 pub struct Normalized {
     /// The request for the core.
     pub request: LaunchRequest,
+    /// The task as PyYAML reads it.
+    task: Node,
+    /// The config as PyYAML reads it, when parsed.
+    config: Option<Node>,
     origins: Vec<Origin>,
     alt_key: &'static str,
     task_text: String,
     config_text: String,
-    config_parsed: bool,
 }
 
 /// What the door answers.
@@ -278,77 +284,171 @@ pub fn replay_body(input: &Value) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&v.to_string()).map_err(|e| e.to_string())
 }
 
-fn parse_yaml(what: &str, text: &str) -> Result<Value, DoorError> {
+/// Reads a document as SkyPilot's `safe_load` does: an empty or null
+/// document is `{}`; anything but a mapping is refused.
+fn parse_doc(what: &str, text: &str) -> Result<Node, DoorError> {
     if text.trim().is_empty() {
-        return Ok(Value::Object(Map::new()));
+        return Ok(Node::empty_map());
     }
-    // SkyPilot's block-style YAML takes the fast path; anything else (and
-    // every error message) comes from the full parser.
-    let v: Value = match crate::yaml::parse(text) {
-        Some(v) => v,
-        None => serde_norway::from_str(text)
-            .map_err(|e| DoorError::bad(format!("`{what}` is not valid YAML: {e}")))?,
-    };
-    match v {
-        Value::Object(_) => Ok(v),
-        Value::Null => Ok(Value::Object(Map::new())),
-        _ => Err(DoorError::bad(format!("`{what}` must be a YAML mapping"))),
+    match yaml::parse(text) {
+        Ok(None) => Ok(Node::empty_map()),
+        Ok(Some(node)) if node.is_null() => Ok(Node::empty_map()),
+        Ok(Some(node @ Node::Map(_))) => Ok(node),
+        Ok(Some(other)) => Err(DoorError::bad(format!(
+            "`{what}` must be a YAML mapping, got {}",
+            other.type_name()
+        ))),
+        Err(e) => Err(DoorError::bad(format!("`{what}` is not valid YAML: {e}"))),
     }
 }
 
-fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+/// The JSON view of a document (what `warden replay` records and CEL reads).
+fn parse_yaml(what: &str, text: &str) -> Result<Value, DoorError> {
+    parse_doc(what, text).map(|n| n.to_json())
+}
+
+/// A field's path in the task, for messages (`resources.any_of[1].cpus`).
+fn field_path(alt: Option<(&str, usize)>, key: &str) -> String {
+    match alt {
+        Some((list, i)) => format!("resources.{list}[{i}].{key}"),
+        None => format!("resources.{key}"),
     }
 }
 
-fn parse_accelerator(spec: &str, count: Option<&Value>) -> Result<Accelerator, DoorError> {
-    let (name, count_text) = match spec.split_once(':') {
-        Some((n, c)) => (n.trim(), Some(c.trim().to_owned())),
-        None => (spec.trim(), count.and_then(scalar_string)),
+fn wrong_type(path: &str, want: &str, got: &Node) -> DoorError {
+    DoorError::bad(format!("`{path}` must be {want}, got {}", got.type_name()))
+}
+
+/// A scalar's text (strings, numbers, booleans); `None` for null; an error
+/// naming the field for lists and mappings.
+fn scalar_text(path: &str, v: Option<&Node>) -> Result<Option<String>, DoorError> {
+    match v {
+        None => Ok(None),
+        Some(n) if n.is_null() => Ok(None),
+        Some(Node::Scalar(s)) => Ok(Some(s.text.clone())),
+        Some(other) => Err(wrong_type(path, "a single value", other)),
+    }
+}
+
+/// The most GPUs one accelerator entry may ask for.
+const MAX_GPU_COUNT: f64 = 1_000_000.0;
+
+/// A GPU count as SkyPilot reads it: an integer, a finite float (a
+/// fraction of a GPU occupies one), or a numeric string.
+fn gpu_count(path: &str, name: &str, count: &Node) -> Result<u32, DoorError> {
+    let Node::Scalar(s) = count else {
+        return Err(DoorError::bad(format!(
+            "`{path}`: the count of `{name}` must be a number, got {}; write e.g. `{name}: 8`",
+            count.type_name()
+        )));
     };
-    let model = GpuModel::parse(name)
-        .map_err(|e| DoorError::bad(format!("`resources.accelerators`: {e}")))?;
-    let count = match count_text {
-        None => 1,
-        Some(c) => {
-            let n: f64 = c.parse().map_err(|_| {
-                DoorError::bad(format!(
-                    "`resources.accelerators`: count `{c}` of `{name}` is not a number; write e.g. `{name}:8`"
-                ))
-            })?;
-            if !n.is_finite() || n <= 0.0 || n > 1_000_000.0 {
-                return Err(DoorError::bad(format!(
-                    "`resources.accelerators`: count `{c}` of `{name}` must be a positive number"
-                )));
-            }
-            // Rounded up: a fraction of a GPU occupies one.
-            n.ceil() as u32
+    let n: f64 = match s.kind {
+        Kind::Int => match yaml::int_value(&s.text) {
+            Some(i) => i as f64,
+            None => f64::INFINITY,
+        },
+        Kind::Float => yaml::float_value(&s.text).unwrap_or(f64::NAN),
+        Kind::Str => s.text.trim().parse().map_err(|_| {
+            DoorError::bad(format!(
+                "`{path}`: count `{}` of `{name}` is not a number; write e.g. `{name}:8`",
+                short(&s.text)
+            ))
+        })?,
+        _ => {
+            return Err(DoorError::bad(format!(
+                "`{path}`: the count of `{name}` must be a number, got {}",
+                count.type_name()
+            )))
         }
+    };
+    let shown = short(&s.text);
+    if n.is_nan() || n == f64::NEG_INFINITY {
+        return Err(DoorError::bad(format!(
+            "`{path}`: count `{shown}` of `{name}` is not a finite number; write e.g. `{name}:8`"
+        )));
+    }
+    if n <= 0.0 {
+        return Err(DoorError::bad(format!(
+            "`{path}`: count `{shown}` of `{name}` must be a positive number"
+        )));
+    }
+    if n > MAX_GPU_COUNT {
+        return Err(DoorError::bad(format!(
+            "`{path}`: count `{shown}` of `{name}` is too large (at most {MAX_GPU_COUNT} per accelerator)"
+        )));
+    }
+    // Rounded up: a fraction of a GPU occupies one.
+    Ok(n.ceil() as u32)
+}
+
+/// At most 40 characters of user text, for messages.
+fn short(text: &str) -> String {
+    let mut out: String = text.chars().take(40).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn parse_accelerator(
+    path: &str,
+    spec: &str,
+    count: Option<&Node>,
+) -> Result<Accelerator, DoorError> {
+    let (name, count) = match spec.split_once(':') {
+        Some((n, c)) => (n.trim(), Some(Node::str(c.trim()))),
+        None => (spec.trim(), count.filter(|c| !c.is_null()).cloned()),
+    };
+    let model = GpuModel::parse(name).map_err(|e| DoorError::bad(format!("`{path}`: {e}")))?;
+    let count = match count {
+        None => 1,
+        Some(c) => gpu_count(path, name, &c)?,
     };
     Ok(Accelerator { model, count })
 }
 
+/// A GPU name used as a mapping key.
+fn accelerator_key<'a>(path: &str, key: &'a Node) -> Result<&'a str, DoorError> {
+    key.as_str().ok_or_else(|| {
+        DoorError::bad(format!(
+            "`{path}`: GPU names must be strings, got {} as a key",
+            key.type_name()
+        ))
+    })
+}
+
 /// Expands an `accelerators` value into candidates.
-fn accelerators(v: Option<&Value>) -> Result<Vec<(Option<Accelerator>, AccRef)>, DoorError> {
+fn accelerators(
+    path: &str,
+    v: Option<&Node>,
+) -> Result<Vec<(Option<Accelerator>, AccRef)>, DoorError> {
+    let want = "a string (`H100:8`), a mapping (`{H100: 8}`) or a list (`[H100:8, A100:8]`)";
     match v {
-        None | Some(Value::Null) => Ok(vec![(None, AccRef::None)]),
-        Some(Value::String(s)) => Ok(vec![(Some(parse_accelerator(s, None)?), AccRef::Whole)]),
-        Some(Value::Object(m)) => {
+        None => Ok(vec![(None, AccRef::None)]),
+        Some(n) if n.is_null() => Ok(vec![(None, AccRef::None)]),
+        Some(n @ Node::Scalar(_)) => match n.as_str() {
+            Some(s) => Ok(vec![(
+                Some(parse_accelerator(path, s, None)?),
+                AccRef::Whole,
+            )]),
+            None => Err(wrong_type(path, want, n)),
+        },
+        Some(Node::Map(m)) => {
             if m.is_empty() {
                 return Ok(vec![(None, AccRef::None)]);
             }
             m.iter()
-                .map(|(k, c)| {
-                    let count = if c.is_null() { None } else { Some(c) };
-                    Ok((Some(parse_accelerator(k, count)?), AccRef::Key(k.clone())))
+                .enumerate()
+                .map(|(i, (k, c))| {
+                    let name = accelerator_key(path, k)?;
+                    Ok((
+                        Some(parse_accelerator(path, name, Some(c))?),
+                        AccRef::Key(i),
+                    ))
                 })
                 .collect()
         }
-        Some(Value::Array(list)) => {
+        Some(Node::Seq(list)) => {
             if list.is_empty() {
                 return Ok(vec![(None, AccRef::None)]);
             }
@@ -356,112 +456,178 @@ fn accelerators(v: Option<&Value>) -> Result<Vec<(Option<Accelerator>, AccRef)>,
                 .enumerate()
                 .map(|(i, item)| {
                     let acc = match item {
-                        Value::String(s) => parse_accelerator(s, None)?,
-                        Value::Object(m) if m.len() == 1 => {
-                            let (k, c) = m.iter().next().ok_or_else(|| DoorError::bad("empty accelerator"))?;
-                            parse_accelerator(k, Some(c))?
+                        Node::Scalar(_) if item.as_str().is_some() => {
+                            parse_accelerator(path, item.as_str().unwrap_or_default(), None)?
                         }
-                        _ => {
-                            return Err(DoorError::bad(
-                                "`resources.accelerators` list items must be strings like `H100:8`",
-                            ))
+                        Node::Map(m) if m.len() == 1 => {
+                            let (k, c) = m.first().ok_or_else(|| DoorError::bad("empty accelerator"))?;
+                            parse_accelerator(path, accelerator_key(path, k)?, Some(c))?
+                        }
+                        other => {
+                            return Err(DoorError::bad(format!(
+                                "`{path}[{i}]` must be a string like `H100:8` or a one-entry mapping like `{{H100: 8}}`, got {}",
+                                other.type_name()
+                            )))
                         }
                     };
                     Ok((Some(acc), AccRef::Index(i)))
                 })
                 .collect()
         }
-        Some(_) => Err(DoorError::bad(
-            "`resources.accelerators` must be a string (`H100:8`), a mapping (`{H100: 8}`) or a list",
-        )),
+        Some(other) => Err(wrong_type(path, want, other)),
     }
 }
 
-fn int_field(m: &Map<String, Value>, key: &str) -> Result<Option<i64>, DoorError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| DoorError::bad(format!("`resources.{key}` must be an integer"))),
-        Some(Value::String(s)) => s.trim().parse::<i64>().map(Some).map_err(|_| {
-            DoorError::bad(format!("`resources.{key}` must be an integer, got `{s}`"))
-        }),
-        Some(_) => Err(DoorError::bad(format!(
-            "`resources.{key}` must be an integer"
-        ))),
-    }
+/// An integer field: an integer, or a string holding one.
+fn int_field(path: &str, v: Option<&Node>) -> Result<Option<i64>, DoorError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let parsed = match v {
+        Node::Scalar(s) if s.kind == Kind::Int => yaml::int_value(&s.text),
+        Node::Scalar(s) if s.kind == Kind::Str => s.text.trim().parse::<i128>().ok(),
+        other => return Err(wrong_type(path, "an integer", other)),
+    };
+    let text = v.as_scalar().map(|s| short(&s.text)).unwrap_or_default();
+    let n = parsed
+        .ok_or_else(|| DoorError::bad(format!("`{path}` must be an integer, got `{text}`")))?;
+    i64::try_from(n)
+        .map(Some)
+        .map_err(|_| DoorError::bad(format!("`{path}`: `{text}` is too large")))
 }
 
-fn location(m: &Map<String, Value>) -> (Option<String>, Option<String>, Option<String>) {
-    if let Some(infra) = m.get("infra").and_then(Value::as_str) {
+/// Cloud, region and zone.
+type Location = (Option<String>, Option<String>, Option<String>);
+
+/// A mapping's entries.
+type Entries = [(Node, Node)];
+
+fn location(alt: Option<(&str, usize)>, m: &[(Node, Node)]) -> Result<Location, DoorError> {
+    let text = |k: &str| scalar_text(&field_path(alt, k), map_get(m, k));
+    if let Some(infra) = text("infra")? {
         let mut parts = infra.splitn(3, '/').map(|p| {
             let p = p.trim();
             (!p.is_empty() && p != "*").then(|| p.to_owned())
         });
         let cloud = parts.next().flatten().map(|c| normalize_cloud(&c));
-        return (cloud, parts.next().flatten(), parts.next().flatten());
+        return Ok((cloud, parts.next().flatten(), parts.next().flatten()));
     }
-    let get = |k: &str| m.get(k).and_then(scalar_string);
-    (
-        get("cloud").map(|c| normalize_cloud(&c)),
-        get("region"),
-        get("zone"),
-    )
+    Ok((
+        text("cloud")?.map(|c| normalize_cloud(&c)),
+        text("region")?,
+        text("zone")?,
+    ))
 }
 
-fn ports(v: Option<&Value>) -> Vec<String> {
+fn ports(path: &str, v: Option<&Node>) -> Result<Vec<String>, DoorError> {
     match v {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a.iter().filter_map(scalar_string).collect(),
-        Some(other) => scalar_string(other).into_iter().collect(),
+        None => Ok(Vec::new()),
+        Some(Node::Seq(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| scalar_text(&format!("{path}[{i}]"), Some(item)).transpose())
+            .collect(),
+        Some(other) => Ok(scalar_text(path, Some(other))?.into_iter().collect()),
+    }
+}
+
+fn use_spot(path: &str, v: Option<&Node>) -> Result<bool, DoorError> {
+    match v {
+        None => Ok(false),
+        Some(n) if n.is_null() => Ok(false),
+        Some(Node::Scalar(s)) if s.kind == Kind::Bool => {
+            Ok(yaml::bool_value(&s.text).unwrap_or(false))
+        }
+        Some(other) => Err(wrong_type(path, "true or false", other)),
+    }
+}
+
+fn image_id(path: &str, v: Option<&Node>) -> Result<Option<String>, DoorError> {
+    match v {
+        // `{null: docker:IMG}` (what SkyPilot itself writes) or per region.
+        Some(Node::Map(m)) => {
+            let mut images: Vec<String> = Vec::new();
+            for (_, image) in m {
+                if let Some(text) = scalar_text(path, Some(image))? {
+                    if !images.contains(&text) {
+                        images.push(text);
+                    }
+                }
+            }
+            match images.len() {
+                0 => Ok(None),
+                1 => Ok(images.pop()),
+                _ => Err(DoorError::bad(format!(
+                    "`{path}` names {} different images; Warden judges one image per candidate: give each region its own entry under `resources.any_of`",
+                    images.len()
+                ))),
+            }
+        }
+        other => scalar_text(path, other),
     }
 }
 
 /// Parses `autostop`: bool, minutes, `"30m"`/`"2h"`/`"1d"`, or `{idle_minutes, down}`.
-fn autostop(v: Option<&Value>) -> Result<Option<Autostop>, DoorError> {
-    let minutes = |v: &Value| -> Result<Option<i64>, DoorError> {
-        match v {
-            Value::Null => Ok(None),
-            Value::Number(n) => n
-                .as_i64()
+fn autostop(path: &str, v: Option<&Node>) -> Result<Option<Autostop>, DoorError> {
+    let minutes = |v: &Node| -> Result<Option<i64>, DoorError> {
+        let Node::Scalar(s) = v else {
+            return Err(wrong_type(path, "minutes", v));
+        };
+        match s.kind {
+            Kind::Null => Ok(None),
+            Kind::Int => yaml::int_value(&s.text)
+                .and_then(|i| i64::try_from(i).ok())
                 .map(Some)
-                .ok_or_else(|| DoorError::bad("`resources.autostop` minutes must be an integer")),
-            Value::String(s) => {
-                let s = s.trim();
-                let (num, mult) = match s.char_indices().last() {
-                    Some((i, 'm')) => (s.get(..i).unwrap_or(""), 1),
-                    Some((i, 'h')) => (s.get(..i).unwrap_or(""), 60),
-                    Some((i, 'd')) => (s.get(..i).unwrap_or(""), 1440),
-                    _ => (s, 1),
+                .ok_or_else(|| {
+                    DoorError::bad(format!(
+                        "`{path}`: `{}` minutes is too large",
+                        short(&s.text)
+                    ))
+                }),
+            Kind::Str => {
+                let t = s.text.trim();
+                let (num, mult) = match t.char_indices().last() {
+                    Some((i, 'm')) => (t.get(..i).unwrap_or(""), 1),
+                    Some((i, 'h')) => (t.get(..i).unwrap_or(""), 60),
+                    Some((i, 'd')) => (t.get(..i).unwrap_or(""), 1440),
+                    _ => (t, 1),
                 };
                 num.trim()
                     .parse::<i64>()
                     .map(|n| Some(n.saturating_mul(mult)))
                     .map_err(|_| {
                         DoorError::bad(format!(
-                            "`resources.autostop`: cannot read `{s}` as minutes"
+                            "`{path}`: cannot read `{}` as minutes; write e.g. `30m`, `2h` or 30",
+                            short(t)
                         ))
                     })
             }
-            _ => Err(DoorError::bad(
-                "`resources.autostop` must be a bool, minutes or a mapping",
-            )),
+            _ => Err(DoorError::bad(format!(
+                "`{path}` must be true/false, whole minutes, `30m`/`2h`/`1d` or a mapping, got {}",
+                v.type_name()
+            ))),
         }
     };
     match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
-        // SkyPilot's default idle time for `autostop: true`.
-        Some(Value::Bool(true)) => Ok(Some(Autostop {
-            idle_minutes: 5,
-            down: false,
-        })),
-        Some(Value::Object(m)) => {
-            let idle = match m.get("idle_minutes") {
+        None => Ok(None),
+        Some(n) if n.is_null() => Ok(None),
+        Some(Node::Scalar(s)) if s.kind == Kind::Bool => {
+            if yaml::bool_value(&s.text) == Some(true) {
+                // SkyPilot's default idle time for `autostop: true`.
+                Ok(Some(Autostop {
+                    idle_minutes: 5,
+                    down: false,
+                }))
+            } else {
+                Ok(None)
+            }
+        }
+        Some(Node::Map(m)) => {
+            let idle = match map_get(m, "idle_minutes") {
                 Some(v) => minutes(v)?,
                 None => Some(5),
             };
-            let down = m.get("down").and_then(Value::as_bool).unwrap_or(false);
+            let down = use_spot(&format!("{path}.down"), map_get(m, "down"))?;
             Ok(idle
                 .filter(|i| *i >= 0)
                 .map(|idle_minutes| Autostop { idle_minutes, down }))
@@ -475,80 +641,150 @@ fn autostop(v: Option<&Value>) -> Result<Option<Autostop>, DoorError> {
     }
 }
 
-fn merged<'a>(
-    base: &'a Map<String, Value>,
-    alt: Option<&'a Map<String, Value>>,
-) -> impl Fn(&str) -> Option<&'a Value> {
-    move |k| alt.and_then(|a| a.get(k)).or_else(|| base.get(k))
+/// The labels of a resources mapping: string keys, single values.
+fn labels(path: &str, v: Option<&Node>) -> Result<BTreeMap<String, String>, DoorError> {
+    match v {
+        None => Ok(BTreeMap::new()),
+        Some(n) if n.is_null() => Ok(BTreeMap::new()),
+        Some(Node::Map(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                let key = k.as_str().ok_or_else(|| {
+                    DoorError::bad(format!(
+                        "`{path}`: label names must be strings, got {} (quote it)",
+                        k.type_name()
+                    ))
+                })?;
+                match scalar_text(&format!("{path}.{key}"), Some(v))? {
+                    Some(value) => {
+                        out.insert(key.to_owned(), value);
+                    }
+                    None => {
+                        out.remove(key);
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Some(other) => Err(wrong_type(
+            path,
+            "a mapping of label names to values",
+            other,
+        )),
+    }
 }
+
+/// The SkyPilot request names (`AdminPolicyRequestName`, client 0.14.1).
+pub const REQUEST_NAMES: &[&str] = &[
+    "validate",
+    "optimize",
+    "launch",
+    "exec",
+    "jobs.launch",
+    "jobs.launch_controller",
+    "jobs.pool_apply",
+    "jobs.launch_cluster",
+    "serve.up",
+    "serve.launch_controller",
+    "serve.update",
+    "serve.launch_replica",
+];
 
 /// Normalizes a decoded request for the core.
 pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorError> {
-    let task = parse_yaml("task", &req.task)?;
+    if let Some(name) = &req.request_name {
+        if !REQUEST_NAMES.contains(&name.as_str()) && !policy.names_request(name) {
+            return Err(DoorError::bad(format!(
+                "`request_name` `{}` is not a request SkyPilot sends (known: {}); no rule names it, so Warden cannot judge it",
+                short(name),
+                REQUEST_NAMES.join(", ")
+            )));
+        }
+    }
+    let task = parse_doc("task", &req.task)?;
     let config_text = req.skypilot_config.unwrap_or_default();
     let need_config = policy.needs_config() || policy.uses_workspaces();
     let config = if need_config {
-        parse_yaml("skypilot_config", &config_text)?
+        Some(parse_doc("skypilot_config", &config_text)?)
     } else {
-        Value::Null
+        None
     };
     let user = match req.user.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) => {
-            let v = parse_yaml("user", text)?;
-            v.get("name").and_then(scalar_string)
-        }
+        Some(text) => scalar_text("user.name", parse_doc("user", text)?.get("name"))?,
     };
-    let workspace = config.get("active_workspace").and_then(scalar_string);
+    let workspace = match &config {
+        Some(c) => scalar_text(
+            "skypilot_config.active_workspace",
+            c.get("active_workspace"),
+        )?,
+        None => None,
+    };
 
-    let empty = Map::new();
-    let resources_v = task.get("resources");
-    let (base, alts, alt_key): (&Map<String, Value>, Vec<&Map<String, Value>>, &'static str) =
-        match resources_v {
-            None | Some(Value::Null) => (&empty, Vec::new(), "any_of"),
-            Some(Value::Object(m)) => {
-                let (key, list) = if let Some(l) = m.get("any_of") {
-                    ("any_of", Some(l))
-                } else if let Some(l) = m.get("ordered") {
-                    ("ordered", Some(l))
-                } else {
-                    ("any_of", None)
-                };
-                let alts = match list {
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(Value::Array(items)) => items
-                        .iter()
-                        .map(|i| {
-                            i.as_object().ok_or_else(|| {
-                                DoorError::bad(format!("`resources.{key}` items must be mappings"))
-                            })
+    let (base, alts, alt_key): (&Entries, Vec<&Entries>, &'static str) = match task.get("resources")
+    {
+        None => (&[], Vec::new(), "any_of"),
+        Some(n) if n.is_null() => (&[], Vec::new(), "any_of"),
+        Some(Node::Map(m)) => {
+            let (key, list) = match (map_get(m, "any_of"), map_get(m, "ordered")) {
+                (Some(_), Some(_)) => {
+                    return Err(DoorError::bad(
+                        "`resources` has both `any_of` and `ordered`; use one of them",
+                    ))
+                }
+                (Some(l), None) => ("any_of", Some(l)),
+                (None, Some(l)) => ("ordered", Some(l)),
+                (None, None) => ("any_of", None),
+            };
+            let alts = match list {
+                None => Vec::new(),
+                Some(n) if n.is_null() => Vec::new(),
+                Some(Node::Seq(items)) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        item.as_map().ok_or_else(|| {
+                            wrong_type(&format!("resources.{key}[{i}]"), "a mapping", item)
                         })
-                        .collect::<Result<_, _>>()?,
-                    Some(_) => {
-                        return Err(DoorError::bad(format!(
-                            "`resources.{key}` must be a list of mappings"
-                        )))
-                    }
-                };
-                (m, alts, key)
-            }
-            Some(_) => return Err(DoorError::bad("`resources` must be a mapping")),
-        };
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(other) => {
+                    return Err(wrong_type(
+                        &format!("resources.{key}"),
+                        "a list of mappings",
+                        other,
+                    ))
+                }
+            };
+            (m.as_slice(), alts, key)
+        }
+        Some(other) => return Err(wrong_type("resources", "a mapping", other)),
+    };
 
     let num_nodes = match task.get("num_nodes") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| *n >= 1)
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                DoorError::bad(format!("`num_nodes` must be a positive integer, got `{v}`"))
-            })?,
+        None => 1,
+        Some(n) if n.is_null() => 1,
+        Some(v) => {
+            let n = match v {
+                Node::Scalar(s) if s.kind == Kind::Int => yaml::int_value(&s.text),
+                other => return Err(wrong_type("num_nodes", "a positive integer", other)),
+            };
+            let text = v.as_scalar().map(|s| short(&s.text)).unwrap_or_default();
+            match n {
+                Some(n) if n >= 1 => u32::try_from(n)
+                    .map_err(|_| DoorError::bad(format!("`num_nodes` `{text}` is too large")))?,
+                _ => {
+                    return Err(DoorError::bad(format!(
+                        "`num_nodes` must be a positive integer, got `{text}`"
+                    )))
+                }
+            }
+        }
     };
 
     let mut resources = Vec::new();
     let mut origins = Vec::new();
-    let alt_iter: Vec<Option<(usize, &Map<String, Value>)>> = if alts.is_empty() {
+    let alt_iter: Vec<Option<(usize, &Entries)>> = if alts.is_empty() {
         vec![None]
     } else {
         alts.iter()
@@ -556,38 +792,60 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
             .map(|(i, a)| Some((i, *a)))
             .collect()
     };
+    // The base's own fields, checked once.
+    let base_labels = labels("resources.labels", map_get(base, "labels"))?;
     for alt in alt_iter {
         let alt_map = alt.map(|(_, m)| m);
-        let get = merged(base, alt_map);
-        let acc_in_alt = alt_map.is_some_and(|m| m.contains_key("accelerators"));
+        let at = alt.map(|(i, _)| (alt_key, i));
+        // A field of the alternative, else of the base; with its path.
+        let get = |k: &str| -> (Option<&Node>, String) {
+            match alt_map.and_then(|a| map_get(a, k)) {
+                Some(v) => (Some(v), field_path(at, k)),
+                None => (map_get(base, k), field_path(None, k)),
+            }
+        };
+        let acc_in_alt = alt_map.is_some_and(|m| map_get(m, "accelerators").is_some());
         // An alternative naming any location replaces the base's location.
-        let loc_map = match alt_map {
+        let (loc_at, loc_map) = match alt_map {
             Some(a)
                 if ["infra", "cloud", "region", "zone"]
                     .iter()
-                    .any(|k| a.contains_key(*k)) =>
+                    .any(|k| map_get(a, k).is_some()) =>
             {
-                a
+                (at, a)
             }
-            _ => base,
+            _ => (None, base),
         };
-        let (cloud, region, zone) = location(loc_map);
-        let disk_size = match alt_map {
-            Some(a) if a.contains_key("disk_size") => int_field(a, "disk_size")?,
-            _ => int_field(base, "disk_size")?,
-        };
-        for (accelerator, acc) in accelerators(get("accelerators"))? {
+        let (cloud, region, zone) = location(loc_at, loc_map)?;
+        if let Some(a) = alt_map {
+            labels(&field_path(at, "labels"), map_get(a, "labels"))?;
+            autostop(&field_path(at, "autostop"), map_get(a, "autostop"))?;
+        }
+        let (disk, disk_path) = get("disk_size");
+        let disk_size = int_field(&disk_path, disk)?;
+        let (acc_v, acc_path) = get("accelerators");
+        let (spot_v, spot_path) = get("use_spot");
+        let (cpus_v, cpus_path) = get("cpus");
+        let (mem_v, mem_path) = get("memory");
+        let (img_v, img_path) = get("image_id");
+        let (ports_v, ports_path) = get("ports");
+        let spot = use_spot(&spot_path, spot_v)?;
+        let cpus = scalar_text(&cpus_path, cpus_v)?;
+        let memory = scalar_text(&mem_path, mem_v)?;
+        let image = image_id(&img_path, img_v)?;
+        let ports = ports(&ports_path, ports_v)?;
+        for (accelerator, acc) in accelerators(&acc_path, acc_v)? {
             resources.push(Resource {
                 accelerator,
                 cloud: cloud.clone(),
                 region: region.clone(),
                 zone: zone.clone(),
-                use_spot: get("use_spot").and_then(Value::as_bool).unwrap_or(false),
-                cpus: get("cpus").and_then(scalar_string),
-                memory: get("memory").and_then(scalar_string),
+                use_spot: spot,
+                cpus: cpus.clone(),
+                memory: memory.clone(),
                 disk_size,
-                image_id: get("image_id").and_then(Value::as_str).map(str::to_owned),
-                ports: ports(get("ports")),
+                image_id: image.clone(),
+                ports: ports.clone(),
                 quote: None,
             });
             origins.push(Origin {
@@ -598,7 +856,7 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
         }
     }
 
-    let mut auto = autostop(base.get("autostop"))?;
+    let mut auto = autostop("resources.autostop", map_get(base, "autostop"))?;
     if auto.is_none() {
         if let Some(opts) = &req.request_options {
             if let Some(idle) = opts.idle_minutes_to_autostop.filter(|i| *i >= 0) {
@@ -609,16 +867,23 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
             }
         }
     }
-    let labels: BTreeMap<String, String> = match base.get("labels") {
-        Some(Value::Object(m)) => m
-            .iter()
-            .filter_map(|(k, v)| scalar_string(v).map(|v| (k.clone(), v)))
-            .collect(),
-        _ => BTreeMap::new(),
-    };
     let volumes = match task.get("volumes") {
-        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        _ => BTreeMap::new(),
+        None => BTreeMap::new(),
+        Some(n) if n.is_null() => BTreeMap::new(),
+        Some(Node::Map(m)) => m
+            .iter()
+            .map(|(k, v)| match k.as_scalar() {
+                Some(s) => Ok((s.text.clone(), v.to_json())),
+                None => Err(wrong_type("volumes", "a mapping of paths to volumes", k)),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(wrong_type(
+                "volumes",
+                "a mapping of paths to volumes",
+                other,
+            ))
+        }
     };
 
     let mut request = LaunchRequest::new(
@@ -637,56 +902,50 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
     request.num_nodes = num_nodes;
     request.resources = resources;
     request.autostop = auto;
-    request.labels = labels;
+    request.labels = base_labels;
     request.volumes = volumes;
-    request.task = task;
-    request.config = config;
+    if policy.needs_task() {
+        request.task = task.to_json();
+    }
+    if policy.needs_config() {
+        if let Some(c) = &config {
+            request.config = c.to_json();
+        }
+    }
     Ok(Normalized {
         request,
+        task,
+        config,
         origins,
         alt_key,
         task_text: req.task,
         config_text,
-        config_parsed: need_config,
     })
 }
 
-fn obj(v: &mut Value) -> &mut Map<String, Value> {
-    if !v.is_object() {
-        *v = Value::Object(Map::new());
-    }
-    match v {
-        Value::Object(m) => m,
-        // Unreachable: replaced by an object just above.
-        _ => unreachable_object(),
-    }
-}
-
-#[expect(clippy::panic, reason = "obj() has just made the value an object")]
-fn unreachable_object() -> ! {
-    panic!("value was just made an object")
-}
-
 /// The resources mapping of a task, created when absent.
-fn resources_mut(task: &mut Value) -> &mut Map<String, Value> {
-    let root = obj(task);
-    obj(root.entry("resources").or_insert(Value::Null))
+fn resources_mut(task: &mut Node) -> &mut Node {
+    let res = task.entry("resources");
+    res.make_map();
+    res
 }
 
 /// The mapping a candidate's settings live in: its alternative, or the base.
-fn target<'a>(
-    task: &'a mut Value,
-    alt_key: &str,
-    alt: Option<usize>,
-) -> Option<&'a mut Map<String, Value>> {
+fn target<'a>(task: &'a mut Node, alt_key: &str, alt: Option<usize>) -> Option<&'a mut Node> {
     let res = resources_mut(task);
     match alt {
         None => Some(res),
-        Some(i) => res
-            .get_mut(alt_key)
-            .and_then(Value::as_array_mut)
-            .and_then(|a| a.get_mut(i))
-            .and_then(Value::as_object_mut),
+        Some(i) => {
+            let list = res
+                .as_map_mut()?
+                .iter_mut()
+                .rev()
+                .find(|(k, _)| k.as_str() == Some(alt_key))?;
+            list.1
+                .as_seq_mut()?
+                .get_mut(i)
+                .filter(|n| matches!(n, Node::Map(_)))
+        }
     }
 }
 
@@ -707,13 +966,13 @@ fn rewrite_infra(infra: &str, field: ResourceField, value: &str) -> String {
 }
 
 impl Normalized {
-    fn set_resource(&self, task: &mut Value, idx: usize, field: ResourceField, value: &Value) {
+    fn set_resource(&self, task: &mut Node, idx: usize, field: ResourceField, value: &Value) {
         let Some(origin) = self.origins.get(idx) else {
             return;
         };
         let base_infra = resources_mut(task)
             .get("infra")
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .map(str::to_owned);
         let Some(t) = target(task, self.alt_key, origin.alt) else {
             return;
@@ -724,34 +983,29 @@ impl Normalized {
         );
         let infra = t
             .get("infra")
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .map(str::to_owned)
             .or_else(|| {
                 // An alternative without its own location inherits the base's infra.
                 (origin.alt.is_some()
-                    && !t.contains_key("cloud")
-                    && !t.contains_key("region")
-                    && !t.contains_key("zone"))
+                    && t.get("cloud").is_none()
+                    && t.get("region").is_none()
+                    && t.get("zone").is_none())
                 .then_some(base_infra)
                 .flatten()
             });
         match (is_location, infra, value.as_str()) {
             (true, Some(infra), Some(v)) => {
-                t.insert(
-                    "infra".to_owned(),
-                    Value::String(rewrite_infra(&infra, field, v)),
-                );
+                t.set("infra", Node::str(rewrite_infra(&infra, field, v)));
             }
-            _ => {
-                t.insert(field.as_str().to_owned(), value.clone());
-            }
+            _ => t.set(field.as_str(), Node::from_json(value)),
         }
     }
 
-    fn prune(&self, task: &mut Value, removed: &[usize]) {
+    fn prune(&self, task: &mut Node, removed: &[usize]) {
         // Group removals by container, then remove from the back so indices hold.
         let mut whole_alts: Vec<usize> = Vec::new();
-        let mut keys: BTreeMap<(Option<usize>, bool), Vec<AccRef>> = BTreeMap::new();
+        let mut refs: BTreeMap<(Option<usize>, bool), Vec<usize>> = BTreeMap::new();
         for i in removed {
             let Some(o) = self.origins.get(*i) else {
                 continue;
@@ -759,48 +1013,47 @@ impl Normalized {
             match (&o.acc, o.alt) {
                 (AccRef::Whole | AccRef::None, Some(a)) => whole_alts.push(a),
                 (AccRef::Whole | AccRef::None, None) => {}
-                (acc, alt) => keys
-                    .entry((alt, o.acc_in_alt))
-                    .or_default()
-                    .push(acc.clone()),
+                (AccRef::Key(at) | AccRef::Index(at), alt) => {
+                    refs.entry((alt, o.acc_in_alt)).or_default().push(*at)
+                }
             }
         }
-        for ((alt, in_alt), refs) in keys {
+        for ((alt, in_alt), mut at) in refs {
             let container = if in_alt { alt } else { None };
             let Some(t) = target(task, self.alt_key, container) else {
                 continue;
             };
-            let mut now_empty = false;
-            match t.get_mut("accelerators") {
-                Some(Value::Object(m)) => {
-                    for r in &refs {
-                        if let AccRef::Key(k) = r {
-                            m.remove(k);
+            let Some(entries) = t.as_map_mut() else {
+                continue;
+            };
+            let Some((_, accs)) = entries
+                .iter_mut()
+                .rev()
+                .find(|(k, _)| k.as_str() == Some("accelerators"))
+            else {
+                continue;
+            };
+            at.sort_unstable();
+            at.dedup();
+            let now_empty = match accs {
+                Node::Map(m) => {
+                    for i in at.into_iter().rev() {
+                        if i < m.len() {
+                            m.remove(i);
                         }
                     }
-                    now_empty = m.is_empty();
+                    m.is_empty()
                 }
-                Some(Value::Array(list)) => {
-                    let mut idx: Vec<usize> = refs
-                        .iter()
-                        .filter_map(|r| {
-                            if let AccRef::Index(i) = r {
-                                Some(*i)
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
-                    idx.sort_unstable();
-                    for i in idx.into_iter().rev() {
+                Node::Seq(list) => {
+                    for i in at.into_iter().rev() {
                         if i < list.len() {
                             list.remove(i);
                         }
                     }
-                    now_empty = list.is_empty();
+                    list.is_empty()
                 }
-                _ => {}
-            }
+                _ => false,
+            };
             if now_empty {
                 if let Some(a) = alt {
                     whole_alts.push(a);
@@ -809,13 +1062,16 @@ impl Normalized {
         }
         whole_alts.sort_unstable();
         whole_alts.dedup();
-        if let Some(list) = resources_mut(task)
-            .get_mut(self.alt_key)
-            .and_then(Value::as_array_mut)
-        {
-            for a in whole_alts.into_iter().rev() {
-                if a < list.len() {
-                    list.remove(a);
+        if let Some((_, list)) = resources_mut(task).as_map_mut().and_then(|m| {
+            m.iter_mut()
+                .rev()
+                .find(|(k, _)| k.as_str() == Some(self.alt_key))
+        }) {
+            if let Some(list) = list.as_seq_mut() {
+                for a in whole_alts.into_iter().rev() {
+                    if a < list.len() {
+                        list.remove(a);
+                    }
                 }
             }
         }
@@ -823,20 +1079,29 @@ impl Normalized {
 
     /// Every mapping labels/autostop go to: the base, and alternatives that
     /// carry their own value (which would otherwise shadow the base's).
-    fn with_base_and_overrides(&self, task: &mut Value, key: &str, f: &dyn Fn(&mut Value)) {
+    fn with_base_and_overrides(&self, task: &mut Node, key: &str, f: &dyn Fn(&mut Node)) {
         let res = resources_mut(task);
-        f(res.entry(key).or_insert(Value::Null));
-        if let Some(list) = res.get_mut(self.alt_key).and_then(Value::as_array_mut) {
-            for alt in list.iter_mut().filter_map(Value::as_object_mut) {
-                if let Some(v) = alt.get_mut(key) {
-                    f(v);
+        f(res.entry(key));
+        let alt_key = self.alt_key;
+        if let Some(Node::Seq(list)) = res
+            .as_map_mut()
+            .and_then(|m| {
+                m.iter_mut()
+                    .rev()
+                    .find(|(k, _)| k.as_str() == Some(alt_key))
+            })
+            .map(|(_, v)| v)
+        {
+            for alt in list.iter_mut().filter(|a| matches!(a, Node::Map(_))) {
+                if alt.get(key).is_some() {
+                    f(alt.entry(key));
                 }
             }
         }
     }
 
     /// Applies an allowing decision; returns the task and config texts.
-    /// Takes the task document out of `self.request` (it is not needed after).
+    /// Takes the documents out of `self` (they are not needed after).
     pub fn apply(&mut self, decision: &Decision) -> Result<(String, String), DoorError> {
         if decision.mutations.is_empty() {
             return Ok((
@@ -844,16 +1109,16 @@ impl Normalized {
                 std::mem::take(&mut self.config_text),
             ));
         }
-        let mut task = std::mem::take(&mut self.request.task);
+        let mut task = std::mem::replace(&mut self.task, Node::empty_map());
         let mut task_changed = false;
-        let mut config: Option<Value> = None;
+        let mut config: Option<Node> = None;
         for applied in &decision.mutations {
             match &applied.mutation {
                 Mutation::UseSpot { resources } => {
                     for i in resources {
                         if let Some(o) = self.origins.get(*i) {
                             if let Some(t) = target(&mut task, self.alt_key, o.alt) {
-                                t.insert("use_spot".to_owned(), Value::Bool(true));
+                                t.set("use_spot", Node::from_json(&Value::Bool(true)));
                             }
                         }
                     }
@@ -874,24 +1139,24 @@ impl Normalized {
                     task_changed = true;
                 }
                 Mutation::SetAutostop(a) => {
-                    let v = serde_json::json!({"idle_minutes": a.idle_minutes, "down": a.down});
+                    let v = Node::from_json(
+                        &serde_json::json!({"idle_minutes": a.idle_minutes, "down": a.down}),
+                    );
                     self.with_base_and_overrides(&mut task, "autostop", &|slot| *slot = v.clone());
                     task_changed = true;
                 }
                 Mutation::AddLabels { labels } => {
                     self.with_base_and_overrides(&mut task, "labels", &|slot| {
-                        let m = obj(slot);
                         for (k, v) in labels {
-                            m.insert(k.clone(), Value::String(v.clone()));
+                            slot.set(k, Node::str(v.clone()));
                         }
                     });
                     task_changed = true;
                 }
                 Mutation::AddVolumes { volumes } => {
-                    let root = obj(&mut task);
-                    let m = obj(root.entry("volumes").or_insert(Value::Null));
+                    let m = task.entry("volumes");
                     for (k, v) in volumes {
-                        m.insert(k.clone(), v.clone());
+                        m.set(k, Node::from_json(v));
                     }
                     task_changed = true;
                 }
@@ -900,7 +1165,7 @@ impl Normalized {
                     path,
                     value,
                 } => {
-                    set_path(&mut task, path, value.clone());
+                    task.set_path(path, Node::from_json(value));
                     task_changed = true;
                 }
                 Mutation::SetPath {
@@ -911,25 +1176,24 @@ impl Normalized {
                     let cfg = match config.as_mut() {
                         Some(c) => c,
                         None => {
-                            let parsed = if self.config_parsed {
-                                std::mem::take(&mut self.request.config)
-                            } else {
-                                parse_yaml("skypilot_config", &self.config_text)?
+                            let parsed = match self.config.take() {
+                                Some(c) => c,
+                                None => parse_doc("skypilot_config", &self.config_text)?,
                             };
                             config.insert(parsed)
                         }
                     };
-                    set_path(cfg, path, value.clone());
+                    cfg.set_path(path, Node::from_json(value));
                 }
             }
         }
         let task_text = if task_changed {
-            serde_json::to_string(&task).map_err(|e| DoorError::Internal(e.to_string()))?
+            yaml::to_string(&task)
         } else {
             std::mem::take(&mut self.task_text)
         };
         let config_text = match config {
-            Some(c) => serde_json::to_string(&c).map_err(|e| DoorError::Internal(e.to_string()))?,
+            Some(c) => yaml::to_string(&c),
             None => std::mem::take(&mut self.config_text),
         };
         Ok((task_text, config_text))
