@@ -290,7 +290,16 @@ fn parse_doc(what: &str, text: &str) -> Result<Node, DoorError> {
     if text.trim().is_empty() {
         return Ok(Node::empty_map());
     }
-    match yaml::parse(text) {
+    // PyYAML (YAML 1.1) takes a raw NEL, U+2028 or U+2029 for a line
+    // break; reading them as one gives the structure PyYAML sees. (Such a
+    // document is passed on as sent, or refused if it must be rewritten:
+    // see `refuse_raw_breaks`.)
+    let text: std::borrow::Cow<'_, str> = if text.contains(RAW_BREAKS) {
+        text.replace(RAW_BREAKS, "\n").into()
+    } else {
+        text.into()
+    };
+    match yaml::parse(&text) {
         Ok(None) => Ok(Node::empty_map()),
         Ok(Some(node)) if node.is_null() => Ok(Node::empty_map()),
         Ok(Some(node @ Node::Map(_))) => Ok(node),
@@ -1188,15 +1197,39 @@ impl Normalized {
             }
         }
         let task_text = if task_changed {
+            refuse_raw_breaks("task", &self.task_text)?;
             yaml::to_string(&task)
         } else {
             std::mem::take(&mut self.task_text)
         };
         let config_text = match config {
-            Some(c) => yaml::to_string(&c),
+            Some(c) => {
+                refuse_raw_breaks("skypilot_config", &self.config_text)?;
+                yaml::to_string(&c)
+            }
             None => std::mem::take(&mut self.config_text),
         };
         Ok((task_text, config_text))
+    }
+}
+
+/// YAML 1.1 line breaks other than `\n` and `\r`.
+const RAW_BREAKS: [char; 3] = ['\u{85}', '\u{2028}', '\u{2029}'];
+
+/// PyYAML reads a raw NEL, U+2028 or U+2029 as a line break (YAML 1.1);
+/// Warden's reader (YAML 1.2) does not, so it cannot promise to rewrite
+/// such a document exactly. SkyPilot's client never sends one (it escapes
+/// every non-ASCII character); a document that must be changed and holds
+/// one is refused rather than altered.
+fn refuse_raw_breaks(what: &str, text: &str) -> Result<(), DoorError> {
+    match text.find(RAW_BREAKS) {
+        None => Ok(()),
+        Some(at) => {
+            let line = text.get(..at).unwrap_or_default().matches('\n').count() + 1;
+            Err(DoorError::bad(format!(
+                "`{what}` line {line} holds a raw YAML 1.1 line break (U+0085, U+2028 or U+2029) that Warden cannot rewrite exactly; write it escaped (`\\N`, `\\L`, `\\P` in a double-quoted string)"
+            )))
+        }
     }
 }
 

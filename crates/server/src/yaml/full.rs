@@ -225,7 +225,9 @@ fn scalar(
         Some(t) => {
             let full = full_tag(t);
             if full == "!" {
-                Kind::Str
+                // PyYAML resolves a scalar tagged `!` as if it were plain,
+                // whatever its style (libyaml writes dates as `! '2001-12-14'`).
+                resolve_plain(value)
             } else {
                 Kind::from_tag(&full).ok_or_else(|| unsupported_tag(span, &full))?
             }
