@@ -356,16 +356,18 @@ def set_path(root, path, value):
 
 # --- comparison -----------------------------------------------------------
 
-def same(a, b, path="$"):
-    """Equal, with types, key order and NaN; the first difference or None."""
+def same(a, b, path="$", ordered=True):
+    """Equal, with types, NaN and (`ordered`) key order; the first difference or None."""
     if type(a) is not type(b):
         return "%s: %r (%s) != %r (%s)" % (path, a, type(a).__name__, b, type(b).__name__)
     if isinstance(a, dict):
         ka, kb = list(a.keys()), list(b.keys())
+        if not ordered:
+            ka, kb = sorted(ka, key=repr), sorted(kb, key=repr)
         if len(ka) != len(kb) or any(type(x) is not type(y) or x != y for x, y in zip(ka, kb)):
             return "%s: keys %r != %r" % (path, ka, kb)
         for k in ka:
-            d = same(a[k], b[k], "%s.%r" % (path, k))
+            d = same(a[k], b[k], "%s.%r" % (path, k), ordered)
             if d:
                 return d
         return None
@@ -375,7 +377,7 @@ def same(a, b, path="$"):
         if len(a) != len(b):
             return "%s: length %d != %d" % (path, len(a), len(b))
         for i, (x, y) in enumerate(zip(a, b)):
-            d = same(x, y, "%s[%d]" % (path, i))
+            d = same(x, y, "%s[%d]" % (path, i), ordered)
             if d:
                 return d
         return None

@@ -21,3 +21,4 @@ mod skypilot_client;
 mod skypilot_sync;
 mod vast;
 mod vast_client;
+mod yaml_contract;
