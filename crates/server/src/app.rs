@@ -203,7 +203,85 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/vast/{*rest}", any(crate::doors::vast::route))
         .merge(crate::reports::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// How much of an oversized body is read and dropped before the 413.
+const DRAIN_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+/// How long an oversized body is read before the 413.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers 413 to a body over [`BODY_LIMIT_BYTES`] only after reading (and
+/// dropping) the rest of it, up to [`DRAIN_LIMIT_BYTES`] or [`DRAIN_TIME`]:
+/// a server that answers and closes while the client is still sending
+/// makes the client see a connection reset instead of the answer.
+/// Bodies declared within the limit go straight on (the extractor's limit
+/// still holds them to what they declared).
+async fn refuse_oversized(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body_util::BodyExt as _;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n <= BODY_LIMIT_BYTES as u64) {
+        return next.run(req).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut over = declared.is_some();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let mut deadline = over.then(|| tokio::time::Instant::now() + DRAIN_TIME);
+    loop {
+        let frame = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => break,
+            },
+            None => body.frame().await,
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                if over {
+                    break;
+                }
+                return DoorError::bad(format!("cannot read the request body: {e}")).into_response();
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        total = total.saturating_add(data.len());
+        if !over && total > BODY_LIMIT_BYTES {
+            over = true;
+            kept = Vec::new();
+            deadline = Some(tokio::time::Instant::now() + DRAIN_TIME);
+        }
+        if !over {
+            kept.extend_from_slice(&data);
+        }
+        if total > DRAIN_LIMIT_BYTES {
+            break;
+        }
+    }
+    if over {
+        let mut response = DoorError::PayloadTooLarge {
+            limit_mib: BODY_LIMIT_BYTES / (1024 * 1024),
+        }
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(kept)))
+        .await
 }
 
 async fn healthz() -> &'static str {
@@ -254,7 +332,9 @@ fn log_decision(
         line.bool("quota_denied", decision.is_allowed() && !allowed);
         line.joined("denied", decision.denied_by().iter().map(|r| r.as_str()));
         line.joined("warned", decision.warned_by().iter().map(|r| r.as_str()));
-        line.joined("mutated", decision.mutated_by().iter().map(|r| r.as_str()));
+        // A request that was not let through had nothing applied.
+        let mutated = if allowed { decision.mutated_by() } else { Vec::new() };
+        line.joined("mutated", mutated.iter().map(|r| r.as_str()));
         line.u64(
             "latency_us",
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

@@ -497,7 +497,9 @@ fn log_decision(
         line.bool("quota_denied", matches!(recorded, Recorded::OverQuota(_)));
         line.joined("denied", d.denied_by().iter().map(|r| r.as_str()));
         line.joined("warned", d.warned_by().iter().map(|r| r.as_str()));
-        line.joined("mutated", d.mutated_by().iter().map(|r| r.as_str()));
+        // A create that was not let through had nothing applied.
+        let mutated = if granted { d.mutated_by() } else { Vec::new() };
+        line.joined("mutated", mutated.iter().map(|r| r.as_str()));
         line.joined("not_applicable", skipped.iter().map(String::as_str));
         line.opt_str("hourly_usd", d.hourly_usd.map(|u| u.to_string()).as_deref());
     });
