@@ -1006,3 +1006,105 @@ fn unresolved_message(req: &LaunchRequest) -> String {
         "{who} is not in any team ({ws}, no `team` label of a known team). Ask a platform admin to add you to a team in Warden's config (`teams.<team>.users`), or run in a team's workspace (`active_workspace`)"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Accelerator, Door};
+    use crate::GpuModel;
+
+    fn gpu(model: &str, count: u32) -> Resource {
+        Resource {
+            accelerator: Some(Accelerator {
+                model: GpuModel::parse(model).unwrap(),
+                count,
+            }),
+            ..Resource::default()
+        }
+    }
+
+    /// Candidates H100:8, A100:1 (port 22 open) and a CPU-only one; labels
+    /// `team: ml`, `project: alpha`.
+    fn request() -> LaunchRequest {
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        let mut a100 = gpu("A100", 1);
+        a100.ports = vec!["22".to_owned()];
+        req.resources = vec![gpu("H100", 8), a100, Resource::default()];
+        req.labels = [("team", "ml"), ("project", "alpha")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        req
+    }
+
+    /// Whether a `deny` rule matched by `key: cond` fires on [`request`].
+    fn fires(key: &str, cond: &str) -> bool {
+        let yaml = format!(
+            "default_team: t\nteams: {{t: {{}}}}\nrules:\n  - name: hit\n    match: {{{key}: {}}}\n    deny: hit\n",
+            serde_json::to_string(cond).unwrap()
+        );
+        let policy = Policy::from_yaml(&yaml).unwrap_or_else(|e| panic!("{cond}: {e}"));
+        let d = policy.decide(&request());
+        assert!(
+            d.reasons.iter().all(|r| r.message == "hit"),
+            "{cond}: {:?}",
+            d.reasons
+        );
+        !d.is_allowed()
+    }
+
+    #[test]
+    fn comprehension_macros_evaluate_over_the_request() {
+        for (cond, want) in [
+            (r#"request.gpu_models.exists(m, m == "H100")"#, true),
+            (r#"request.gpu_models.exists(m, m == "T4")"#, false),
+            (r#"request.gpu_models.all(m, m in ["H100", "A100"])"#, true),
+            (r#"request.gpu_models.all(m, m == "H100")"#, false),
+            ("request.resources.exists(r, r.gpus >= 8)", true),
+            ("request.resources.all(r, r.gpus > 0)", false),
+            ("request.resources.exists_one(r, r.gpus == 0)", true),
+            ("request.resources.exists_one(r, r.gpus > 0)", false),
+            ("request.resources.map(r, r.gpus).exists(g, g == 8)", true),
+            ("request.resources.map(r, r.gpus > 0, r.gpus) == [8, 1]", true),
+            ("size(request.resources.filter(r, r.gpus > 0)) == 2", true),
+            ("size(request.resources.filter(r, r.gpus > 8)) == 0", true),
+            (r#"request.labels.exists(k, k == "team")"#, true),
+            (r#"request.labels.exists(k, k == "owner")"#, false),
+            (r#"request.labels.all(k, request.labels[k] != "")"#, true),
+            (r#"request.labels.filter(k, k.startsWith("p")) == ["project"]"#, true),
+            (
+                "request.resources.exists(r, request.gpu_models.exists(m, m == r.accelerator))",
+                true,
+            ),
+            (
+                "request.resources.all(r, r.ports.all(p, request.resources.exists(s, s.index != r.index)))",
+                true,
+            ),
+            (
+                r#"request.gpu_models.exists(m, m == "A100") && request.gpu_models.all(m, m != "T4")"#,
+                true,
+            ),
+            ("request.resources.exists(resource, resource.gpus == 1)", true),
+        ] {
+            assert_eq!(fires("when", cond), want, "{cond}");
+        }
+        assert!(fires("resource", r#"resource.ports.exists(p, p == "22")"#));
+        assert!(!fires("resource", r#"resource.ports.exists(p, p == "80")"#));
+    }
+
+    /// An error inside a macro fails closed like any other.
+    #[test]
+    fn an_error_inside_a_macro_fails_closed() {
+        let policy = Policy::from_yaml(
+            "default_team: t\nteams: {t: {}}\nrules:\n  - {name: r, match: {when: 'request.resources.all(r, r.nope > 0)'}, use_spot: true}\n",
+        )
+        .unwrap();
+        let d = policy.decide(&request());
+        assert_eq!(d.denied_by()[0].as_str(), "r");
+        assert!(
+            d.reasons[0].message.contains("fails closed"),
+            "{:?}",
+            d.reasons
+        );
+    }
+}
