@@ -487,13 +487,7 @@ impl Policy {
                 (Outcome::Mutate(_, m), Mode::Warn) => {
                     (Effect::Warn, format!("would change: {m}"), Vec::new())
                 }
-                (Outcome::Deny(m), _) => {
-                    let m = match &rule.hint {
-                        Some(h) => format!("{m} {h}"),
-                        None => m,
-                    };
-                    (Effect::Deny, m, Vec::new())
-                }
+                (Outcome::Deny(m), _) => (Effect::Deny, rule.denial(m), Vec::new()),
                 (Outcome::Mutate(ms, m), _) => (Effect::Mutate, m, ms),
             };
             if !muts.is_empty() {
@@ -609,11 +603,10 @@ impl Policy {
                     .map(|m| format!("`{m}`"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let asked = bad
-                    .iter()
-                    .filter_map(|(_, r)| r.accelerator.as_ref().map(|a| format!("`{}`", a.model)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let (asked, models_asked) =
+                    bounded_list(bad.iter().filter_map(|(_, r)| {
+                        r.accelerator.as_ref().map(|a| format!("`{}`", a.model))
+                    }));
                 let remaining = s
                     .alive()
                     .filter(|(i, _)| !bad.iter().any(|(b, _)| b == i))
@@ -626,8 +619,13 @@ impl Policy {
                         format!("removed GPU candidates {asked} (allowed: {allowed})"),
                     );
                 }
+                let (what, are) = if models_asked == 1 {
+                    ("GPU", "is")
+                } else {
+                    ("GPUs", "are")
+                };
                 Outcome::Deny(format!(
-                    "GPU {asked} is not allowed; allowed GPU models: {allowed}. Ask for one of those"
+                    "{what} {asked} {are} not allowed; allowed GPU models: {allowed}. Ask for one of those"
                 ))
             }
             Action::MaxGpus(limit) => {
@@ -725,11 +723,7 @@ impl Policy {
                 if changed.is_empty() {
                     return Outcome::Pass;
                 }
-                let what = changed
-                    .iter()
-                    .map(|(_, r)| s.describe(r))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let (what, _) = bounded_list(changed.iter().map(|(_, r)| s.describe(r)));
                 Outcome::Mutate(
                     vec![Mutation::UseSpot {
                         resources: changed.iter().map(|(i, _)| *i).collect(),
@@ -948,6 +942,32 @@ fn check_allowed<'a>(
     Outcome::Pass
 }
 
+/// How many items a reason names before it counts the rest.
+const LISTED: usize = 5;
+
+/// `items` joined with `, `, each named once (in first-seen order) and at
+/// most [`LISTED`] of them, then `and N more`; with the number of distinct
+/// items. A reason stays short however many candidates a request offers
+/// (a task may list thousands of `any_of` alternatives).
+fn bounded_list(items: impl IntoIterator<Item = String>) -> (String, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut shown: Vec<String> = Vec::new();
+    for item in items {
+        if seen.contains(&item) {
+            continue;
+        }
+        if shown.len() < LISTED {
+            shown.push(item.clone());
+        }
+        seen.insert(item);
+    }
+    let mut text = shown.join(", ");
+    if seen.len() > shown.len() {
+        text.push_str(&format!(" and {} more", seen.len() - shown.len()));
+    }
+    (text, seen.len())
+}
+
 fn plural(n: u64, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -1105,6 +1125,112 @@ mod tests {
             d.reasons[0].message.contains("fails closed"),
             "{:?}",
             d.reasons
+        );
+    }
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// 10,000 candidates of two disallowed models (and one allowed one).
+    fn many_candidates() -> LaunchRequest {
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.resources = (0..10_000)
+            .map(|i| gpu(if i % 2 == 0 { "V100" } else { "T4" }, 1 + i % 8))
+            .chain([gpu("H100", 8)])
+            .collect();
+        req
+    }
+
+    /// The start of a message that may be long.
+    fn preview(msg: &str) -> &str {
+        msg.get(..300).unwrap_or(msg)
+    }
+
+    #[test]
+    fn a_denial_names_each_disallowed_model_once() {
+        let p = policy("default_team: ml\nteams:\n  ml: {allowed_gpus: [H100]}\n");
+        let msg = p.decide(&many_candidates()).denial_message();
+        assert_eq!(msg.matches("`V100`").count(), 1, "{}", preview(&msg));
+        assert_eq!(msg.matches("`T4`").count(), 1, "{}", preview(&msg));
+        assert!(
+            msg.contains("GPUs `V100`, `T4` are not allowed"),
+            "{}",
+            preview(&msg)
+        );
+        assert!(msg.len() < 400, "{} bytes: {}", msg.len(), preview(&msg));
+
+        // One model keeps the singular the users know.
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.resources = vec![gpu("T4", 1), gpu("T4", 2)];
+        let msg = p.decide(&req).denial_message();
+        assert!(msg.contains("GPU `T4` is not allowed"), "{}", preview(&msg));
+
+        // Many distinct models: the first few, then how many more.
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.resources = (0..2_000)
+            .map(|i| gpu(&format!("GPU{}", i % 40), 1))
+            .collect();
+        let msg = p.decide(&req).denial_message();
+        assert!(
+            msg.contains("GPUs `GPU0`, `GPU1`, `GPU2`, `GPU3`, `GPU4` and 35 more are not allowed"),
+            "{}",
+            preview(&msg)
+        );
+        assert!(!msg.contains("`GPU5`"), "{}", preview(&msg));
+        assert!(msg.len() < 400, "{} bytes: {}", msg.len(), preview(&msg));
+    }
+
+    /// Pruning and spot switching over many candidates also say each thing
+    /// once, in a bounded reason.
+    #[test]
+    fn mutation_reasons_are_bounded_too() {
+        let p = policy(
+            "default_team: ml\nteams:\n  ml: {allowed_gpus: [H100], prune_disallowed_gpus: true}\nrules:\n  - {name: spot, use_spot: true}\n",
+        );
+        let d = p.decide(&many_candidates());
+        assert!(d.is_allowed(), "{}", d.denial_message());
+        for r in &d.reasons {
+            assert!(
+                r.message.len() < 400,
+                "{}: {} bytes",
+                r.rule,
+                r.message.len()
+            );
+        }
+        let pruned = &d.reasons[0].message;
+        assert_eq!(pruned.matches("`V100`").count(), 1, "{}", preview(pruned));
+        let p =
+            policy("default_team: ml\nteams: {ml: {}}\nrules:\n  - {name: spot, use_spot: true}\n");
+        let d = p.decide(&many_candidates());
+        let spot = &d.reasons[0].message;
+        assert!(spot.contains("V100:1"), "{}", preview(spot));
+        assert!(spot.contains(" more to spot capacity"), "{}", preview(spot));
+        assert!(spot.len() < 400, "{} bytes: {}", spot.len(), preview(spot));
+    }
+
+    /// The rule's `message` (written by an admin) follows the built-in
+    /// reason on its own labelled line; the `[rule]` prefix is unchanged.
+    #[test]
+    fn the_admin_message_is_set_apart_from_the_reason() {
+        let p = policy(
+            "default_team: ml\nteams:\n  ml: {max_nodes: 2}\nrules:\n  - name: vpc\n    require_paths: [config.aws.vpc_names]\n    message: \"See the wiki.\\nAsk #infra.\"\n",
+        );
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.num_nodes = 3;
+        let d = p.decide(&req);
+        assert_eq!(
+            d.reasons[1].message,
+            "`config.aws.vpc_names` must be set\nAdmin note: See the wiki.\nAsk #infra."
+        );
+        assert_eq!(
+            d.denial_message(),
+            "Warden denied this request (team `ml`):\n  \
+             - [team.max_nodes] requests 3 nodes; the limit is 2 nodes. Set `num_nodes` to at most 2 \
+             (or ask a platform admin to change `teams.ml.max_nodes`)\n  \
+             - [vpc] `config.aws.vpc_names` must be set\n    \
+             Admin note: See the wiki.\n    \
+             Ask #infra."
         );
     }
 }

@@ -340,7 +340,9 @@ pub struct RuleSpec {
     /// Also apply to SkyPilot controller tasks (`*.launch_controller`).
     #[serde(default)]
     pub controllers: bool,
-    /// Extra text appended to this rule's denial messages (e.g. a wiki link).
+    /// The admin's own text for this rule's denials (e.g. a wiki link),
+    /// shown after the built-in reason on a line of its own, labelled
+    /// `Admin note:`.
     #[serde(default)]
     pub message: Option<String>,
     /// Which requests the rule applies to.
@@ -508,9 +510,36 @@ pub struct Rule {
     /// Mode.
     pub mode: Mode,
     pub(crate) controllers: bool,
+    /// Built-in text appended to a denial (a team limit says which key to
+    /// change).
     pub(crate) hint: Option<String>,
+    /// The admin's `message`, shown after a denial on its own line.
+    pub(crate) note: Option<String>,
     pub(crate) matcher: Matcher,
     pub(crate) action: Action,
+}
+
+/// Labels the admin's `message` in a denial, after the built-in reason.
+pub(crate) const ADMIN_NOTE_LABEL: &str = "Admin note:";
+
+impl Rule {
+    /// The reason a denial by this rule gives: the built-in `reason` and
+    /// hint, then the admin's message on its own labelled line, so a user
+    /// can tell what Warden checked from what the admins added.
+    pub(crate) fn denial(&self, reason: String) -> String {
+        let mut m = reason;
+        if let Some(h) = &self.hint {
+            m.push(' ');
+            m.push_str(h);
+        }
+        if let Some(n) = &self.note {
+            m.push('\n');
+            m.push_str(ADMIN_NOTE_LABEL);
+            m.push(' ');
+            m.push_str(n);
+        }
+        m
+    }
 }
 
 /// A loaded, validated policy: teams, prices and rules. Cheap to share
@@ -945,6 +974,7 @@ fn team_rules(p: &mut Problems, path: &str, name: &TeamName, t: &TeamSpec) -> Ve
             hint: Some(format!(
                 "(or ask a platform admin to change `teams.{name}.{key}`)"
             )),
+            note: None,
             matcher: Matcher {
                 teams: Some(vec![name.clone()]),
                 ..Matcher::default()
@@ -1232,7 +1262,13 @@ fn compile_rule(
         name,
         mode: r.mode,
         controllers: r.controllers,
-        hint: r.message.clone(),
+        hint: None,
+        note: r
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned),
         matcher,
         action,
     })
