@@ -1,7 +1,7 @@
 //! Evaluation: one request against one policy.
 //!
 //! Semantics, in order:
-//! 1. The team is resolved ([`Policy::resolve_team`]). An unresolved,
+//! 1. The team is resolved ([`Policy::resolve_request_team`]). An unresolved,
 //!    non-controller request is denied by the reason `team.resolve`.
 //! 2. Rules run in order: the implicit team limits (`team.*`) first, then the
 //!    `rules` list. A rule is skipped when its mode is `off`, when the
@@ -440,14 +440,7 @@ fn rule_error(msg: String) -> Outcome {
 impl Policy {
     /// Decides one request. Pure and deterministic.
     pub fn decide(&self, req: &LaunchRequest) -> Decision {
-        let team = self
-            .resolve_team(
-                req.principal.team.as_deref(),
-                req.principal.user.as_deref(),
-                req.principal.workspace.as_deref(),
-                req.labels.get("team").map(String::as_str),
-            )
-            .map(|(t, _)| t);
+        let team = self.resolve_request_team(req).map(|(t, _)| t);
         let mut state = State {
             req,
             team: team.clone(),
@@ -466,7 +459,7 @@ impl Policy {
             reasons.push(Reason {
                 rule: RuleName::builtin("team.resolve"),
                 effect: Effect::Deny,
-                message: unresolved_message(req),
+                message: unresolved_message(req, self.team_from_label(req.at_client_side)),
             });
         }
 
@@ -1013,7 +1006,7 @@ fn static_match(rule: &Rule, req: &LaunchRequest, team: Option<&TeamName>) -> bo
     true
 }
 
-fn unresolved_message(req: &LaunchRequest) -> String {
+fn unresolved_message(req: &LaunchRequest, by_label: bool) -> String {
     let who = match &req.principal.user {
         Some(u) => format!("user `{u}`"),
         None => "this request (no user name is known on the client side)".to_owned(),
@@ -1022,8 +1015,13 @@ fn unresolved_message(req: &LaunchRequest) -> String {
         Some(w) => format!("workspace `{w}`"),
         None => "no workspace".to_owned(),
     };
+    let label = match (by_label, req.at_client_side) {
+        (true, _) => "no `team` label of a known team",
+        (false, false) => "a `team` label does not choose the team of a server-side request",
+        (false, true) => "a `team` label does not choose the team",
+    };
     format!(
-        "{who} is not in any team ({ws}, no `team` label of a known team). Ask a platform admin to add you to a team in Warden's config (`teams.<team>.users`), or run in a team's workspace (`active_workspace`)"
+        "{who} is not in any team ({ws}; {label}). Ask a platform admin to add you to a team in Warden's config (`teams.<team>.users`), or run in a team's workspace (`active_workspace`)"
     )
 }
 

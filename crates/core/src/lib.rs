@@ -33,6 +33,7 @@ pub use ids::{GpuModel, RuleName, TeamName};
 pub use money::Usd;
 pub use policy::{
     normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team,
+    TeamFromLabel,
 };
 pub use price::{GpuPrice, PriceTable};
 pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Quote, Resource};

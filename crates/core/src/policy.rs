@@ -13,7 +13,7 @@ use crate::expr::{Expr, Uses, REQUEST_VARS, RESOURCE_VARS};
 use crate::ids::{GpuModel, RuleName, TeamName};
 use crate::money::Usd;
 use crate::price::{GpuPrice, PriceTable};
-use crate::request::{Autostop, Door};
+use crate::request::{Autostop, Door, LaunchRequest};
 
 /// The policy file as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -22,6 +22,9 @@ pub struct PolicySpec {
     /// Team for requests that resolve to no team; absent = deny them.
     #[serde(default)]
     pub default_team: Option<String>,
+    /// Which requests a `team` label may choose the team of.
+    #[serde(default)]
+    pub team_from_label: TeamFromLabel,
     /// Teams by name.
     #[serde(default)]
     pub teams: BTreeMap<String, TeamSpec>,
@@ -425,6 +428,36 @@ pub struct Team {
     pub vast: crate::vast::VastTeam,
 }
 
+/// Which requests a `team` label may choose the team of
+/// (`team_from_label`). A label is written by whoever writes the task, so
+/// anyone can name any team with it; the user name of a server-side
+/// SkyPilot request is vouched for by the API server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeamFromLabel {
+    /// Client-side requests only (they carry no vouched identity, so the
+    /// label is all there is); a server-side request is resolved by user,
+    /// workspace and `default_team`.
+    #[default]
+    ClientSide,
+    /// Every request: any user can bill any team by labelling a task.
+    Always,
+    /// No request.
+    Never,
+}
+
+impl TeamFromLabel {
+    /// Whether the label may choose the team of a request evaluated on the
+    /// client side (`at_client_side`) or not.
+    pub fn applies(self, at_client_side: bool) -> bool {
+        match self {
+            TeamFromLabel::ClientSide => at_client_side,
+            TeamFromLabel::Always => true,
+            TeamFromLabel::Never => false,
+        }
+    }
+}
+
 /// How a request was resolved to a team.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResolvedBy {
@@ -550,6 +583,7 @@ pub struct Policy {
     by_user: HashMap<String, usize>,
     by_workspace: HashMap<String, usize>,
     default_team: Option<usize>,
+    team_from_label: TeamFromLabel,
     pub(crate) prices: PriceTable,
     pub(crate) rules: Vec<Rule>,
     pub(crate) env: Arc<cel::Env>,
@@ -763,6 +797,7 @@ impl Policy {
             by_user,
             by_workspace,
             default_team,
+            team_from_label: spec.team_from_label,
             prices,
             rules,
             env: Arc::new(cel::Env::stdlib()),
@@ -824,8 +859,31 @@ impl Policy {
         &self.prices
     }
 
-    /// Resolves the team of a request, in order: a team the door
-    /// authenticated, the user, the workspace, the `team` label, the default.
+    /// Whether a `team` label may choose the team of a request evaluated
+    /// on the client side (`at_client_side`) or not (`team_from_label`).
+    pub fn team_from_label(&self, at_client_side: bool) -> bool {
+        self.team_from_label.applies(at_client_side)
+    }
+
+    /// Resolves the team of a request with [`Self::resolve_team`], passing
+    /// its `team` label only where `team_from_label` lets the label choose.
+    pub fn resolve_request_team(&self, req: &LaunchRequest) -> Option<(TeamName, ResolvedBy)> {
+        let label = if self.team_from_label(req.at_client_side) {
+            req.labels.get("team").map(String::as_str)
+        } else {
+            None
+        };
+        self.resolve_team(
+            req.principal.team.as_deref(),
+            req.principal.user.as_deref(),
+            req.principal.workspace.as_deref(),
+            label,
+        )
+    }
+
+    /// Resolves a team, in order: a team the door authenticated, the user,
+    /// the workspace, the `team` label (when given: see
+    /// [`Self::resolve_request_team`]), the default.
     pub fn resolve_team(
         &self,
         door_team: Option<&str>,
@@ -1438,6 +1496,75 @@ mod tests {
         assert_eq!(
             p.resolve_team(None, None, None, Some("nope")).map(|r| r.1),
             Some(ResolvedBy::Default)
+        );
+    }
+
+    /// `team_from_label` decides whether a request's `team` label may pick
+    /// its team: by default only on the client side, where no identity is
+    /// vouched for anyway; `always` and `never` as they say.
+    #[test]
+    fn the_team_label_chooses_a_team_as_configured() {
+        use crate::request::{Door, LaunchRequest};
+        let request = |at_client_side: bool, user: Option<&str>| {
+            let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+            req.at_client_side = at_client_side;
+            req.principal.user = user.map(str::to_owned);
+            req.labels.insert("team".to_owned(), "b".to_owned());
+            req
+        };
+        let teams = "teams:\n  a: {users: [alice]}\n  b: {}\n";
+        for (setting, client, server) in [
+            ("", Some("b"), None),
+            ("team_from_label: client_side\n", Some("b"), None),
+            ("team_from_label: always\n", Some("b"), Some("b")),
+            ("team_from_label: never\n", None, None),
+        ] {
+            let p = Policy::from_yaml(&format!("{setting}{teams}")).unwrap();
+            let team = |req: &LaunchRequest| p.decide(req).team.map(|t| t.to_string());
+            assert_eq!(team(&request(true, None)).as_deref(), client, "{setting}");
+            assert_eq!(
+                team(&request(false, Some("zed"))).as_deref(),
+                server,
+                "{setting}"
+            );
+            // The user still comes first, whatever the setting.
+            assert_eq!(
+                team(&request(false, Some("alice"))).as_deref(),
+                Some("a"),
+                "{setting}"
+            );
+            assert_eq!(
+                p.resolve_request_team(&request(false, Some("zed")))
+                    .map(|(_, by)| by),
+                server.map(|_| ResolvedBy::Label),
+                "{setting}"
+            );
+        }
+
+        // A server-side request the label no longer places falls to the
+        // default team, or is denied saying labels do not choose here.
+        let p = Policy::from_yaml(&format!("default_team: a\n{teams}")).unwrap();
+        assert_eq!(
+            p.resolve_request_team(&request(false, Some("zed"))),
+            Some((TeamName::parse("a").unwrap(), ResolvedBy::Default))
+        );
+        let p = Policy::from_yaml(teams).unwrap();
+        let msg = p.decide(&request(false, Some("zed"))).denial_message();
+        assert!(msg.contains("user `zed` is not in any team"), "{msg}");
+        assert!(
+            msg.contains("a `team` label does not choose the team of a server-side request"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn team_from_label_takes_three_values() {
+        let e = err("team_from_label: sometimes\n");
+        assert!(
+            e.contains("team_from_label")
+                && e.contains("unknown variant `sometimes`")
+                && e.contains("`client_side`, `always`, `never`"),
+            "{e}"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Loading the config file: read, parse, validate; errors name the file.
 //!
-//! One YAML file holds the policy (`default_team`, `teams`, `prices`,
-//! `rules`, validated by the core) and the server's own settings
+//! One YAML file holds the policy (`default_team`, `team_from_label`,
+//! `teams`, `prices`, `rules`, validated by the core) and the server's own settings
 //! (`storage`, `skypilot_api`, `time_zone`, `budget_alerts`). Unknown keys
 //! are errors.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use warden_core::policy::{PriceSpec, RuleSpec, TeamSpec};
+use warden_core::policy::{PriceSpec, RuleSpec, TeamFromLabel, TeamSpec};
 use warden_core::{Policy, PolicySpec};
 
 use crate::sync::skypilot::ApiUrl;
@@ -38,6 +38,8 @@ struct ConfigFile {
     storage: Option<String>,
     #[serde(default)]
     default_team: Option<String>,
+    #[serde(default)]
+    team_from_label: TeamFromLabel,
     #[serde(default)]
     teams: BTreeMap<String, TeamSpec>,
     #[serde(default)]
@@ -402,6 +404,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
     let settings = Settings { time_zone, alerts };
     let spec = PolicySpec {
         default_team: file.default_team,
+        team_from_label: file.team_from_label,
         teams: file.teams,
         prices: file.prices,
         rules: file.rules,
@@ -519,6 +522,23 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+    }
+
+    /// `team_from_label` is a top-level key like the rest of the policy;
+    /// another value is refused naming the key and the choices.
+    #[test]
+    fn team_from_label_reaches_the_policy() {
+        let c = load("label-default", "storage: none\n").unwrap();
+        assert!(c.policy.team_from_label(true) && !c.policy.team_from_label(false));
+        let c = load("label-always", "storage: none\nteam_from_label: always\n").unwrap();
+        assert!(c.policy.team_from_label(false));
+        let c = load("label-never", "storage: none\nteam_from_label: never\n").unwrap();
+        assert!(!c.policy.team_from_label(true));
+        let e = load("label-bad", "storage: none\nteam_from_label: server_side\n").unwrap_err();
+        assert!(
+            e.contains("warden.yaml: team_from_label: unknown variant `server_side`, expected one of `client_side`, `always`, `never`"),
+            "{e}"
+        );
     }
 
     #[test]
