@@ -14,6 +14,7 @@ use crate::ids::{GpuModel, RuleName, TeamName};
 use crate::money::Usd;
 use crate::price::{GpuPrice, PriceTable};
 use crate::request::{Autostop, Door, LaunchRequest};
+use crate::yaml_depth::{check_depth, MAX_CONFIG_DEPTH};
 
 /// The policy file as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -649,8 +650,10 @@ fn gpu_models(p: &mut Problems, path: &str, names: &[String]) -> Vec<GpuModel> {
 }
 
 impl Policy {
-    /// Parses and validates a policy from YAML text.
+    /// Parses and validates a policy from YAML text. Text nested deeper
+    /// than [`MAX_CONFIG_DEPTH`] is refused before it is parsed.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        check_depth(text, MAX_CONFIG_DEPTH).map_err(|e| PolicyError::one("", e.to_string()))?;
         let de = serde_norway::Deserializer::from_str(text);
         let spec: PolicySpec = match serde_path_to_error::deserialize(de) {
             Ok(spec) => spec,
@@ -1566,5 +1569,27 @@ mod tests {
                 && e.contains("`client_side`, `always`, `never`"),
             "{e}"
         );
+    }
+
+    /// A config nested past [`crate::MAX_CONFIG_DEPTH`] is refused before
+    /// serde builds anything, naming the place and the limit.
+    #[test]
+    fn deep_configs_are_refused_before_parsing() {
+        for text in [
+            format!("teams: {}{}\n", "[".repeat(64), "]".repeat(64)),
+            format!("teams: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("teams: {}\n", "{a: ".repeat(100_000)),
+            format!("rules:\n  {}x\n", "- ".repeat(100_000)),
+        ] {
+            let e = err(&text);
+            assert!(
+                e.starts_with("line ")
+                    && e.contains(", column ")
+                    && e.contains("nested deeper than the limit of 64 levels"),
+                "{e}"
+            );
+        }
+        let e = err("teams: {ml: {users: [alice}\n");
+        assert!(e.contains("YAML syntax error"), "{e}");
     }
 }

@@ -361,6 +361,9 @@ fn store_url(path: &Path, given: Option<&str>) -> Result<String, String> {
 pub fn load_config(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    // Before serde_norway, which reads the whole text first however deep.
+    warden_core::check_depth(&text, warden_core::MAX_CONFIG_DEPTH)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let de = serde_norway::Deserializer::from_str(&text);
     let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
@@ -521,6 +524,30 @@ mod tests {
             "budget_alerts.check_interval_seconds: `0` is out of range",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    /// A config nested past the limit is refused before serde_norway reads
+    /// it, naming the file, the place and the limit.
+    #[test]
+    fn deep_configs_are_refused_before_parsing() {
+        for (name, text) in [
+            (
+                "deep-flow",
+                format!("teams: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            ),
+            ("deep-map", format!("teams: {}\n", "{a: ".repeat(100_000))),
+            (
+                "deep-block",
+                format!("rules:\n  {}x\n", "- ".repeat(100_000)),
+            ),
+        ] {
+            let e = load(name, &text).unwrap_err();
+            assert!(
+                e.contains("warden.yaml: line ")
+                    && e.contains("nested deeper than the limit of 64 levels"),
+                "{name}: {e}"
+            );
         }
     }
 
