@@ -563,7 +563,10 @@ mod tests {
         assert!(!c.policy.team_from_label(true));
         let e = load("label-bad", "storage: none\nteam_from_label: server_side\n").unwrap_err();
         assert!(
-            e.contains("warden.yaml: team_from_label: unknown variant `server_side`, expected one of `client_side`, `always`, `never`"),
+            e.contains("warden.yaml: team_from_label: ")
+                && e.contains(
+                    "unknown variant `server_side`, expected one of `client_side`, `always`, `never`"
+                ),
             "{e}"
         );
     }
