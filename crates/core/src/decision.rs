@@ -186,7 +186,9 @@ impl Decision {
         self.rules_with(Effect::Mutate)
     }
 
-    /// A message for a denied user: every denying rule with what to change.
+    /// A message for a denied user: every denying rule with what to change,
+    /// one `  - [rule] reason` item each; a reason's further lines (the
+    /// admin's note) are indented under its item.
     pub fn denial_message(&self) -> String {
         let mut msg = String::from("Warden denied this request");
         if let Some(team) = &self.team {
@@ -194,7 +196,8 @@ impl Decision {
         }
         msg.push(':');
         for r in self.reasons.iter().filter(|r| r.effect == Effect::Deny) {
-            msg.push_str(&format!("\n  - [{}] {}", r.rule, r.message));
+            msg.push_str(&format!("\n  - [{}] ", r.rule));
+            msg.push_str(&r.message.replace('\n', "\n    "));
         }
         msg
     }

@@ -44,6 +44,34 @@ pub enum MoneyError {
     TooLarge(String),
 }
 
+/// A YAML text nests too deeply to be read, or cannot be read at all
+/// ([`crate::yaml_depth::check_depth`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum YamlDepthError {
+    /// A list or mapping is nested deeper than the limit.
+    #[error(
+        "line {line}, column {col}: lists and mappings are nested deeper than the limit of {max} levels; a config needs far fewer (look for an unclosed `[` or `{{`)"
+    )]
+    TooDeep {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The YAML scanner found an error.
+    #[error("line {line}, column {col}: YAML syntax error: {message}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// What the scanner found.
+        message: String,
+    },
+}
+
 /// One problem found while loading a policy: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyProblem {

@@ -1,7 +1,7 @@
 //! Evaluation: one request against one policy.
 //!
 //! Semantics, in order:
-//! 1. The team is resolved ([`Policy::resolve_team`]). An unresolved,
+//! 1. The team is resolved ([`Policy::resolve_request_team`]). An unresolved,
 //!    non-controller request is denied by the reason `team.resolve`.
 //! 2. Rules run in order: the implicit team limits (`team.*`) first, then the
 //!    `rules` list. A rule is skipped when its mode is `off`, when the
@@ -440,14 +440,7 @@ fn rule_error(msg: String) -> Outcome {
 impl Policy {
     /// Decides one request. Pure and deterministic.
     pub fn decide(&self, req: &LaunchRequest) -> Decision {
-        let team = self
-            .resolve_team(
-                req.principal.team.as_deref(),
-                req.principal.user.as_deref(),
-                req.principal.workspace.as_deref(),
-                req.labels.get("team").map(String::as_str),
-            )
-            .map(|(t, _)| t);
+        let team = self.resolve_request_team(req).map(|(t, _)| t);
         let mut state = State {
             req,
             team: team.clone(),
@@ -466,7 +459,7 @@ impl Policy {
             reasons.push(Reason {
                 rule: RuleName::builtin("team.resolve"),
                 effect: Effect::Deny,
-                message: unresolved_message(req),
+                message: unresolved_message(req, self.team_from_label(req.at_client_side)),
             });
         }
 
@@ -487,13 +480,7 @@ impl Policy {
                 (Outcome::Mutate(_, m), Mode::Warn) => {
                     (Effect::Warn, format!("would change: {m}"), Vec::new())
                 }
-                (Outcome::Deny(m), _) => {
-                    let m = match &rule.hint {
-                        Some(h) => format!("{m} {h}"),
-                        None => m,
-                    };
-                    (Effect::Deny, m, Vec::new())
-                }
+                (Outcome::Deny(m), _) => (Effect::Deny, rule.denial(m), Vec::new()),
                 (Outcome::Mutate(ms, m), _) => (Effect::Mutate, m, ms),
             };
             if !muts.is_empty() {
@@ -609,11 +596,10 @@ impl Policy {
                     .map(|m| format!("`{m}`"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let asked = bad
-                    .iter()
-                    .filter_map(|(_, r)| r.accelerator.as_ref().map(|a| format!("`{}`", a.model)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let (asked, models_asked) =
+                    bounded_list(bad.iter().filter_map(|(_, r)| {
+                        r.accelerator.as_ref().map(|a| format!("`{}`", a.model))
+                    }));
                 let remaining = s
                     .alive()
                     .filter(|(i, _)| !bad.iter().any(|(b, _)| b == i))
@@ -626,8 +612,13 @@ impl Policy {
                         format!("removed GPU candidates {asked} (allowed: {allowed})"),
                     );
                 }
+                let (what, are) = if models_asked == 1 {
+                    ("GPU", "is")
+                } else {
+                    ("GPUs", "are")
+                };
                 Outcome::Deny(format!(
-                    "GPU {asked} is not allowed; allowed GPU models: {allowed}. Ask for one of those"
+                    "{what} {asked} {are} not allowed; allowed GPU models: {allowed}. Ask for one of those"
                 ))
             }
             Action::MaxGpus(limit) => {
@@ -725,11 +716,7 @@ impl Policy {
                 if changed.is_empty() {
                     return Outcome::Pass;
                 }
-                let what = changed
-                    .iter()
-                    .map(|(_, r)| s.describe(r))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let (what, _) = bounded_list(changed.iter().map(|(_, r)| s.describe(r)));
                 Outcome::Mutate(
                     vec![Mutation::UseSpot {
                         resources: changed.iter().map(|(i, _)| *i).collect(),
@@ -948,6 +935,32 @@ fn check_allowed<'a>(
     Outcome::Pass
 }
 
+/// How many items a reason names before it counts the rest.
+const LISTED: usize = 5;
+
+/// `items` joined with `, `, each named once (in first-seen order) and at
+/// most [`LISTED`] of them, then `and N more`; with the number of distinct
+/// items. A reason stays short however many candidates a request offers
+/// (a task may list thousands of `any_of` alternatives).
+fn bounded_list(items: impl IntoIterator<Item = String>) -> (String, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut shown: Vec<String> = Vec::new();
+    for item in items {
+        if seen.contains(&item) {
+            continue;
+        }
+        if shown.len() < LISTED {
+            shown.push(item.clone());
+        }
+        seen.insert(item);
+    }
+    let mut text = shown.join(", ");
+    if seen.len() > shown.len() {
+        text.push_str(&format!(" and {} more", seen.len() - shown.len()));
+    }
+    (text, seen.len())
+}
+
 fn plural(n: u64, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -993,7 +1006,7 @@ fn static_match(rule: &Rule, req: &LaunchRequest, team: Option<&TeamName>) -> bo
     true
 }
 
-fn unresolved_message(req: &LaunchRequest) -> String {
+fn unresolved_message(req: &LaunchRequest, by_label: bool) -> String {
     let who = match &req.principal.user {
         Some(u) => format!("user `{u}`"),
         None => "this request (no user name is known on the client side)".to_owned(),
@@ -1002,7 +1015,220 @@ fn unresolved_message(req: &LaunchRequest) -> String {
         Some(w) => format!("workspace `{w}`"),
         None => "no workspace".to_owned(),
     };
+    let label = match (by_label, req.at_client_side) {
+        (true, _) => "no `team` label of a known team",
+        (false, false) => "a `team` label does not choose the team of a server-side request",
+        (false, true) => "a `team` label does not choose the team",
+    };
     format!(
-        "{who} is not in any team ({ws}, no `team` label of a known team). Ask a platform admin to add you to a team in Warden's config (`teams.<team>.users`), or run in a team's workspace (`active_workspace`)"
+        "{who} is not in any team ({ws}; {label}). Ask a platform admin to add you to a team in Warden's config (`teams.<team>.users`), or run in a team's workspace (`active_workspace`)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Accelerator, Door};
+    use crate::GpuModel;
+
+    fn gpu(model: &str, count: u32) -> Resource {
+        Resource {
+            accelerator: Some(Accelerator {
+                model: GpuModel::parse(model).unwrap(),
+                count,
+            }),
+            ..Resource::default()
+        }
+    }
+
+    /// Candidates H100:8, A100:1 (port 22 open) and a CPU-only one; labels
+    /// `team: ml`, `project: alpha`.
+    fn request() -> LaunchRequest {
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        let mut a100 = gpu("A100", 1);
+        a100.ports = vec!["22".to_owned()];
+        req.resources = vec![gpu("H100", 8), a100, Resource::default()];
+        req.labels = [("team", "ml"), ("project", "alpha")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        req
+    }
+
+    /// Whether a `deny` rule matched by `key: cond` fires on [`request`].
+    fn fires(key: &str, cond: &str) -> bool {
+        let yaml = format!(
+            "default_team: t\nteams: {{t: {{}}}}\nrules:\n  - name: hit\n    match: {{{key}: {}}}\n    deny: hit\n",
+            serde_json::to_string(cond).unwrap()
+        );
+        let policy = Policy::from_yaml(&yaml).unwrap_or_else(|e| panic!("{cond}: {e}"));
+        let d = policy.decide(&request());
+        assert!(
+            d.reasons.iter().all(|r| r.message == "hit"),
+            "{cond}: {:?}",
+            d.reasons
+        );
+        !d.is_allowed()
+    }
+
+    #[test]
+    fn comprehension_macros_evaluate_over_the_request() {
+        for (cond, want) in [
+            (r#"request.gpu_models.exists(m, m == "H100")"#, true),
+            (r#"request.gpu_models.exists(m, m == "T4")"#, false),
+            (r#"request.gpu_models.all(m, m in ["H100", "A100"])"#, true),
+            (r#"request.gpu_models.all(m, m == "H100")"#, false),
+            ("request.resources.exists(r, r.gpus >= 8)", true),
+            ("request.resources.all(r, r.gpus > 0)", false),
+            ("request.resources.exists_one(r, r.gpus == 0)", true),
+            ("request.resources.exists_one(r, r.gpus > 0)", false),
+            ("request.resources.map(r, r.gpus).exists(g, g == 8)", true),
+            ("request.resources.map(r, r.gpus > 0, r.gpus) == [8, 1]", true),
+            ("size(request.resources.filter(r, r.gpus > 0)) == 2", true),
+            ("size(request.resources.filter(r, r.gpus > 8)) == 0", true),
+            (r#"request.labels.exists(k, k == "team")"#, true),
+            (r#"request.labels.exists(k, k == "owner")"#, false),
+            (r#"request.labels.all(k, request.labels[k] != "")"#, true),
+            (r#"request.labels.filter(k, k.startsWith("p")) == ["project"]"#, true),
+            (
+                "request.resources.exists(r, request.gpu_models.exists(m, m == r.accelerator))",
+                true,
+            ),
+            (
+                "request.resources.all(r, r.ports.all(p, request.resources.exists(s, s.index != r.index)))",
+                true,
+            ),
+            (
+                r#"request.gpu_models.exists(m, m == "A100") && request.gpu_models.all(m, m != "T4")"#,
+                true,
+            ),
+            ("request.resources.exists(resource, resource.gpus == 1)", true),
+        ] {
+            assert_eq!(fires("when", cond), want, "{cond}");
+        }
+        assert!(fires("resource", r#"resource.ports.exists(p, p == "22")"#));
+        assert!(!fires("resource", r#"resource.ports.exists(p, p == "80")"#));
+    }
+
+    /// An error inside a macro fails closed like any other.
+    #[test]
+    fn an_error_inside_a_macro_fails_closed() {
+        let policy = Policy::from_yaml(
+            "default_team: t\nteams: {t: {}}\nrules:\n  - {name: r, match: {when: 'request.resources.all(r, r.nope > 0)'}, use_spot: true}\n",
+        )
+        .unwrap();
+        let d = policy.decide(&request());
+        assert_eq!(d.denied_by()[0].as_str(), "r");
+        assert!(
+            d.reasons[0].message.contains("fails closed"),
+            "{:?}",
+            d.reasons
+        );
+    }
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// 10,000 candidates of two disallowed models (and one allowed one).
+    fn many_candidates() -> LaunchRequest {
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.resources = (0..10_000)
+            .map(|i| gpu(if i % 2 == 0 { "V100" } else { "T4" }, 1 + i % 8))
+            .chain([gpu("H100", 8)])
+            .collect();
+        req
+    }
+
+    /// The start of a message that may be long.
+    fn preview(msg: &str) -> &str {
+        msg.get(..300).unwrap_or(msg)
+    }
+
+    #[test]
+    fn a_denial_names_each_disallowed_model_once() {
+        let p = policy("default_team: ml\nteams:\n  ml: {allowed_gpus: [H100]}\n");
+        let msg = p.decide(&many_candidates()).denial_message();
+        assert_eq!(msg.matches("`V100`").count(), 1, "{}", preview(&msg));
+        assert_eq!(msg.matches("`T4`").count(), 1, "{}", preview(&msg));
+        assert!(
+            msg.contains("GPUs `V100`, `T4` are not allowed"),
+            "{}",
+            preview(&msg)
+        );
+        assert!(msg.len() < 400, "{} bytes: {}", msg.len(), preview(&msg));
+
+        // One model keeps the singular the users know.
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.resources = vec![gpu("T4", 1), gpu("T4", 2)];
+        let msg = p.decide(&req).denial_message();
+        assert!(msg.contains("GPU `T4` is not allowed"), "{}", preview(&msg));
+
+        // Many distinct models: the first few, then how many more.
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.resources = (0..2_000)
+            .map(|i| gpu(&format!("GPU{}", i % 40), 1))
+            .collect();
+        let msg = p.decide(&req).denial_message();
+        assert!(
+            msg.contains("GPUs `GPU0`, `GPU1`, `GPU2`, `GPU3`, `GPU4` and 35 more are not allowed"),
+            "{}",
+            preview(&msg)
+        );
+        assert!(!msg.contains("`GPU5`"), "{}", preview(&msg));
+        assert!(msg.len() < 400, "{} bytes: {}", msg.len(), preview(&msg));
+    }
+
+    /// Pruning and spot switching over many candidates also say each thing
+    /// once, in a bounded reason.
+    #[test]
+    fn mutation_reasons_are_bounded_too() {
+        let p = policy(
+            "default_team: ml\nteams:\n  ml: {allowed_gpus: [H100], prune_disallowed_gpus: true}\nrules:\n  - {name: spot, use_spot: true}\n",
+        );
+        let d = p.decide(&many_candidates());
+        assert!(d.is_allowed(), "{}", d.denial_message());
+        for r in &d.reasons {
+            assert!(
+                r.message.len() < 400,
+                "{}: {} bytes",
+                r.rule,
+                r.message.len()
+            );
+        }
+        let pruned = &d.reasons[0].message;
+        assert_eq!(pruned.matches("`V100`").count(), 1, "{}", preview(pruned));
+        let p =
+            policy("default_team: ml\nteams: {ml: {}}\nrules:\n  - {name: spot, use_spot: true}\n");
+        let d = p.decide(&many_candidates());
+        let spot = &d.reasons[0].message;
+        assert!(spot.contains("V100:1"), "{}", preview(spot));
+        assert!(spot.contains(" more to spot capacity"), "{}", preview(spot));
+        assert!(spot.len() < 400, "{} bytes: {}", spot.len(), preview(spot));
+    }
+
+    /// The rule's `message` (written by an admin) follows the built-in
+    /// reason on its own labelled line; the `[rule]` prefix is unchanged.
+    #[test]
+    fn the_admin_message_is_set_apart_from_the_reason() {
+        let p = policy(
+            "default_team: ml\nteams:\n  ml: {max_nodes: 2}\nrules:\n  - name: vpc\n    require_paths: [config.aws.vpc_names]\n    message: \"See the wiki.\\nAsk #infra.\"\n",
+        );
+        let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+        req.num_nodes = 3;
+        let d = p.decide(&req);
+        assert_eq!(
+            d.reasons[1].message,
+            "`config.aws.vpc_names` must be set\nAdmin note: See the wiki.\nAsk #infra."
+        );
+        assert_eq!(
+            d.denial_message(),
+            "Warden denied this request (team `ml`):\n  \
+             - [team.max_nodes] requests 3 nodes; the limit is 2 nodes. Set `num_nodes` to at most 2 \
+             (or ask a platform admin to change `teams.ml.max_nodes`)\n  \
+             - [vpc] `config.aws.vpc_names` must be set\n    \
+             Admin note: See the wiki.\n    \
+             Ask #infra."
+        );
+    }
 }

@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cel::common::ast::{EntryExpr, Expr as Ast, MapExpr, StructExpr};
 use cel::objects::{Key, Map};
-use cel::{Context, Program, Value};
+use cel::{Context, IdedExpr, Program, Value};
 
 /// Which variables an expression reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,22 +121,29 @@ pub(crate) const REQUEST_VARS: &[&str] = &["request", "task", "config"];
 pub(crate) const RESOURCE_VARS: &[&str] = &["request", "task", "config", "resource"];
 
 impl Expr {
-    /// Compiles `source`, allowing only the variables in `allowed`.
+    /// Compiles `source`, allowing only the variables in `allowed` (and,
+    /// inside a macro such as `list.exists(x, ...)`, its own variables).
     pub(crate) fn compile(source: &str, allowed: &[&str]) -> Result<Self, String> {
         let program = Program::compile(source)
             .map_err(|e| format!("CEL syntax error in `{source}`: {}", e.to_string().trim()))?;
+        let vars = Variables::of(program.expression());
         let mut uses = Uses::default();
-        for var in program.references().variables() {
-            match var {
+        for var in &vars.free {
+            match *var {
                 "request" => uses.request = true,
                 "task" => uses.task = true,
                 "config" => uses.config = true,
                 "resource" => uses.resource = true,
                 _ => {}
             }
-            if !allowed.contains(&var) {
+            if !allowed.contains(var) {
+                let scope = if vars.bound.contains(var) {
+                    format!(" (`{var}` is a macro variable, known only inside its macro)")
+                } else {
+                    String::new()
+                };
                 return Err(format!(
-                    "CEL expression `{source}` uses unknown variable `{var}`; available here: {}",
+                    "CEL expression `{source}` uses unknown variable `{var}`{scope}; available here: {}",
                     allowed.join(", ")
                 ));
             }
@@ -177,6 +185,86 @@ impl Expr {
                 "condition `{}` could not be evaluated: {e} (use `has(x.field)` to test for optional fields)",
                 self.source
             )),
+        }
+    }
+}
+
+/// The variables of an expression, told apart by scope.
+#[derive(Debug, Default)]
+struct Variables<'e> {
+    /// Read from the context, in order of first appearance: every
+    /// identifier not bound by an enclosing macro.
+    free: Vec<&'e str>,
+    /// Bound by some macro (`exists`, `all`, `exists_one`, `map`, `filter`).
+    bound: Vec<&'e str>,
+}
+
+impl<'e> Variables<'e> {
+    /// Walks `expr` once. A comprehension (what the parser expands a macro
+    /// into) evaluates its range and initial value in the enclosing scope,
+    /// its condition and step with its variables bound, and its result with
+    /// only the accumulator bound; the accumulator's name starts with `@`,
+    /// which no identifier a user writes can.
+    fn of(expr: &'e IdedExpr) -> Self {
+        let mut out = Self::default();
+        out.walk(expr, &mut Vec::new());
+        out
+    }
+
+    fn walk(&mut self, e: &'e IdedExpr, scope: &mut Vec<&'e str>) {
+        match &e.expr {
+            Ast::Ident(name) => {
+                let name = name.as_str();
+                if !name.starts_with('@') && !scope.contains(&name) && !self.free.contains(&name) {
+                    self.free.push(name);
+                }
+            }
+            Ast::Comprehension(c) => {
+                self.walk(&c.iter_range, scope);
+                self.walk(&c.accu_init, scope);
+                let outer = scope.len();
+                let own = std::iter::once(c.iter_var.as_str())
+                    .chain(c.iter_var2.as_deref())
+                    .chain(std::iter::once(c.accu_var.as_str()));
+                for var in own {
+                    scope.push(var);
+                    if !var.starts_with('@') && !self.bound.contains(&var) {
+                        self.bound.push(var);
+                    }
+                }
+                self.walk(&c.loop_cond, scope);
+                self.walk(&c.loop_step, scope);
+                scope.truncate(outer);
+                scope.push(c.accu_var.as_str());
+                self.walk(&c.result, scope);
+                scope.truncate(outer);
+            }
+            Ast::Call(call) => {
+                if let Some(target) = &call.target {
+                    self.walk(target, scope);
+                }
+                for arg in &call.args {
+                    self.walk(arg, scope);
+                }
+            }
+            Ast::Select(select) => self.walk(&select.operand, scope),
+            Ast::List(list) => {
+                for item in &list.elements {
+                    self.walk(item, scope);
+                }
+            }
+            Ast::Map(MapExpr { entries }) | Ast::Struct(StructExpr { entries, .. }) => {
+                for entry in entries {
+                    match &entry.expr {
+                        EntryExpr::StructField(field) => self.walk(&field.value, scope),
+                        EntryExpr::MapEntry(entry) => {
+                            self.walk(&entry.key, scope);
+                            self.walk(&entry.value, scope);
+                        }
+                    }
+                }
+            }
+            Ast::Literal(_) | Ast::Unspecified => {}
         }
     }
 }
@@ -314,6 +402,89 @@ mod tests {
                 .and_then(|e| e.native());
             assert_eq!(native, None, "{src}");
         }
+    }
+
+    /// The comprehension macros compile over every list and map the
+    /// request offers, nested too; a macro's variable is known inside that
+    /// macro only, and shadows nothing outside it.
+    #[test]
+    fn macro_variables_are_bound_inside_their_macro() {
+        for (src, vars) in [
+            (r#"request.gpu_models.exists(m, m == "H100")"#, REQUEST_VARS),
+            ("request.resources.all(r, r.gpus <= 8)", REQUEST_VARS),
+            ("request.resources.exists_one(r, r.gpus > 0)", REQUEST_VARS),
+            ("request.resources.map(r, r.gpus).exists(g, g > 4)", REQUEST_VARS),
+            ("size(request.resources.filter(r, r.gpus > 0)) > 1", REQUEST_VARS),
+            (r#"request.labels.exists(k, k == "team")"#, REQUEST_VARS),
+            (r#"request.labels.all(k, request.labels[k] != "")"#, REQUEST_VARS),
+            (
+                "request.resources.exists(r, request.gpu_models.exists(m, m == r.accelerator))",
+                REQUEST_VARS,
+            ),
+            (
+                "request.resources.map(r, r.gpus > 0, r.total_gpus).all(n, n <= 16)",
+                REQUEST_VARS,
+            ),
+            // The same name in two sibling macros.
+            (
+                "request.gpu_models.exists(m, m == 'H100') || request.gpu_models.all(m, m != 'A100')",
+                REQUEST_VARS,
+            ),
+            // `resource` is a macro variable here, not the per-candidate one.
+            ("request.resources.exists(resource, resource.gpus > 0)", REQUEST_VARS),
+            (r#"resource.ports.exists(p, p == "22")"#, RESOURCE_VARS),
+        ] {
+            if let Err(e) = Expr::compile(src, vars) {
+                panic!("{src}: {e}");
+            }
+        }
+        for (src, unknown) in [
+            ("foo.bar == 1", "foo"),
+            (
+                r#"request.gpu_models.exists(m, m == "H100") && m == "A100""#,
+                "m",
+            ),
+            ("request.gpu_models.map(m, m).exists(x, x == m)", "m"),
+            ("m.exists(m, true)", "m"),
+            ("request.resources.exists(r, r.gpus > 0) && r.gpus > 1", "r"),
+            ("request.resources.exists(r, resource.gpus > 0)", "resource"),
+        ] {
+            let err = Expr::compile(src, REQUEST_VARS).unwrap_err();
+            assert!(
+                err.contains(&format!("unknown variable `{unknown}`")),
+                "{src}: {err}"
+            );
+        }
+        let err = Expr::compile(
+            "request.gpu_models.exists(m, true) && m == 'x'",
+            REQUEST_VARS,
+        )
+        .unwrap_err();
+        assert!(err.contains("known only inside its macro"), "{err}");
+    }
+
+    /// A macro variable named like a document is not a use of the document,
+    /// so the document is not built for it.
+    #[test]
+    fn macro_variables_are_not_uses() {
+        let e = Expr::compile("[1, 2].exists(task, task > 1)", REQUEST_VARS).unwrap();
+        assert_eq!(e.uses(), Uses::default());
+        let e = Expr::compile(
+            "request.resources.exists(config, config.gpus > 0)",
+            REQUEST_VARS,
+        )
+        .unwrap();
+        assert_eq!(
+            e.uses(),
+            Uses {
+                request: true,
+                ..Uses::default()
+            }
+        );
+        assert_eq!(
+            eval("[1, 2].exists(task, task > 1)", serde_json::json!({})),
+            Ok(true)
+        );
     }
 
     #[test]

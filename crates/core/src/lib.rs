@@ -23,17 +23,20 @@ pub mod policy;
 pub mod price;
 pub mod request;
 pub mod vast;
+pub mod yaml_depth;
 
 pub use decision::{
     AppliedMutation, Decision, Doc, Effect, Mutation, Reason, ResourceField, Verdict,
 };
-pub use error::{IdError, MoneyError, PolicyError, PolicyProblem};
+pub use error::{IdError, MoneyError, PolicyError, PolicyProblem, YamlDepthError};
 pub use eval::{get_path, set_path};
 pub use ids::{GpuModel, RuleName, TeamName};
 pub use money::Usd;
 pub use policy::{
     normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team,
+    TeamFromLabel,
 };
 pub use price::{GpuPrice, PriceTable};
 pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Quote, Resource};
 pub use vast::{BudgetAction, LaunchLimits, VastTeam, VastTeamSpec};
+pub use yaml_depth::{check_depth, MAX_CONFIG_DEPTH};

@@ -13,7 +13,8 @@ use crate::expr::{Expr, Uses, REQUEST_VARS, RESOURCE_VARS};
 use crate::ids::{GpuModel, RuleName, TeamName};
 use crate::money::Usd;
 use crate::price::{GpuPrice, PriceTable};
-use crate::request::{Autostop, Door};
+use crate::request::{Autostop, Door, LaunchRequest};
+use crate::yaml_depth::{check_depth, MAX_CONFIG_DEPTH};
 
 /// The policy file as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -22,6 +23,9 @@ pub struct PolicySpec {
     /// Team for requests that resolve to no team; absent = deny them.
     #[serde(default)]
     pub default_team: Option<String>,
+    /// Which requests a `team` label may choose the team of.
+    #[serde(default)]
+    pub team_from_label: TeamFromLabel,
     /// Teams by name.
     #[serde(default)]
     pub teams: BTreeMap<String, TeamSpec>,
@@ -340,7 +344,9 @@ pub struct RuleSpec {
     /// Also apply to SkyPilot controller tasks (`*.launch_controller`).
     #[serde(default)]
     pub controllers: bool,
-    /// Extra text appended to this rule's denial messages (e.g. a wiki link).
+    /// The admin's own text for this rule's denials (e.g. a wiki link),
+    /// shown after the built-in reason on a line of its own, labelled
+    /// `Admin note:`.
     #[serde(default)]
     pub message: Option<String>,
     /// Which requests the rule applies to.
@@ -421,6 +427,36 @@ pub struct Team {
     pub budgets: Budgets,
     /// Options at the Vast door.
     pub vast: crate::vast::VastTeam,
+}
+
+/// Which requests a `team` label may choose the team of
+/// (`team_from_label`). A label is written by whoever writes the task, so
+/// anyone can name any team with it; the user name of a server-side
+/// SkyPilot request is vouched for by the API server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeamFromLabel {
+    /// Client-side requests only (they carry no vouched identity, so the
+    /// label is all there is); a server-side request is resolved by user,
+    /// workspace and `default_team`.
+    #[default]
+    ClientSide,
+    /// Every request: any user can bill any team by labelling a task.
+    Always,
+    /// No request.
+    Never,
+}
+
+impl TeamFromLabel {
+    /// Whether the label may choose the team of a request evaluated on the
+    /// client side (`at_client_side`) or not.
+    pub fn applies(self, at_client_side: bool) -> bool {
+        match self {
+            TeamFromLabel::ClientSide => at_client_side,
+            TeamFromLabel::Always => true,
+            TeamFromLabel::Never => false,
+        }
+    }
 }
 
 /// How a request was resolved to a team.
@@ -508,9 +544,36 @@ pub struct Rule {
     /// Mode.
     pub mode: Mode,
     pub(crate) controllers: bool,
+    /// Built-in text appended to a denial (a team limit says which key to
+    /// change).
     pub(crate) hint: Option<String>,
+    /// The admin's `message`, shown after a denial on its own line.
+    pub(crate) note: Option<String>,
     pub(crate) matcher: Matcher,
     pub(crate) action: Action,
+}
+
+/// Labels the admin's `message` in a denial, after the built-in reason.
+pub(crate) const ADMIN_NOTE_LABEL: &str = "Admin note:";
+
+impl Rule {
+    /// The reason a denial by this rule gives: the built-in `reason` and
+    /// hint, then the admin's message on its own labelled line, so a user
+    /// can tell what Warden checked from what the admins added.
+    pub(crate) fn denial(&self, reason: String) -> String {
+        let mut m = reason;
+        if let Some(h) = &self.hint {
+            m.push(' ');
+            m.push_str(h);
+        }
+        if let Some(n) = &self.note {
+            m.push('\n');
+            m.push_str(ADMIN_NOTE_LABEL);
+            m.push(' ');
+            m.push_str(n);
+        }
+        m
+    }
 }
 
 /// A loaded, validated policy: teams, prices and rules. Cheap to share
@@ -521,6 +584,7 @@ pub struct Policy {
     by_user: HashMap<String, usize>,
     by_workspace: HashMap<String, usize>,
     default_team: Option<usize>,
+    team_from_label: TeamFromLabel,
     pub(crate) prices: PriceTable,
     pub(crate) rules: Vec<Rule>,
     pub(crate) env: Arc<cel::Env>,
@@ -586,8 +650,10 @@ fn gpu_models(p: &mut Problems, path: &str, names: &[String]) -> Vec<GpuModel> {
 }
 
 impl Policy {
-    /// Parses and validates a policy from YAML text.
+    /// Parses and validates a policy from YAML text. Text nested deeper
+    /// than [`MAX_CONFIG_DEPTH`] is refused before it is parsed.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        check_depth(text, MAX_CONFIG_DEPTH).map_err(|e| PolicyError::one("", e.to_string()))?;
         let de = serde_norway::Deserializer::from_str(text);
         let spec: PolicySpec = match serde_path_to_error::deserialize(de) {
             Ok(spec) => spec,
@@ -734,6 +800,7 @@ impl Policy {
             by_user,
             by_workspace,
             default_team,
+            team_from_label: spec.team_from_label,
             prices,
             rules,
             env: Arc::new(cel::Env::stdlib()),
@@ -795,8 +862,31 @@ impl Policy {
         &self.prices
     }
 
-    /// Resolves the team of a request, in order: a team the door
-    /// authenticated, the user, the workspace, the `team` label, the default.
+    /// Whether a `team` label may choose the team of a request evaluated
+    /// on the client side (`at_client_side`) or not (`team_from_label`).
+    pub fn team_from_label(&self, at_client_side: bool) -> bool {
+        self.team_from_label.applies(at_client_side)
+    }
+
+    /// Resolves the team of a request with [`Self::resolve_team`], passing
+    /// its `team` label only where `team_from_label` lets the label choose.
+    pub fn resolve_request_team(&self, req: &LaunchRequest) -> Option<(TeamName, ResolvedBy)> {
+        let label = if self.team_from_label(req.at_client_side) {
+            req.labels.get("team").map(String::as_str)
+        } else {
+            None
+        };
+        self.resolve_team(
+            req.principal.team.as_deref(),
+            req.principal.user.as_deref(),
+            req.principal.workspace.as_deref(),
+            label,
+        )
+    }
+
+    /// Resolves a team, in order: a team the door authenticated, the user,
+    /// the workspace, the `team` label (when given: see
+    /// [`Self::resolve_request_team`]), the default.
     pub fn resolve_team(
         &self,
         door_team: Option<&str>,
@@ -945,6 +1035,7 @@ fn team_rules(p: &mut Problems, path: &str, name: &TeamName, t: &TeamSpec) -> Ve
             hint: Some(format!(
                 "(or ask a platform admin to change `teams.{name}.{key}`)"
             )),
+            note: None,
             matcher: Matcher {
                 teams: Some(vec![name.clone()]),
                 ..Matcher::default()
@@ -1232,7 +1323,13 @@ fn compile_rule(
         name,
         mode: r.mode,
         controllers: r.controllers,
-        hint: r.message.clone(),
+        hint: None,
+        note: r
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned),
         matcher,
         action,
     })
@@ -1403,5 +1500,96 @@ mod tests {
             p.resolve_team(None, None, None, Some("nope")).map(|r| r.1),
             Some(ResolvedBy::Default)
         );
+    }
+
+    /// `team_from_label` decides whether a request's `team` label may pick
+    /// its team: by default only on the client side, where no identity is
+    /// vouched for anyway; `always` and `never` as they say.
+    #[test]
+    fn the_team_label_chooses_a_team_as_configured() {
+        use crate::request::{Door, LaunchRequest};
+        let request = |at_client_side: bool, user: Option<&str>| {
+            let mut req = LaunchRequest::new(Door::Skypilot, "launch");
+            req.at_client_side = at_client_side;
+            req.principal.user = user.map(str::to_owned);
+            req.labels.insert("team".to_owned(), "b".to_owned());
+            req
+        };
+        let teams = "teams:\n  a: {users: [alice]}\n  b: {}\n";
+        for (setting, client, server) in [
+            ("", Some("b"), None),
+            ("team_from_label: client_side\n", Some("b"), None),
+            ("team_from_label: always\n", Some("b"), Some("b")),
+            ("team_from_label: never\n", None, None),
+        ] {
+            let p = Policy::from_yaml(&format!("{setting}{teams}")).unwrap();
+            let team = |req: &LaunchRequest| p.decide(req).team.map(|t| t.to_string());
+            assert_eq!(team(&request(true, None)).as_deref(), client, "{setting}");
+            assert_eq!(
+                team(&request(false, Some("zed"))).as_deref(),
+                server,
+                "{setting}"
+            );
+            // The user still comes first, whatever the setting.
+            assert_eq!(
+                team(&request(false, Some("alice"))).as_deref(),
+                Some("a"),
+                "{setting}"
+            );
+            assert_eq!(
+                p.resolve_request_team(&request(false, Some("zed")))
+                    .map(|(_, by)| by),
+                server.map(|_| ResolvedBy::Label),
+                "{setting}"
+            );
+        }
+
+        // A server-side request the label no longer places falls to the
+        // default team, or is denied saying labels do not choose here.
+        let p = Policy::from_yaml(&format!("default_team: a\n{teams}")).unwrap();
+        assert_eq!(
+            p.resolve_request_team(&request(false, Some("zed"))),
+            Some((TeamName::parse("a").unwrap(), ResolvedBy::Default))
+        );
+        let p = Policy::from_yaml(teams).unwrap();
+        let msg = p.decide(&request(false, Some("zed"))).denial_message();
+        assert!(msg.contains("user `zed` is not in any team"), "{msg}");
+        assert!(
+            msg.contains("a `team` label does not choose the team of a server-side request"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn team_from_label_takes_three_values() {
+        let e = err("team_from_label: sometimes\n");
+        assert!(
+            e.contains("team_from_label")
+                && e.contains("unknown variant `sometimes`")
+                && e.contains("`client_side`, `always`, `never`"),
+            "{e}"
+        );
+    }
+
+    /// A config nested past [`crate::MAX_CONFIG_DEPTH`] is refused before
+    /// serde builds anything, naming the place and the limit.
+    #[test]
+    fn deep_configs_are_refused_before_parsing() {
+        for text in [
+            format!("teams: {}{}\n", "[".repeat(64), "]".repeat(64)),
+            format!("teams: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("teams: {}\n", "{a: ".repeat(100_000)),
+            format!("rules:\n  {}x\n", "- ".repeat(100_000)),
+        ] {
+            let e = err(&text);
+            assert!(
+                e.starts_with("line ")
+                    && e.contains(", column ")
+                    && e.contains("nested deeper than the limit of 64 levels"),
+                "{e}"
+            );
+        }
+        let e = err("teams: {ml: {users: [alice}\n");
+        assert!(e.contains("YAML syntax error"), "{e}");
     }
 }

@@ -264,6 +264,8 @@ fn check(want: &Want, h: &Handled) -> Vec<String> {
 pub fn run_file(path: &Path, default_policy: Option<&Policy>) -> Result<Vec<CaseResult>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    warden_core::check_depth(&text, warden_core::MAX_CONFIG_DEPTH)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let de = serde_norway::Deserializer::from_str(&text);
     let file: CaseFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
@@ -331,4 +333,31 @@ pub fn find_case_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A case file holds a policy: it is depth-checked like a config
+    /// before serde_norway reads it.
+    #[test]
+    fn deep_case_files_are_refused_before_parsing() {
+        let path =
+            std::env::temp_dir().join(format!("warden-deep-cases-{}.yaml", std::process::id()));
+        let text = format!(
+            "policy: {}{}\ncases: []\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = run_file(&path, None);
+        std::fs::remove_file(&path).ok();
+        let e = out.unwrap_err();
+        assert!(
+            e.contains("line 1, column ")
+                && e.contains("nested deeper than the limit of 64 levels"),
+            "{e}"
+        );
+    }
 }

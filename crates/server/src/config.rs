@@ -1,7 +1,7 @@
 //! Loading the config file: read, parse, validate; errors name the file.
 //!
-//! One YAML file holds the policy (`default_team`, `teams`, `prices`,
-//! `rules`, validated by the core) and the server's own settings
+//! One YAML file holds the policy (`default_team`, `team_from_label`,
+//! `teams`, `prices`, `rules`, validated by the core) and the server's own settings
 //! (`storage`, `skypilot_api`, `time_zone`, `budget_alerts`). Unknown keys
 //! are errors.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use warden_core::policy::{PriceSpec, RuleSpec, TeamSpec};
+use warden_core::policy::{PriceSpec, RuleSpec, TeamFromLabel, TeamSpec};
 use warden_core::{Policy, PolicySpec};
 
 use crate::sync::skypilot::ApiUrl;
@@ -38,6 +38,8 @@ struct ConfigFile {
     storage: Option<String>,
     #[serde(default)]
     default_team: Option<String>,
+    #[serde(default)]
+    team_from_label: TeamFromLabel,
     #[serde(default)]
     teams: BTreeMap<String, TeamSpec>,
     #[serde(default)]
@@ -359,6 +361,9 @@ fn store_url(path: &Path, given: Option<&str>) -> Result<String, String> {
 pub fn load_config(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    // Before serde_norway, which reads the whole text first however deep.
+    warden_core::check_depth(&text, warden_core::MAX_CONFIG_DEPTH)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let de = serde_norway::Deserializer::from_str(&text);
     let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
@@ -402,6 +407,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
     let settings = Settings { time_zone, alerts };
     let spec = PolicySpec {
         default_team: file.default_team,
+        team_from_label: file.team_from_label,
         teams: file.teams,
         prices: file.prices,
         rules: file.rules,
@@ -519,6 +525,50 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+    }
+
+    /// A config nested past the limit is refused before serde_norway reads
+    /// it, naming the file, the place and the limit.
+    #[test]
+    fn deep_configs_are_refused_before_parsing() {
+        for (name, text) in [
+            (
+                "deep-flow",
+                format!("teams: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            ),
+            ("deep-map", format!("teams: {}\n", "{a: ".repeat(100_000))),
+            (
+                "deep-block",
+                format!("rules:\n  {}x\n", "- ".repeat(100_000)),
+            ),
+        ] {
+            let e = load(name, &text).unwrap_err();
+            assert!(
+                e.contains("warden.yaml: line ")
+                    && e.contains("nested deeper than the limit of 64 levels"),
+                "{name}: {e}"
+            );
+        }
+    }
+
+    /// `team_from_label` is a top-level key like the rest of the policy;
+    /// another value is refused naming the key and the choices.
+    #[test]
+    fn team_from_label_reaches_the_policy() {
+        let c = load("label-default", "storage: none\n").unwrap();
+        assert!(c.policy.team_from_label(true) && !c.policy.team_from_label(false));
+        let c = load("label-always", "storage: none\nteam_from_label: always\n").unwrap();
+        assert!(c.policy.team_from_label(false));
+        let c = load("label-never", "storage: none\nteam_from_label: never\n").unwrap();
+        assert!(!c.policy.team_from_label(true));
+        let e = load("label-bad", "storage: none\nteam_from_label: server_side\n").unwrap_err();
+        assert!(
+            e.contains("warden.yaml: team_from_label: ")
+                && e.contains(
+                    "unknown variant `server_side`, expected one of `client_side`, `always`, `never`"
+                ),
+            "{e}"
+        );
     }
 
     #[test]
