@@ -11,6 +11,7 @@
 mod admin;
 mod cases;
 mod cli;
+mod door_limits;
 mod http;
 mod keys;
 mod recording;

@@ -218,10 +218,7 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// makes the client see a connection reset instead of the answer.
 /// Bodies declared within the limit go straight on (the extractor's limit
 /// still holds them to what they declared).
-async fn refuse_oversized(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use http_body_util::BodyExt as _;
     let declared = req
         .headers()
@@ -250,7 +247,8 @@ async fn refuse_oversized(
                 if over {
                     break;
                 }
-                return DoorError::bad(format!("cannot read the request body: {e}")).into_response();
+                return DoorError::bad(format!("cannot read the request body: {e}"))
+                    .into_response();
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
@@ -280,8 +278,11 @@ async fn refuse_oversized(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(kept)))
-        .await
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(kept),
+    ))
+    .await
 }
 
 async fn healthz() -> &'static str {
@@ -333,7 +334,11 @@ fn log_decision(
         line.joined("denied", decision.denied_by().iter().map(|r| r.as_str()));
         line.joined("warned", decision.warned_by().iter().map(|r| r.as_str()));
         // A request that was not let through had nothing applied.
-        let mutated = if allowed { decision.mutated_by() } else { Vec::new() };
+        let mutated = if allowed {
+            decision.mutated_by()
+        } else {
+            Vec::new()
+        };
         line.joined("mutated", mutated.iter().map(|r| r.as_str()));
         line.u64(
             "latency_us",

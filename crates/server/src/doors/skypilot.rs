@@ -137,6 +137,11 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
         ));
     }
     let parse_obj = |text: &[u8]| -> Result<SkyRequest, DoorError> {
+        if !json_depth_within(text, JSON_MAX_DEPTH) {
+            return Err(DoorError::bad(format!(
+                "the request body nests deeper than {JSON_MAX_DEPTH} levels; SkyPilot's requests are a few levels deep"
+            )));
+        }
         // Fast path; on error, parse again with path tracking for the message.
         if let Ok(req) = serde_json::from_slice(text) {
             return Ok(req);
@@ -164,6 +169,48 @@ pub fn parse_body(body: &[u8]) -> Result<SkyRequest, DoorError> {
     } else {
         parse_obj(trimmed)
     }
+}
+
+/// The deepest nesting of JSON arrays and objects a request body may have
+/// (each JSON layer; serde_json's own limit, 128, would apply only to the
+/// values Warden reads, and skipped values would not count).
+pub const JSON_MAX_DEPTH: usize = 64;
+
+/// Whether the JSON text nests at most `max` levels: a count of brackets
+/// first (vectorized; SkyPilot's bodies have a handful), then, only when
+/// there are more than `max`, a scan that skips strings. Linear either way.
+fn json_depth_within(text: &[u8], max: usize) -> bool {
+    let brackets = text
+        .iter()
+        .fold(0usize, |n, b| n + usize::from(matches!(b, b'[' | b'{')));
+    if brackets <= max {
+        return true;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Decodes a JSON string literal (and trailing whitespace) whose escapes are
@@ -352,10 +399,8 @@ fn gpu_count(path: &str, name: &str, count: &Node) -> Result<u32, DoorError> {
         )));
     };
     let n: f64 = match s.kind {
-        Kind::Int => match yaml::int_value(&s.text) {
-            Some(i) => i as f64,
-            None => f64::INFINITY,
-        },
+        // Past 128 bits: as too large as any count past the limit.
+        Kind::Int => yaml::int_value(&s.text).map_or(MAX_GPU_COUNT * 2.0, |i| i as f64),
         Kind::Float => yaml::float_value(&s.text).unwrap_or(f64::NAN),
         Kind::Str => s.text.trim().parse().map_err(|_| {
             DoorError::bad(format!(
@@ -371,7 +416,7 @@ fn gpu_count(path: &str, name: &str, count: &Node) -> Result<u32, DoorError> {
         }
     };
     let shown = short(&s.text);
-    if n.is_nan() || n == f64::NEG_INFINITY {
+    if !n.is_finite() {
         return Err(DoorError::bad(format!(
             "`{path}`: count `{shown}` of `{name}` is not a finite number; write e.g. `{name}:8`"
         )));
@@ -1469,6 +1514,124 @@ mod tests {
         .expect("ok");
         let task: Value = serde_json::from_str(&h.task).expect("json task");
         assert_eq!(task["resources"]["infra"], "slurm/mycluster/gpu");
+    }
+
+    fn err(p: &Policy, task: &str) -> String {
+        match handle(p, &body(task)) {
+            Ok(h) => panic!("{task:?} was accepted: {:?}", h.answer),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn governed_fields_of_the_wrong_type_or_value_are_refused_naming_the_field() {
+        let p = policy("default_team: t\nteams:\n  t: {max_gpus_per_launch: 1}\nrules:\n  - name: l\n    add_labels: {team: t}\n");
+        for (task, words) in [
+            (
+                "resources:\n  labels: [team=x]\n",
+                "`resources.labels` must be a mapping",
+            ),
+            (
+                "resources:\n  labels: {1: x}\n",
+                "label names must be strings",
+            ),
+            (
+                "resources:\n  labels: {team: [x]}\n",
+                "`resources.labels.team` must be a single value",
+            ),
+            (
+                "resources:\n  accelerators: {H100: .inf}\n",
+                "not a finite number",
+            ),
+            (
+                "resources:\n  accelerators: {H100: -.inf}\n",
+                "not a finite number",
+            ),
+            (
+                "resources:\n  accelerators: {H100: .nan}\n",
+                "not a finite number",
+            ),
+            (
+                "resources:\n  accelerators: {H100: [8]}\n",
+                "must be a number, got a list",
+            ),
+            (
+                "resources:\n  accelerators: {H100: {n: 8}}\n",
+                "must be a number, got a mapping",
+            ),
+            (
+                "resources:\n  accelerators: {H100: true}\n",
+                "must be a number, got a boolean",
+            ),
+            (
+                "resources:\n  accelerators: {H100: 0}\n",
+                "must be a positive number",
+            ),
+            ("resources:\n  accelerators: H100:1e12\n", "is too large"),
+            (
+                "resources:\n  accelerators: {H100: 99999999999999999999999999999999999999999}\n",
+                "is too large",
+            ),
+            (
+                "resources:\n  accelerators: {null: 8}\n",
+                "GPU names must be strings",
+            ),
+            (
+                "resources:\n  accelerators: [[H100]]\n",
+                "`resources.accelerators[0]` must be",
+            ),
+            (
+                "resources:\n  use_spot: 'yes'\n",
+                "`resources.use_spot` must be true or false",
+            ),
+            ("num_nodes: 1.5\n", "`num_nodes` must be a positive integer"),
+            ("num_nodes: '2'\n", "`num_nodes` must be a positive integer"),
+            ("num_nodes: 99999999999\n", "too large"),
+            (
+                "resources:\n  any_of: [x]\n",
+                "`resources.any_of[0]` must be a mapping",
+            ),
+            (
+                "resources:\n  any_of: [{}]\n  ordered: [{}]\n",
+                "both `any_of` and `ordered`",
+            ),
+            (
+                "resources:\n  any_of: [{cpus: [4]}]\n",
+                "`resources.any_of[0].cpus` must be a single value",
+            ),
+            (
+                "resources:\n  autostop: 1.5\n",
+                "`resources.autostop` must be",
+            ),
+            (
+                "resources:\n  image_id: {us-east-1: a, us-west-2: b}\n",
+                "different images",
+            ),
+            ("resources: !!python/tuple [1]\n", "tag `!!python/tuple`"),
+            ("a: =\n", "cannot be read"),
+        ] {
+            let e = err(&p, task);
+            assert!(e.contains(words), "{task:?}: want {words:?} in {e}");
+        }
+        // 1.5 GPUs occupy 2, and 2 > 1: denied, not miscounted as one.
+        let h = handle(&p, &body("resources:\n  accelerators: {H100: 1.5}\n")).expect("handled");
+        assert!(!h.decision.is_allowed());
+    }
+
+    #[test]
+    fn a_changed_document_keeps_keys_of_every_kind_order_and_yaml_1_1_scalars() {
+        let p = policy(
+            "default_team: t\nteams:\n  t: {}\nrules:\n  - name: l\n    add_labels: {team: t}\n",
+        );
+        let task = "name: x\nresources:\n  image_id:\n    null: docker:ubuntu:22.04\n  cpus: 4+\nenvs:\n  LR: 1e-4\n  T: 1:30\n  B: yes\n  O: 0o17\n  Z: 0777\n  D: 2024-01-31\n  S: \"\\x7f\\x85\\u2028\"\n  true: on\n  8080: x\n";
+        let h = handle(&p, &body(task)).expect("handled");
+        assert_eq!(
+            h.task,
+            concat!(
+                r#"{"name": "x", "resources": {"image_id": {null: "docker:ubuntu:22.04"}, "cpus": "4+", "labels": {"team": "t"}}, "#,
+                r#""envs": {"LR": "1e-4", "T": 1:30, "B": yes, "O": "0o17", "Z": 0777, "D": 2024-01-31, "S": "\x7f\x85\u2028", true: on, 8080: "x"}}"#
+            )
+        );
     }
 
     #[test]
