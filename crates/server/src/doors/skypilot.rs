@@ -7,8 +7,11 @@
 //! `skypilot_config`. Answer: 200 with a JSON string literal containing
 //! `{"task", "skypilot_config"}`, or 400 `text/plain` with the reasons.
 //! Documents are passed back byte-for-byte when no rule changed them; a
-//! changed document is returned as JSON text (which SkyPilot's YAML loader
-//! reads), with every field Warden does not govern kept as it was.
+//! changed document is written as flow YAML that SkyPilot's loader (PyYAML,
+//! YAML 1.1) reads back as the user's document plus Warden's changes
+//! ([`crate::yaml`]). Governed fields of the wrong type or value are refused
+//! with a 400 naming the field; both JSON layers and every YAML document
+//! have a nesting bound.
 
 use std::collections::BTreeMap;
 
