@@ -17,9 +17,10 @@ use std::fmt::Write as _;
 use super::node::{Node, Scalar};
 use super::resolve::{resolve_plain, Kind};
 
-/// The node as flow YAML text.
-pub fn to_string(node: &Node) -> String {
-    let mut out = String::with_capacity(256);
+/// The node as flow YAML text; `size_hint` is about how long it will be
+/// (the text it was read from is a good guess).
+pub fn to_string(node: &Node, size_hint: usize) -> String {
+    let mut out = String::with_capacity(size_hint + size_hint / 4 + 64);
     write_node(&mut out, node);
     out
 }
@@ -88,33 +89,75 @@ fn plain_safe(text: &str) -> bool {
         })
 }
 
+/// ASCII bytes a double-quoted scalar escapes: `"`, `\\`, controls, DEL.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "indices below 256 into a 256-entry table, checked at compile time"
+)]
+static ESCAPED_ASCII: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[0x7f] = true;
+    table
+};
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a u8 always indexes a 256-entry table"
+)]
+fn escaped_ascii(b: u8) -> bool {
+    ESCAPED_ASCII[usize::from(b)]
+}
+
 /// Appends `s` as a YAML double-quoted scalar.
 pub fn push_double_quoted(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut plain = 0;
-    for (i, c) in s.char_indices() {
-        let esc: &str = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\t' => "\\t",
-            '\r' => "\\r",
-            '\0' => "\\0",
-            ' '..='~' => continue,
-            c if needs_escape(c) => "",
-            _ => continue,
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let c = if b < 0x80 {
+            if !escaped_ascii(b) {
+                i += 1;
+                continue;
+            }
+            char::from(b)
+        } else {
+            // A multi-byte character: only a few need escaping.
+            let c = s
+                .get(i..)
+                .and_then(|t| t.chars().next())
+                .unwrap_or('\u{fffd}');
+            if !needs_escape(c) {
+                i += c.len_utf8();
+                continue;
+            }
+            c
         };
         out.push_str(s.get(plain..i).unwrap_or_default());
-        plain = i + c.len_utf8();
-        if esc.is_empty() {
-            let n = u32::from(c);
-            if n <= 0xff {
-                let _ = write!(out, "\\x{n:02x}");
-            } else {
-                let _ = write!(out, "\\u{n:04x}");
+        i += c.len_utf8();
+        plain = i;
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c => {
+                let n = u32::from(c);
+                if n <= 0xff {
+                    let _ = write!(out, "\\x{n:02x}");
+                } else {
+                    let _ = write!(out, "\\u{n:04x}");
+                }
             }
-        } else {
-            out.push_str(esc);
         }
     }
     out.push_str(s.get(plain..).unwrap_or_default());
@@ -157,7 +200,7 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            to_string(&n),
+            to_string(&n, 0),
             r#"{null: "docker:x", 1:30: yes, "f": !<tag:yaml.org,2002:float> "1"}"#
         );
     }

@@ -311,6 +311,15 @@ fn is_timestamp(b: &[u8]) -> bool {
 /// leading `0` for octal, `a:b:c` base 60). `None` when PyYAML would fail
 /// to construct it or it does not fit 128 bits.
 pub fn int_value(text: &str) -> Option<i128> {
+    // The usual case, a short decimal: no copy.
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+    {
+        return text.parse::<i128>().ok();
+    }
     let v: String = text.chars().filter(|c| *c != '_').collect();
     let (neg, v) = match v.as_bytes().first()? {
         b'-' => (true, v.get(1..)?),
@@ -346,6 +355,16 @@ pub fn int_value(text: &str) -> Option<i128> {
 /// A float as `safe_load` constructs it (`_` dropped, any case, `.inf`,
 /// `.nan`, base 60). `None` when PyYAML would fail to construct it.
 pub fn float_value(text: &str) -> Option<f64> {
+    // The usual case, `1.5` or `-0.25e+3`: no copy.
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && text.bytes().any(|b| b.is_ascii_digit())
+    {
+        if let Some(f) = python_float(text) {
+            return Some(f);
+        }
+    }
     let v: String = text
         .chars()
         .filter(|c| *c != '_')
