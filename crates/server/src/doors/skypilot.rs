@@ -317,7 +317,8 @@ pub fn replay_input(body: &[u8]) -> Option<Value> {
 }
 
 /// A body [`handle`] accepts, rebuilt from a [`replay_input`]: the
-/// documents as JSON text (which is YAML).
+/// documents written as YAML that reads back as the recorded values (JSON
+/// text would not: `1e20` is a string to YAML 1.1).
 pub fn replay_body(input: &Value) -> Result<Vec<u8>, String> {
     let mut v = input.clone();
     let map = v
@@ -326,7 +327,7 @@ pub fn replay_body(input: &Value) -> Result<Vec<u8>, String> {
     for key in ["task", "skypilot_config"] {
         if let Some(doc) = map.get(key) {
             if !doc.is_string() {
-                let text = doc.to_string();
+                let text = yaml::to_string(&Node::from_json(doc), 256);
                 map.insert(key.to_owned(), Value::String(text));
             }
         }
