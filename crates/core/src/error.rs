@@ -60,6 +60,18 @@ pub enum YamlDepthError {
         /// The limit.
         max: usize,
     },
+    /// A mapping has the same key twice (the last would silently win).
+    #[error(
+        "line {line}: key `{key}` is given twice in the same mapping (first at line {first_line}); remove or merge one of them"
+    )]
+    DuplicateKey {
+        /// The key (at most 60 characters of it).
+        key: String,
+        /// 1-based line of the first.
+        first_line: usize,
+        /// 1-based line of the second.
+        line: usize,
+    },
     /// The YAML scanner found an error.
     #[error("line {line}, column {col}: YAML syntax error: {message}")]
     Syntax {

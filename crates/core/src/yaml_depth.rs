@@ -29,6 +29,9 @@ pub fn check_depth(text: &str, max: usize) -> Result<(), YamlDepthError> {
     // Per open collection: its anchor (0 for none) and the height of its
     // highest child so far.
     let mut open: Vec<(usize, usize)> = Vec::new();
+    // Per open collection: for a mapping, whether its next node is a key,
+    // and the scalar keys seen with their lines; `None` for a sequence.
+    let mut keys: Vec<Option<(bool, HashMap<String, usize>)>> = Vec::new();
     // Anchor id -> height of the node it names.
     let mut heights: HashMap<usize, usize> = HashMap::new();
     let too_deep = |span: Span| YamlDepthError::TooDeep {
@@ -49,18 +52,57 @@ pub fn check_depth(text: &str, max: usize) -> Result<(), YamlDepthError> {
                 }
             }
         })?;
+        // A node completes: in a mapping, keys and values alternate.
+        let completes = !matches!(
+            event,
+            Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::StreamStart
+                | Event::StreamEnd
+                | Event::DocumentStart(_)
+                | Event::DocumentEnd
+                | Event::Nothing
+        );
+        if completes {
+            if let Some(Some((is_key, seen))) = keys.last_mut() {
+                if *is_key {
+                    if let Event::Scalar(key, ..) = &event {
+                        let line = span.start.line();
+                        if let Some(first_line) = seen.insert(key.to_string(), line) {
+                            if key.as_ref() != "<<" {
+                                return Err(YamlDepthError::DuplicateKey {
+                                    key: key.chars().take(60).collect(),
+                                    first_line,
+                                    line,
+                                });
+                            }
+                        }
+                    }
+                }
+                *is_key = !*is_key;
+            }
+        }
         let height = match event {
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if open.len() >= max {
                     return Err(too_deep(span));
                 }
                 open.push((anchor, 0));
+                keys.push(match event {
+                    Event::MappingStart(..) => Some((true, HashMap::new())),
+                    _ => None,
+                });
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => {
+                keys.pop();
                 let Some((anchor, below)) = open.pop() else {
                     continue;
                 };
+                // The collection itself completes a key or value of its parent.
+                if let Some(Some((is_key, _))) = keys.last_mut() {
+                    *is_key = !*is_key;
+                }
                 if anchor != 0 {
                     heights.insert(anchor, below + 1);
                 }
@@ -85,6 +127,34 @@ pub fn check_depth(text: &str, max: usize) -> Result<(), YamlDepthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_refused_naming_both_lines() {
+        let text = "teams:\n  ml:\n    max_nodes: 1\n  cv: {}\n  ml:\n    max_nodes: 8\n";
+        assert_eq!(
+            check_depth(text, MAX_CONFIG_DEPTH),
+            Err(YamlDepthError::DuplicateKey {
+                key: "ml".to_owned(),
+                first_line: 2,
+                line: 5
+            })
+        );
+        // Top level, flow style, and a quoted spelling of the same key.
+        assert!(check_depth("a: 1\nb: 2\na: 3\n", 8).is_err());
+        assert!(check_depth("a: {x: 1, 'x': 2}\n", 8).is_err());
+        // The same key in different mappings, keys that are collections,
+        // values equal to keys, and merge keys are fine.
+        assert_eq!(
+            check_depth("a: {x: 1}\nb: {x: 1}\nc: [x, x]\nd: {x: x}\n", 8),
+            Ok(())
+        );
+        assert_eq!(check_depth("? [a]\n: 1\n? [a, b]\n: 2\nz: 1\n", 8), Ok(()));
+        assert_eq!(
+            check_depth("b: &b {x: 1}\nc:\n  <<: *b\n  <<: *b\n", 8),
+            Ok(())
+        );
+        assert_eq!(check_depth("a:\n  b: {k: 1}\n  k: 2\nk: 3\n", 8), Ok(()));
+    }
 
     fn flow(depth: usize) -> String {
         format!("teams: {}{}\n", "[".repeat(depth), "]".repeat(depth))
