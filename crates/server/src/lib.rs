@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod app;
+mod bytes;
 pub mod cases;
 pub mod config;
 pub mod doors;

@@ -478,10 +478,8 @@ fn null() -> Node {
 fn plain_scalar(text: &str) -> Option<Node> {
     let s = Scalar::plain(text);
     let ok = match s.kind {
-        Kind::Int => int_value(text).is_some(),
-        Kind::Float => float_value(text).is_some(),
         Kind::Merge | Kind::Value => false,
-        _ => true,
+        kind => resolve::constructs(kind, text),
     };
     ok.then_some(Node::Scalar(s))
 }

@@ -222,29 +222,11 @@ fn json_depth_within(text: &[u8], max: usize) -> bool {
 /// quote, trailing data, bad UTF-8), which `serde_json` then decodes or
 /// explains. A unit test holds it to `serde_json`'s answers.
 /// Bytes that end a run of plain JSON string content: `"`, `\` and the
-/// control characters (a table lookup beats three comparisons per byte).
-#[expect(
-    clippy::indexing_slicing,
-    reason = "indices below 256 into a 256-entry table, checked at compile time"
-)]
-static ENDS_RUN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
+/// control characters.
+static ENDS_RUN: [bool; 256] = crate::bytes::table(true, b"\"\\");
 
-#[expect(
-    clippy::indexing_slicing,
-    reason = "a u8 always indexes a 256-entry table"
-)]
 fn ends_run(b: u8) -> bool {
-    ENDS_RUN[usize::from(b)]
+    crate::bytes::marks(&ENDS_RUN, b)
 }
 
 /// Decodes a JSON string literal: directly when [`unquote`] can, else by
@@ -602,7 +584,7 @@ fn ports(path: &dyn Display, v: Option<&Node>) -> Result<Vec<String>, DoorError>
     }
 }
 
-fn use_spot(path: &dyn Display, v: Option<&Node>) -> Result<bool, DoorError> {
+fn bool_field(path: &dyn Display, v: Option<&Node>) -> Result<bool, DoorError> {
     match v {
         None => Ok(false),
         Some(n) if n.is_null() => Ok(false),
@@ -698,7 +680,7 @@ fn autostop(path: &dyn Display, v: Option<&Node>) -> Result<Option<Autostop>, Do
                 Some(v) => minutes(v)?,
                 None => Some(5),
             };
-            let down = use_spot(&format!("{path}.down"), map_get(m, "down"))?;
+            let down = bool_field(&format!("{path}.down"), map_get(m, "down"))?;
             Ok(idle
                 .filter(|i| *i >= 0)
                 .map(|idle_minutes| Autostop { idle_minutes, down }))
@@ -900,7 +882,7 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
         let (mem_v, mem_path) = get("memory");
         let (img_v, img_path) = get("image_id");
         let (ports_v, ports_path) = get("ports");
-        let spot = use_spot(&spot_path, spot_v)?;
+        let spot = bool_field(&spot_path, spot_v)?;
         let cpus = scalar_text(&cpus_path, cpus_v)?;
         let memory = scalar_text(&mem_path, mem_v)?;
         let image = image_id(&img_path, img_v)?;

@@ -90,30 +90,7 @@ fn plain_safe(text: &str) -> bool {
 }
 
 /// ASCII bytes a double-quoted scalar escapes: `"`, `\\`, controls, DEL.
-#[expect(
-    clippy::indexing_slicing,
-    reason = "indices below 256 into a 256-entry table, checked at compile time"
-)]
-static ESCAPED_ASCII: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table[0x7f] = true;
-    table
-};
-
-#[expect(
-    clippy::indexing_slicing,
-    reason = "a u8 always indexes a 256-entry table"
-)]
-fn escaped_ascii(b: u8) -> bool {
-    ESCAPED_ASCII[usize::from(b)]
-}
+static ESCAPED_ASCII: [bool; 256] = crate::bytes::table(true, b"\"\\\x7f");
 
 /// Appends `s` as a YAML double-quoted scalar.
 pub fn push_double_quoted(out: &mut String, s: &str) {
@@ -123,7 +100,7 @@ pub fn push_double_quoted(out: &mut String, s: &str) {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         let c = if b < 0x80 {
-            if !escaped_ascii(b) {
+            if !crate::bytes::marks(&ESCAPED_ASCII, b) {
                 i += 1;
                 continue;
             }
@@ -164,11 +141,12 @@ pub fn push_double_quoted(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Characters PyYAML or libyaml would refuse raw, or read as a line break.
+/// Non-ASCII characters PyYAML or libyaml would refuse raw, or read as a
+/// line break (the ASCII ones are in [`ESCAPED_ASCII`]).
 fn needs_escape(c: char) -> bool {
-    matches!(c,
-            '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
-            | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+    matches!(
+        c,
+        '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
     )
 }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use super::node::{Node, Scalar};
-use super::resolve::{bool_value, float_value, int_value, resolve_plain, Kind};
+use super::resolve::{constructs, resolve_plain, Kind};
 
 /// The deepest nesting of lists and mappings a document may have.
 pub const MAX_DEPTH: usize = 64;
@@ -236,12 +236,8 @@ fn scalar(
         None => Kind::Str,
     };
     let valid = match kind {
-        Kind::Int => int_value(value).is_some() || plain_big_int(value),
-        Kind::Float => float_value(value).is_some(),
-        Kind::Bool => bool_value(value).is_some(),
-        Kind::Value if in_key => true,
-        Kind::Value => false,
-        _ => true,
+        Kind::Value => in_key,
+        kind => constructs(kind, value),
     };
     if !valid {
         return Err(err(
@@ -259,12 +255,6 @@ fn scalar(
         text: value.to_owned(),
         kind,
     })
-}
-
-/// An integer past 128 bits that PyYAML (which has big integers) reads.
-fn plain_big_int(value: &str) -> bool {
-    let v = value.trim_start_matches(['-', '+']);
-    !v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit() || b == b'_')
 }
 
 /// PyYAML's `flatten_mapping`: `<<: MAP` and `<<: [MAP, ...]` put the

@@ -352,6 +352,24 @@ pub fn int_value(text: &str) -> Option<i128> {
     Some(if neg { -n } else { n })
 }
 
+/// Whether `safe_load` can construct a scalar of `kind` from `text`: an
+/// int or float it can parse, a boolean word. (`=` and `<<` depend on where
+/// they stand: the caller decides.)
+pub fn constructs(kind: Kind, text: &str) -> bool {
+    match kind {
+        Kind::Int => int_value(text).is_some() || big_int(text),
+        Kind::Float => float_value(text).is_some(),
+        Kind::Bool => bool_value(text).is_some(),
+        _ => true,
+    }
+}
+
+/// A decimal integer past 128 bits, which PyYAML (big integers) reads.
+fn big_int(text: &str) -> bool {
+    let v = text.trim_start_matches(['-', '+']);
+    !v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+}
+
 /// A float as `safe_load` constructs it (`_` dropped, any case, `.inf`,
 /// `.nan`, base 60). `None` when PyYAML would fail to construct it.
 pub fn float_value(text: &str) -> Option<f64> {
