@@ -314,6 +314,7 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
     let skypilot_api = cfg.skypilot_api;
     let settings = cfg.settings;
     let vast = cfg.vast;
+    let store_options = cfg.store_options;
     let storage = match storage {
         Some(s) => {
             warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?
@@ -329,9 +330,13 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
         let rules = policy.rules().len();
         let store =
             match &storage {
-                Some(url) => Some(warden_store::Store::connect(url).await.with_context(|| {
-                    format!("cannot open the store named by {}", config.display())
-                })?),
+                Some(url) => Some(
+                    warden_store::Store::connect_with(url, store_options)
+                        .await
+                        .with_context(|| {
+                            format!("cannot open the store named by {}", config.display())
+                        })?,
+                ),
                 None => None,
             };
         let backend = store.as_ref().map_or("none", |s| s.backend_name());

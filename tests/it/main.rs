@@ -20,6 +20,7 @@ mod replicas;
 mod report;
 mod skypilot_client;
 mod skypilot_sync;
+mod store_outage;
 mod vast;
 mod vast_client;
 mod yaml_contract;

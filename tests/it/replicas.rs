@@ -128,5 +128,20 @@ fn two_replicas_on_one_postgres_grant_exactly_the_quota() {
     let (code, out, err) = warden(&["audit", "verify", "--config", cfg]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("200 records checked"), "{out}");
+    // Every record has its own request id, across both replicas (they
+    // booted within the same second or two).
+    let (code, out, err) = warden(&["audit", "export", "--config", cfg]);
+    assert_eq!(code, 0, "{err}");
+    let ids: std::collections::BTreeSet<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["payload"]["context"]["request_id"]
+                .as_str()
+                .expect("a request id")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 200, "request ids repeat across replicas");
     drop((a, b));
 }

@@ -1366,7 +1366,9 @@ fn serve_refuses_a_vast_key_file_others_can_read() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let db = format!("sqlite://{}", dir.0.join("w.db").display());
-    let err = run(format!("storage: {db}\nvast: {{api_key_file: vast.key}}\n"));
+    let err = run(format!(
+        "storage: {db}\nteams: {{ml: {{}}}}\nvast: {{api_key_file: vast.key}}\n"
+    ));
     let shown = key.display();
     assert!(
         err.contains(&format!("`{shown}`")) && err.contains(&format!("chmod 600 {shown}")),

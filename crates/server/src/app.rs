@@ -41,7 +41,10 @@ pub struct AppState {
     store: Option<Store>,
     config_path: Option<PathBuf>,
     request_seq: AtomicU64,
-    boot: u64,
+    /// This process's request-id prefix: the boot second and 32 random
+    /// bits, so ids differ across replicas booted in the same second and
+    /// across restarts ([`AppState::request_id`]).
+    id_prefix: String,
     vast: std::sync::OnceLock<Arc<crate::doors::vast::VastDoor>>,
 }
 
@@ -58,9 +61,6 @@ impl AppState {
         config_path: Option<PathBuf>,
         store: Option<Store>,
     ) -> Arc<Self> {
-        let boot = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         Arc::new(Self {
             policy: ArcSwap::from_pointee(policy),
             settings: ArcSwap::from_pointee(Settings::default()),
@@ -69,7 +69,7 @@ impl AppState {
             store,
             config_path,
             request_seq: AtomicU64::new(0),
-            boot,
+            id_prefix: request_id_prefix(),
             vast: std::sync::OnceLock::new(),
         })
     }
@@ -172,12 +172,29 @@ impl AppState {
         match given {
             Some(id) => id.to_owned(),
             None => format!(
-                "{:x}-{}",
-                self.boot,
+                "{}-{}",
+                self.id_prefix,
                 self.request_seq.fetch_add(1, Ordering::Relaxed)
             ),
         }
     }
+}
+
+/// `BOOT-RANDOM`: the boot second in hex and 32 bits from the operating
+/// system's random source. A process counts its requests after it, so an id
+/// repeats only if two processes draw the same 32 bits in the same second
+/// (about one in four billion per pair). Without a random source (which
+/// Linux always has), the process id and boot nanoseconds stand in.
+fn request_id_prefix() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut bytes = [0u8; 4];
+    let random = match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u32::from_le_bytes(bytes),
+        Err(_) => std::process::id().rotate_left(16) ^ now.subsec_nanos(),
+    };
+    format!("{:x}-{random:08x}", now.as_secs())
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -289,8 +306,29 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready when a policy is loaded and the store (if any) answers within its
+/// timeout; 503 naming the reason otherwise, so a load balancer routes
+/// around a replica that cannot record decisions.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let policy = state.policy();
+    if let Some(store) = state.store() {
+        if let Err(error) = store.ping().await {
+            tracing::warn!(
+                target: "warden::store",
+                %error,
+                backend = store.backend_name(),
+                "readiness check: store failure"
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: the {} store cannot be used ({error}); every launch is denied until it is back\n",
+                    store.backend_name()
+                ),
+            )
+                .into_response();
+        }
+    }
     (
         StatusCode::OK,
         format!(
@@ -345,6 +383,38 @@ fn log_decision(
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         );
     });
+}
+
+/// Logs a request answered with an error: a store failure (503, the
+/// request was not decided) as such, anything else as a malformed request.
+fn log_refusal(request_id: &str, door: &str, err: &DoorError) {
+    let status = err.status_code().as_u16();
+    match err {
+        DoorError::StoreFailure(_) => tracing::error!(
+            target: "warden::decision",
+            request_id,
+            door,
+            status,
+            error = %err,
+            "store failure: request refused undecided (fail closed)"
+        ),
+        DoorError::Unavailable(_) => tracing::warn!(
+            target: "warden::decision",
+            request_id,
+            door,
+            status,
+            error = %err,
+            "request refused: Warden is not ready"
+        ),
+        _ => tracing::warn!(
+            target: "warden::decision",
+            request_id,
+            door,
+            status,
+            error = %err,
+            "rejected malformed request"
+        ),
+    }
 }
 
 async fn skypilot_door(
@@ -426,14 +496,7 @@ async fn skypilot_door(
                 .into_response()
         }
         Err(err) => {
-            tracing::warn!(
-                target: "warden::decision",
-                request_id = request_id.as_str(),
-                door = "skypilot",
-                status = err.status_code().as_u16(),
-                error = %err,
-                "rejected malformed request"
-            );
+            log_refusal(&request_id, "skypilot", &err);
             err.into_response()
         }
     }
@@ -506,5 +569,47 @@ impl Application {
             .await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_differ_across_processes_booted_in_the_same_second() {
+        // Each state stands for one replica; a fresh id comes from each.
+        let policy = || Policy::compile(warden_core::PolicySpec::default()).unwrap();
+        let ids: std::collections::BTreeSet<String> = (0..64)
+            .map(|_| AppState::new(policy(), None).request_id(&HeaderMap::new()))
+            .collect();
+        assert_eq!(ids.len(), 64, "{ids:?}");
+        // Within one process the counter keeps them apart.
+        let state = AppState::new(policy(), None);
+        let a = state.request_id(&HeaderMap::new());
+        let b = state.request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert!(a.len() <= 64 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+
+    #[test]
+    fn a_reload_of_an_empty_config_keeps_the_running_policy() {
+        let dir = std::env::temp_dir().join(format!("warden-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("warden.yaml");
+        std::fs::write(&path, "storage: none\nteams:\n  ml: {}\n  ops: {}\n").unwrap();
+        let policy = load_config(&path).unwrap().policy;
+        let state = AppState::new(policy, Some(path.clone()));
+        for text in ["", "# emptied by mistake\n", "storage: none\n"] {
+            std::fs::write(&path, text).unwrap();
+            let e = state.reload().unwrap_err();
+            assert!(e.contains("empty") || e.contains("no team"), "{e}");
+            assert_eq!(
+                state.policy().team_count(),
+                2,
+                "{text:?} replaced the policy"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

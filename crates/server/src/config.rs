@@ -15,12 +15,17 @@ use warden_core::{Policy, PolicySpec};
 
 use crate::sync::skypilot::ApiUrl;
 
+mod problems;
 mod vast;
 pub use vast::{PreDestroy, VastConfig, VAST_CONSOLE_URL};
 
 /// The store used when the config names none: a SQLite file next to the
 /// config file.
 pub const DEFAULT_STORAGE_FILE: &str = "warden.db";
+
+/// The range of `storage_timeout_seconds`: long enough for a slow network,
+/// short enough that a fail-closed answer beats SkyPilot's 30 s wait.
+pub const STORAGE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=20;
 
 /// Seconds between two polls of the SkyPilot API server, by default.
 pub const DEFAULT_SYNC_INTERVAL_SECONDS: u64 = 30;
@@ -36,6 +41,8 @@ pub const DEFAULT_SYNC_GRACE_SECONDS: u64 = 300;
 struct ConfigFile {
     #[serde(default)]
     storage: Option<String>,
+    #[serde(default)]
+    storage_timeout_seconds: Option<u64>,
     #[serde(default)]
     default_team: Option<String>,
     #[serde(default)]
@@ -192,6 +199,8 @@ pub struct Config {
     /// SQLite path resolved against the config file's directory; `None` for
     /// `storage: none` (decide only: no audit log, no quotas).
     pub storage: Option<String>,
+    /// How the store connects (`storage_timeout_seconds`).
+    pub store_options: warden_store::StoreOptions,
     /// The SkyPilot API server to sync allocations with, if any.
     pub skypilot_api: Option<SkypilotApi>,
     /// Time zone and alert delivery.
@@ -308,7 +317,13 @@ fn skypilot_api(path: &Path, f: SkypilotApiFile) -> Result<SkypilotApi, Vec<Stri
 fn prefixed(path: &Path, lines: impl IntoIterator<Item = String>) -> String {
     lines
         .into_iter()
-        .map(|l| format!("{}: {l}", path.display()))
+        .map(|l| {
+            format!(
+                "{}: {}",
+                path.display(),
+                problems::cap(&problems::clip_quoted(&l))
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -359,21 +374,45 @@ fn store_url(path: &Path, given: Option<&str>) -> Result<String, String> {
 /// Loads and validates a config file. The error text names the file, each
 /// key path and the problem, one per line.
 pub fn load_config(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    let text = read_config_text(path)?;
     // Before serde_norway, which reads the whole text first however deep.
     warden_core::check_depth(&text, warden_core::MAX_CONFIG_DEPTH)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    if is_empty_yaml(&text) {
+        return Err(format!(
+            "{}: the config file is empty; it must define at least one team under `teams` (see the README's config reference)",
+            path.display()
+        ));
+    }
     let de = serde_norway::Deserializer::from_str(&text);
-    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
-        let at = e.path().to_string();
-        let msg = e.into_inner().to_string();
-        if at == "." || at == "?" {
-            format!("{}: {msg}", path.display())
-        } else {
-            format!("{}: {at}: {msg}", path.display())
+    let file: ConfigFile = match serde_path_to_error::deserialize(de) {
+        Ok(file) => file,
+        Err(e) => {
+            // Every problem, section by section, when the file reads as YAML.
+            let all = problems::parse_problems(&text);
+            if !all.is_empty() {
+                return Err(prefixed(path, all));
+            }
+            // A `?` segment is a place serde could not name: keep the part
+            // before it.
+            let at = e.path().to_string();
+            let at = at.split(".?").next().unwrap_or("").to_owned();
+            let msg = e.into_inner().to_string();
+            let line = match at.as_str() {
+                "" | "." | "?" => msg,
+                // serde_norway's message may start with the path already.
+                at if msg.starts_with(&format!("{at}: ")) => msg,
+                at => format!("{at}: {msg}"),
+            };
+            return Err(prefixed(path, [line]));
         }
-    })?;
+    };
+    let mut settings_problems = Vec::new();
+    if file.teams.is_empty() {
+        settings_problems.push(
+            "teams: no team is defined, so every launch would be denied (`team.resolve`); define at least one team under `teams`".to_owned(),
+        );
+    }
     let quota_teams: Vec<String> = file
         .teams
         .iter()
@@ -387,9 +426,22 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         )),
         s => Ok(s),
     });
+    let store_options = match file.storage_timeout_seconds {
+        None => warden_store::StoreOptions::default(),
+        Some(n) if STORAGE_TIMEOUT_RANGE.contains(&n) => warden_store::StoreOptions {
+            timeout: Duration::from_secs(n),
+        },
+        Some(n) => {
+            settings_problems.push(format!(
+                "storage_timeout_seconds: `{n}` is out of range; use {} to {} seconds (SkyPilot waits 30 s for an answer)",
+                STORAGE_TIMEOUT_RANGE.start(),
+                STORAGE_TIMEOUT_RANGE.end()
+            ));
+            warden_store::StoreOptions::default()
+        }
+    };
     let api = file.skypilot_api.map(|f| skypilot_api(path, f)).transpose();
     let vast = vast::vast_config(path, file.vast.unwrap_or_default());
-    let mut settings_problems = Vec::new();
     let time_zone = match file.time_zone.as_deref().map(str::trim) {
         None => warden_store::TimeZone::UTC,
         Some(name) => warden_store::parse_time_zone(name).unwrap_or_else(|e| {
@@ -417,6 +469,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
             Ok(Config {
                 policy,
                 storage,
+                store_options,
                 skypilot_api,
                 settings,
                 vast,
@@ -439,6 +492,45 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
             Err(prefixed(path, lines))
         }
     }
+}
+
+/// The largest config file Warden reads. Real ones are a few KiB; a
+/// generated one with thousands of teams stays far below this.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads the config file, refusing one over [`MAX_CONFIG_BYTES`] before
+/// reading it whole.
+fn read_config_text(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{}: the config file is larger than the {} MiB limit",
+            path.display(),
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{}: the config file is not UTF-8 (byte {} is invalid)",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Whether `text` holds no YAML content: only blanks, comments, document
+/// markers or a bare `null`/`~`.
+fn is_empty_yaml(text: &str) -> bool {
+    text.lines()
+        .map(|l| l.split_once(" #").map_or(l, |(before, _)| before).trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .all(|l| matches!(l, "---" | "..." | "~" | "null" | "Null" | "NULL"))
 }
 
 /// Loads a config file and returns only its policy.
@@ -466,8 +558,15 @@ mod tests {
         assert!(e.contains("`mysql`") && !e.contains("secret"), "{e}");
     }
 
-    /// Loads `text` as a config file in a fresh temp dir.
+    /// Loads `text` as a config file in a fresh temp dir, with a team
+    /// added when it defines none (a config without teams is refused).
     fn load(name: &str, text: &str) -> Result<Config, String> {
+        let text = if text.contains("teams:") {
+            text.to_owned()
+        } else {
+            format!("{text}\nteams:\n  t: {{}}\n")
+        };
+        let text = text.as_str();
         let dir = std::env::temp_dir().join(format!("warden-config-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("warden.yaml");
@@ -551,6 +650,30 @@ mod tests {
         }
     }
 
+    /// An empty config, and one without teams, are refused: loaded by
+    /// SIGHUP they would deny every launch.
+    #[test]
+    fn empty_configs_and_configs_without_teams_are_refused() {
+        for (name, text) in [
+            ("empty", ""),
+            ("blank", "\n  \n"),
+            ("comments", "# nothing yet\n---\n"),
+            ("null", "~\n"),
+        ] {
+            let dir =
+                std::env::temp_dir().join(format!("warden-config-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("warden.yaml");
+            std::fs::write(&path, text).unwrap();
+            let e = load_config(&path).unwrap_err();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(e.contains("the config file is empty"), "{name}: {e}");
+        }
+        let e = load("no-teams", "storage: none\nteams: {}\n").unwrap_err();
+        assert!(e.contains("teams: no team is defined"), "{e}");
+        assert!(load("one-team", "storage: none\nteams: {ml: {}}\n").is_ok());
+    }
+
     /// `team_from_label` is a top-level key like the rest of the policy;
     /// another value is refused naming the key and the choices.
     #[test]
@@ -563,7 +686,7 @@ mod tests {
         assert!(!c.policy.team_from_label(true));
         let e = load("label-bad", "storage: none\nteam_from_label: server_side\n").unwrap_err();
         assert!(
-            e.contains("warden.yaml: team_from_label: ")
+            e.contains("warden.yaml: line 2: team_from_label: ")
                 && e.contains(
                     "unknown variant `server_side`, expected one of `client_side`, `always`, `never`"
                 ),

@@ -19,6 +19,10 @@ pub enum DoorError {
     /// Warden is not ready to decide (no policy loaded).
     #[error("Warden is not ready: {0}")]
     Unavailable(String),
+    /// The store failed (unreachable, or a query failed): the request was
+    /// not decided, and is refused (fail closed). 503 with the reason.
+    #[error("{0}")]
+    StoreFailure(String),
     /// A bug or an I/O failure; logged, answered generically.
     #[error("internal error: {0}")]
     Internal(String),
@@ -35,7 +39,9 @@ impl DoorError {
         match self {
             DoorError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DoorError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            DoorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DoorError::Unavailable(_) | DoorError::StoreFailure(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DoorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

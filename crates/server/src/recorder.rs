@@ -200,9 +200,11 @@ fn is_launch(req: &LaunchRequest) -> bool {
 }
 
 fn store_error(e: warden_store::StoreError) -> DoorError {
-    DoorError::Unavailable(format!(
-        "the decision could not be recorded ({e}); the request is denied until the store is back"
-    ))
+    DoorError::StoreFailure(if e.is_unreachable() {
+        format!("the request was not decided and is denied until the store is back: {e}")
+    } else {
+        format!("the decision could not be recorded ({e}); the request is denied until the store is back")
+    })
 }
 
 /// One decision to record.

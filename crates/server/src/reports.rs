@@ -872,7 +872,11 @@ fn http_param(e: ParamError) -> DoorError {
 }
 
 fn store_error(e: StoreError) -> DoorError {
-    DoorError::Internal(format!("report query failed: {e}"))
+    if e.is_unreachable() {
+        DoorError::StoreFailure(format!("the report cannot be made now: {e}"))
+    } else {
+        DoorError::Internal(format!("report query failed: {e}"))
+    }
 }
 
 /// A query string's parameters, each at most once, all of them known.

@@ -29,6 +29,28 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// on an async mutex instead, so this only matters across processes.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a store call waits for a database connection by default
+/// ([`StoreOptions::timeout`]).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a [`Store`] connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The longest a call waits for a connection to the database (opening
+    /// one included) before failing with [`StoreError::Unreachable`]. Keep it
+    /// well under what callers wait for an answer: SkyPilot gives up after
+    /// 30 s, so a fail-closed answer must come before that.
+    pub timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            timeout: DEFAULT_STORE_TIMEOUT,
+        }
+    }
+}
+
 /// The store: one handle over either backend. Cheap to clone (it holds a
 /// connection pool and a handle on the store's writer task); all methods
 /// take `&self` and are safe to call from many tasks at once. Clones share
@@ -64,6 +86,12 @@ impl Store {
     ///   put in WAL mode, with a busy timeout for writers in other processes.
     /// - `postgres://...` or `postgresql://...`: any libpq-style URL.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with explicit options.
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        let timeout = options.timeout;
         let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
         let backend = match scheme {
             "sqlite" => {
@@ -74,6 +102,7 @@ impl Store {
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
+                    .acquire_timeout(timeout)
                     .connect_with(options)
                     .await
                     .map_err(|source| connect_error("sqlite", source))?;
@@ -93,6 +122,7 @@ impl Store {
                 let options = PgConnectOptions::from_str(url)
                     .map_err(|source| connect_error("postgres", source))?;
                 let pool = PgPoolOptions::new()
+                    .acquire_timeout(timeout)
                     .connect_with(options)
                     .await
                     .map_err(|source| connect_error("postgres", source))?;
@@ -109,6 +139,21 @@ impl Store {
         };
         let writer = Arc::new(Writer::spawn(backend.clone()));
         Ok(Store { backend, writer })
+    }
+
+    /// Whether the database answers now: takes a connection (waiting at
+    /// most the store's timeout) and runs `SELECT 1` on it. For readiness
+    /// probes; [`StoreError::Unreachable`] says why not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite { pool, .. } => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Backend::Postgres { pool } => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `sqlite` or `postgres`, for logs and metrics.

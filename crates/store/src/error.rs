@@ -68,6 +68,12 @@ pub enum StoreError {
     /// (SQLite), or a lock wait was cancelled (PostgreSQL). Safe to retry.
     #[error("the store is busy, try again: {0}")]
     Busy(#[source] sqlx::Error),
+    /// The database could not be reached: no connection could be had
+    /// within the store's timeout (the server is down, refuses connections
+    /// or does not answer), or the connection broke. Nothing was recorded
+    /// by the failed call. Not retried at once: the next call tries again.
+    #[error("the store is unreachable: {0}")]
+    Unreachable(String),
     /// Any other database error.
     #[error("store query failed: {0}")]
     Database(#[source] sqlx::Error),
@@ -107,6 +113,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database could not be reached ([`StoreError::Unreachable`],
+    /// also as the cause of a failed batch).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unreachable(_) => true,
+            StoreError::Batch(cause) => cause.is_unreachable(),
+            _ => false,
+        }
+    }
+
     /// Whether trying the same call again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -119,11 +135,26 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        if is_busy(&err) {
+        if let Some(why) = unreachable(&err) {
+            StoreError::Unreachable(why)
+        } else if is_busy(&err) {
             StoreError::Busy(err)
         } else {
             StoreError::Database(err)
         }
+    }
+}
+
+/// Why `err` means the database cannot be reached, if it does: no
+/// connection within the timeout, or the connection's I/O failed.
+fn unreachable(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::PoolTimedOut => {
+            Some("no database connection could be had within the store's timeout".to_owned())
+        }
+        sqlx::Error::Io(e) => Some(format!("the database connection failed: {e}")),
+        sqlx::Error::Tls(e) => Some(format!("the database connection failed (TLS): {e}")),
+        _ => None,
     }
 }
 
@@ -132,7 +163,7 @@ impl From<sqlx::Error> for StoreError {
 /// states: contention, not a fault.
 fn is_busy(err: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = err else {
-        return matches!(err, sqlx::Error::PoolTimedOut);
+        return false;
     };
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         return matches!(pg.code(), "55P03" | "40001" | "40P01");

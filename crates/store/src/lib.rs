@@ -135,7 +135,7 @@ pub use allocations::{
     EndTarget, Limit, ReserveOutcome, Scope,
 };
 pub use audit::{chain_hash, AuditRecord, ChainHead, ChainProblem, VerifyReport, GENESIS_HASH};
-pub use backend::Store;
+pub use backend::{Store, StoreOptions, DEFAULT_STORE_TIMEOUT};
 pub use error::{InputError, StoreError};
 pub use keys::{
     ApiKey, ApiKeyId, IssuedKey, KeyAdminError, KeyError, KeyInputError, KeyName, KeyPrincipal,

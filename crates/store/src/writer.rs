@@ -41,6 +41,11 @@
 //!   ([`StoreError::is_retryable`]); if it fails again, or for any other
 //!   reason, every write of the batch is answered with the error and none of
 //!   it is recorded: nothing is granted. The next batch starts afresh.
+//! - **An outage is answered within the timeout.** When the database cannot
+//!   be reached ([`StoreError::Unreachable`], after the store's connection
+//!   timeout), the batch is not retried, and the writes that queued while it
+//!   waited are answered with the same error at once rather than each
+//!   waiting out the timeout in turn.
 //! - **Bad input fails alone.** A write the store cannot accept (an invalid
 //!   audit kind, a negative price) is refused by [`Store::write`] before it
 //!   is queued, so it never fails the batch of others.
@@ -369,14 +374,24 @@ async fn run(
                 batch.push(job);
             }
         }
-        commit_batch(&backend, std::mem::take(&mut batch), &counters).await;
+        let failed = commit_batch(&backend, std::mem::take(&mut batch), &counters).await;
+        // The writes that queued while the batch waited for an unreachable
+        // database would wait as long again: answer them now with the same
+        // failure (fail closed), so no caller waits much past the store's
+        // timeout. Writes queued after this try the database afresh.
+        if let Some(why) = failed {
+            while let Ok(job) = jobs.try_recv() {
+                let _ = job.reply.send(Err(StoreError::Unreachable(why.clone())));
+            }
+        }
     }
 }
 
 /// Runs one batch's transaction, retried once on contention, and answers
 /// every caller. Callers that left are skipped: their writes committed all
-/// the same.
-async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) {
+/// the same. Returns why, when the batch failed because the database could
+/// not be reached.
+async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) -> Option<String> {
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.writes.fetch_add(
         u64::try_from(jobs.len()).unwrap_or(u64::MAX),
@@ -394,8 +409,13 @@ async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) {
             for (job, written) in jobs.into_iter().zip(written) {
                 let _ = job.reply.send(Ok(written));
             }
+            None
         }
         Err(err) => {
+            let unreachable = match &err {
+                StoreError::Unreachable(why) => Some(why.clone()),
+                _ => None,
+            };
             counters.failed.fetch_add(1, Ordering::Relaxed);
             let mut jobs = jobs.into_iter();
             if jobs.len() == 1 {
@@ -408,6 +428,7 @@ async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) {
                     let _ = job.reply.send(Err(StoreError::Batch(Arc::clone(&err))));
                 }
             }
+            unreachable
         }
     }
 }
