@@ -1376,7 +1376,7 @@ fn serve_refuses_a_vast_key_file_others_can_read() {
     );
     assert!(!err.contains("0123456789abcdef"), "{err}");
     let err = run(format!(
-        "storage: {db}\nvast: {{api_key_env: WARDEN_TEST_UNSET_KEY}}\n"
+        "storage: {db}\nteams: {{ml: {{}}}}\nvast: {{api_key_env: WARDEN_TEST_UNSET_KEY}}\n"
     ));
     assert!(
         err.contains("environment variable `WARDEN_TEST_UNSET_KEY` is not set"),
