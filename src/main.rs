@@ -430,7 +430,19 @@ fn sim(
 }
 
 fn check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match load_policy(config) {
+    let loaded = load_config(config).and_then(|c| {
+        let problems = warden_server::config::secret_file_problems(&c);
+        if problems.is_empty() {
+            Ok(c.policy)
+        } else {
+            Err(problems
+                .iter()
+                .map(|p| format!("{}: {p}", config.display()))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    });
+    match loaded {
         Ok(p) => {
             say!(
                 "{}: ok ({} teams, {} rules including team limits)",

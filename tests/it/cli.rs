@@ -52,6 +52,71 @@ fn check_accepts_the_example_and_names_every_problem() {
 }
 
 #[test]
+fn check_names_every_problem_of_a_broken_file_with_its_line() {
+    let dir = TempDir::new("warden-check-all");
+    let bad = dir.0.join("bad.yaml");
+    let huge = "x".repeat(2_000_000);
+    std::fs::write(
+        &bad,
+        format!("storage: none\nteams:\n  ml:\n    quotas: {{max_gpus: -3}}\n  cv:\n    users: {huge}\n  ok: {{}}\nrules:\n  - name: r\n    mach: {{}}\nextra: 1\n"),
+    )
+    .unwrap();
+    let (code, _, err) = warden(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    for want in [
+        "bad.yaml: line 4: teams.ml.quotas.max_gpus: ",
+        "bad.yaml: line 6: teams.cv.users: ",
+        "unknown field `mach`",
+        "bad.yaml: line 11: extra: unknown key `extra`",
+    ] {
+        assert!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+    // The path once per line, and the 2 MB value quoted short.
+    assert!(!err.contains("teams.ml.quotas.max_gpus: teams.ml"), "{err}");
+    assert!(err.len() < 4000, "{} bytes of errors", err.len());
+    assert!(err.contains("2000000 bytes in all"), "{err}");
+}
+
+#[test]
+fn check_reports_secret_files_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("warden-check-secrets");
+    let key = dir.0.join("vast.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let token = dir.0.join("sky.token");
+    std::fs::write(&token, "sky_0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        "teams: {ml: {}}\nvast: {api_key_file: vast.key}\nskypilot_api: {url: 'http://127.0.0.1:1', token_file: sky.token}\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = warden(&["check", "--config", cfg]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("vast.api_key_file: ")
+            && err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    assert!(err.contains("skypilot_api.token_file: "), "{err}");
+    assert!(
+        !err.contains("0123456789abcdef"),
+        "the key is never shown: {err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = warden(&["check", "--config", cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_file(&key).unwrap();
+    let (code, _, err) = warden(&["check", "--config", cfg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("vast.api_key_file: "), "{err}");
+}
+
+#[test]
 fn test_command_exits_by_outcome_and_shows_a_diff() {
     let (code, out, _) = warden(&["test", "tests/cases"]);
     assert_eq!(code, 0, "{out}");

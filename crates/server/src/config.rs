@@ -533,6 +533,30 @@ fn is_empty_yaml(text: &str) -> bool {
         .all(|l| matches!(l, "---" | "..." | "~" | "null" | "Null" | "NULL"))
 }
 
+/// Problems of the secret files a config names (`vast.api_key_file`,
+/// `skypilot_api.token_file`): missing, unreadable, readable by group or
+/// others, or not holding a usable key. `warden serve` refuses to start on
+/// any of them, so `warden check` reports them too. Secrets in environment
+/// variables are not checked: the serving machine's environment may differ.
+pub fn secret_file_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let crate::upstream_key::UpstreamKeySource::File(path) = &config.vast.key {
+        if let Err(e) = crate::upstream_key::read_private_file(path) {
+            problems.push(format!("vast.api_key_file: {e}"));
+        }
+    }
+    if let Some(SkypilotApi {
+        token: Some(source @ TokenSource::File(_)),
+        ..
+    }) = &config.skypilot_api
+    {
+        if let Err(e) = crate::sync::skypilot::Token::read(source) {
+            problems.push(format!("skypilot_api.token_file: {e}"));
+        }
+    }
+    problems
+}
+
 /// Loads a config file and returns only its policy.
 pub fn load_policy(path: &Path) -> Result<Policy, String> {
     load_config(path).map(|c| c.policy)
