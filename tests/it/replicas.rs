@@ -74,17 +74,27 @@ fn two_replicas_on_one_postgres_grant_exactly_the_quota() {
         .unwrap()
         .block_on(Database::create());
     let dir = TempDir::new("warden-replicas");
+    two_replicas_grant_exactly_the_quota(&dir, &db.url);
+}
+
+/// Two processes on one SQLite file are supported (README, "The store"):
+/// SQLite's own file lock serializes their write transactions.
+#[test]
+fn two_processes_on_one_sqlite_file_grant_exactly_the_quota() {
+    let dir = TempDir::new("warden-replicas-sqlite");
+    let url = format!("sqlite://{}", dir.0.join("shared.db").display());
+    two_replicas_grant_exactly_the_quota(&dir, &url);
+}
+
+fn two_replicas_grant_exactly_the_quota(dir: &TempDir, url: &str) {
     let config = dir.0.join("warden.yaml");
     std::fs::write(
         &config,
-        format!(
-            "storage: {}\nteams:\n  ml:\n    users: [root]\n    quotas: {{max_live: 8}}\n",
-            db.url
-        ),
+        format!("storage: {url}\nteams:\n  ml:\n    users: [root]\n    quotas: {{max_live: 8}}\n"),
     )
     .unwrap();
-    let a = Server::start_with_storage(&config, &db.url);
-    let b = Server::start_with_storage(&config, &db.url);
+    let a = Server::start_with_storage(&config, url);
+    let b = Server::start_with_storage(&config, url);
     let addrs = Arc::new([a.addr.clone(), b.addr.clone()]);
 
     let (granted, denied) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
