@@ -321,3 +321,39 @@ fn decision_lines_keep_their_shape_and_follow_warden_log() {
     let log = wait_for_log(&server, "rejected malformed request");
     assert!(!log.contains("\"message\":\"decision\""), "{log}");
 }
+
+/// A burst of connections larger than the old listen queue (128) while the
+/// server cannot accept (stopped): the kernel queues every one of them, and
+/// each is answered once the server runs again. With a queue of 128 the
+/// connections past it are never completed (their connect times out).
+#[test]
+fn a_burst_of_connections_is_queued_not_reset() {
+    use std::net::SocketAddr;
+    const BURST: usize = 400;
+    let dir = TempDir::new("warden-backlog");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(&config, "teams: {ml: {}}\n").unwrap();
+    let server = Server::start(&config);
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    signal(&server, "STOP");
+    let conns: Vec<_> = (0..BURST)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .collect();
+    signal(&server, "CONT");
+    let refused = conns.iter().filter(|c| c.is_err()).count();
+    assert_eq!(
+        refused, 0,
+        "{refused} of {BURST} connections were not queued"
+    );
+    for mut c in conns.into_iter().map(Result::unwrap) {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            c,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+}

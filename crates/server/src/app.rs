@@ -502,6 +502,23 @@ async fn skypilot_door(
     }
 }
 
+/// Connections the kernel completes and queues for Warden before it
+/// accepts them. The operating system caps it at `net.core.somaxconn`
+/// (4096 on current Linux). The standard library's 128 made a burst of
+/// 1000 connections see resets.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_with_backlog(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A bound, not yet running server.
 pub struct Application {
     listener: TcpListener,
@@ -509,10 +526,23 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `listen` (port 0 picks a free port).
+    /// Binds `listen` (port 0 picks a free port; a host name is resolved
+    /// and its first address that binds is used), with a listen queue of
+    /// [`LISTEN_BACKLOG`] connections.
     pub async fn build(state: Arc<AppState>, listen: &str) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
-        Ok(Self { listener, state })
+        let mut last = None;
+        for addr in tokio::net::lookup_host(listen).await? {
+            match bind_with_backlog(addr) {
+                Ok(listener) => return Ok(Self { listener, state }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("`{listen}` resolves to no address"),
+            )
+        }))
     }
 
     /// The bound address.
