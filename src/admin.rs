@@ -10,6 +10,8 @@ use warden_core::{Door, TeamName};
 use warden_server::config::load_config;
 use warden_store::{AllocationId, AllocationName, AuditRecord, EndTarget, Store, UnixMicros};
 
+use crate::table::{money_decimals, Align, Table};
+
 /// Output format of `warden audit export`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -171,30 +173,33 @@ pub fn allocations_list(config: &Path, team: Option<&str>) -> anyhow::Result<Exi
         let store = open(config).await?;
         let live = store.list_live(team.as_ref()).await?;
         store.close().await;
-        say!(
-            "{:>6}  {:<10} {:<16} {:<12} {:<24} {:>5} {:<10} {:>10}  started",
-            "id",
-            "door",
-            "team",
-            "user",
-            "name",
-            "gpus",
-            "model",
-            "$/hour"
-        );
+        let mut table = Table::new(&[
+            ("id", Align::Right),
+            ("door", Align::Left),
+            ("team", Align::Left),
+            ("user", Align::Left),
+            ("name", Align::Left),
+            ("gpus", Align::Right),
+            ("model", Align::Left),
+            ("$/hour", Align::Right),
+            ("started", Align::Left),
+        ]);
+        let decimals = money_decimals(live.iter().map(|a| a.hourly));
         for a in &live {
-            say!(
-                "{:>6}  {:<10} {:<16} {:<12} {:<24} {:>5} {:<10} {:>10}  {}",
-                a.id,
-                a.door.as_str(),
-                a.team,
-                a.user.as_deref().unwrap_or("-"),
-                a.name,
-                a.gpus,
-                a.gpu_model.as_ref().map_or("-", |m| m.as_str()),
-                a.hourly.to_string(),
-                a.started
-            );
+            table.row([
+                a.id.to_string(),
+                a.door.as_str().to_owned(),
+                a.team.to_string(),
+                a.user.clone().unwrap_or_else(|| "-".to_owned()),
+                a.name.to_string(),
+                a.gpus.to_string(),
+                a.gpu_model.as_ref().map_or("-", |m| m.as_str()).to_owned(),
+                a.hourly.with_decimals(decimals),
+                a.started.to_string(),
+            ]);
+        }
+        for line in table.lines() {
+            say!("{line}");
         }
         say!("{} live allocation(s)", live.len());
         Ok(ExitCode::SUCCESS)
@@ -406,24 +411,27 @@ fn print_replay(config: &Path, since: UnixMicros, r: &warden_server::replay::Rep
             r.failed
         );
     }
-    say!(
-        "\n{:<20} {:>9} {:>10} {:>13} {:>14} {:>18}",
-        "team",
-        "replayed",
-        "unchanged",
-        "newly denied",
-        "newly allowed",
-        "mutations changed"
-    );
+    let mut table = Table::new(&[
+        ("team", Align::Left),
+        ("replayed", Align::Right),
+        ("unchanged", Align::Right),
+        ("newly denied", Align::Right),
+        ("newly allowed", Align::Right),
+        ("mutations changed", Align::Right),
+    ]);
     for (team, c) in &r.teams {
-        say!(
-            "{team:<20} {:>9} {:>10} {:>13} {:>14} {:>18}",
-            c.replayed,
-            c.unchanged,
-            c.newly_denied,
-            c.newly_allowed,
-            c.mutations_changed
-        );
+        table.row([
+            team.to_string(),
+            c.replayed.to_string(),
+            c.unchanged.to_string(),
+            c.newly_denied.to_string(),
+            c.newly_allowed.to_string(),
+            c.mutations_changed.to_string(),
+        ]);
+    }
+    say!();
+    for line in table.lines() {
+        say!("{line}");
     }
     if r.changes.is_empty() {
         say!("\nno decision would change");

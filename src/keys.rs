@@ -18,6 +18,7 @@ use warden_store::{
 };
 
 use crate::admin::{now, runtime};
+use crate::table::{Align, Table};
 
 /// `warden keys ...`.
 #[derive(Subcommand)]
@@ -287,33 +288,38 @@ fn list(config: &Path, team: Option<&str>) -> anyhow::Result<ExitCode> {
         let keys = store.list_keys(team.as_ref()).await;
         store.close().await;
         let keys = keys?;
-        say!(
-            "{:<16}  {:<16} {:<12} {:<20} {:<27} {:<27} {:<8} replaced by",
-            "id",
-            "team",
-            "user",
-            "name",
-            "created",
-            "expires",
-            "state"
-        );
+        let mut table = Table::new(&[
+            ("id", Align::Left),
+            ("team", Align::Left),
+            ("user", Align::Left),
+            ("name", Align::Left),
+            ("created", Align::Left),
+            ("expires", Align::Left),
+            ("state", Align::Left),
+            ("replaced by", Align::Left),
+        ]);
         for k in &keys {
             let state = match k.state(now) {
                 KeyState::Active => "active",
                 KeyState::Expired => "expired",
                 KeyState::Revoked => "revoked",
             };
-            say!(
-                "{:<16}  {:<16} {:<12} {:<20} {:<27} {:<27} {:<8} {}",
-                k.id.as_str(),
-                k.team.as_str(),
-                k.user.as_ref().map_or("-", KeyUser::as_str),
-                k.name.as_ref().map_or("-", KeyName::as_str),
+            table.row([
+                k.id.as_str().to_owned(),
+                k.team.as_str().to_owned(),
+                k.user.as_ref().map_or("-", KeyUser::as_str).to_owned(),
+                k.name.as_ref().map_or("-", KeyName::as_str).to_owned(),
                 k.created.to_string(),
                 show_expiry(k.expires),
-                state,
-                k.rotated_to.as_ref().map_or("-", ApiKeyId::as_str)
-            );
+                state.to_owned(),
+                k.rotated_to
+                    .as_ref()
+                    .map_or("-", ApiKeyId::as_str)
+                    .to_owned(),
+            ]);
+        }
+        for line in table.lines() {
+            say!("{line}");
         }
         say!("{} key(s)", keys.len());
         Ok(ExitCode::SUCCESS)

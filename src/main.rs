@@ -18,6 +18,7 @@ macro_rules! say {
 mod admin;
 mod keys;
 mod report;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -15,6 +15,7 @@ use warden_server::reports::{
 use warden_store::{GroupKey, Store, UnixMicros};
 
 use crate::admin::csv_field;
+use crate::table::{money_decimals, Align, Table};
 
 /// `--period`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -202,9 +203,10 @@ pub fn chargeback(args: &ChargebackArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `12.50`: dollars without the sign, as spreadsheets read them.
-fn plain(usd: Usd) -> String {
-    usd.to_string().replacen('$', "", 1)
+/// `12.50`: dollars without the sign, as spreadsheets read them, with
+/// `decimals` decimals (the column's, from [`money_decimals`]).
+fn plain(usd: Usd, decimals: usize) -> String {
+    usd.with_decimals(decimals).replacen('$', "", 1)
 }
 
 /// The key columns of a row: (header, value) pairs.
@@ -235,6 +237,23 @@ fn key_headers(by: SpendBy) -> &'static [&'static str] {
     }
 }
 
+/// The decimals of the spend and budget columns: each column shows every
+/// amount (rows and total) with the same number of decimals.
+fn spend_decimals(r: &SpendReport) -> (usize, usize) {
+    let spend = money_decimals(
+        r.rows
+            .iter()
+            .map(|row| row.spend_usd)
+            .chain([r.total.spend_usd]),
+    );
+    let budget = money_decimals(
+        r.rows
+            .iter()
+            .filter_map(|row| row.budget.as_ref().and_then(|b| b.budget_usd)),
+    );
+    (spend, budget)
+}
+
 fn spend_csv(r: &SpendReport) {
     let mut header: Vec<&str> = key_headers(r.by).to_vec();
     header.extend(["allocations", "gpu_hours", "spend_usd"]);
@@ -242,6 +261,7 @@ fn spend_csv(r: &SpendReport) {
         header.extend(["budget_usd", "budget_used_pct"]);
     }
     say!("{}", header.join(","));
+    let (spend, budget) = spend_decimals(r);
     for row in &r.rows {
         let mut cols: Vec<String> = key_columns(&row.key)
             .into_iter()
@@ -250,10 +270,10 @@ fn spend_csv(r: &SpendReport) {
         cols.extend([
             row.allocations.to_string(),
             row.gpu_hours.to_string(),
-            plain(row.spend_usd),
+            plain(row.spend_usd, spend),
         ]);
         if let Some(b) = &row.budget {
-            cols.push(b.budget_usd.map(plain).unwrap_or_default());
+            cols.push(b.budget_usd.map(|u| plain(u, budget)).unwrap_or_default());
             cols.push(b.budget_used_pct.map(|p| p.to_string()).unwrap_or_default());
         }
         say!("{}", cols.join(","));
@@ -282,14 +302,19 @@ fn spend_table(r: &SpendReport) {
         r.as_of
     );
     let keys = key_headers(r.by);
-    let mut header: Vec<String> = keys.iter().map(|h| (*h).to_owned()).collect();
-    header.extend(["allocations", "gpu_hours", "spend"].map(str::to_owned));
+    let mut columns: Vec<(&str, Align)> = keys.iter().map(|h| (*h, Align::Left)).collect();
+    columns.extend([
+        ("allocations", Align::Right),
+        ("gpu_hours", Align::Right),
+        ("spend", Align::Right),
+    ]);
     let with_budget = r.by == SpendBy::Team;
     if with_budget {
-        header.extend(["budget", "used"].map(str::to_owned));
+        columns.extend([("budget", Align::Right), ("used", Align::Right)]);
     }
+    let mut table = Table::new(&columns);
+    let (spend, budget) = spend_decimals(r);
     let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-    let mut rows = vec![header];
     for row in &r.rows {
         let mut cols: Vec<String> = key_columns(&row.key)
             .into_iter()
@@ -298,66 +323,41 @@ fn spend_table(r: &SpendReport) {
         cols.extend([
             row.allocations.to_string(),
             row.gpu_hours.to_string(),
-            row.spend_usd.to_string(),
+            row.spend_usd.with_decimals(spend),
         ]);
         if let Some(b) = &row.budget {
-            cols.push(b.budget_usd.map_or("-".to_owned(), |u| u.to_string()));
+            cols.push(
+                b.budget_usd
+                    .map_or("-".to_owned(), |u| u.with_decimals(budget)),
+            );
             cols.push(
                 b.budget_used_pct
                     .map_or("-".to_owned(), |p| format!("{p}%")),
             );
         }
-        rows.push(cols);
+        table.row(cols);
     }
     let mut total = vec!["total".to_owned()];
     total.extend(std::iter::repeat_n(String::new(), keys.len() - 1));
     total.extend([
         r.total.allocations.to_string(),
         r.total.gpu_hours.to_string(),
-        r.total.spend_usd.to_string(),
+        r.total.spend_usd.with_decimals(spend),
     ]);
-    if with_budget {
-        total.extend([String::new(), String::new()]);
+    table.row(total);
+    for line in table.lines() {
+        say!("{line}");
     }
-    rows.push(total);
-    for line in aligned(&rows, keys.len()) {
-        say!("{}", line.trim_end());
-    }
-}
-
-/// Pads columns to a common width: the first `text` columns to the left,
-/// the (numeric) rest to the right.
-fn aligned(rows: &[Vec<String>], text: usize) -> Vec<String> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    rows.iter()
-        .map(|r| {
-            r.iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(c, (s, &w))| {
-                    if c < text {
-                        format!("{s:<w$}")
-                    } else {
-                        format!("{s:>w$}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("  ")
-        })
-        .collect()
 }
 
 fn chargeback_csv(c: &Chargeback) {
     say!("month,line,team,gpu_model,allocations,gpu_hours,amount_usd");
+    let amount = money_decimals(
+        c.lines
+            .iter()
+            .map(|l| l.amount_usd)
+            .chain([c.total.amount_usd]),
+    );
     for l in &c.lines {
         say!(
             "{},charge,{},{},{},{},{}",
@@ -366,7 +366,7 @@ fn chargeback_csv(c: &Chargeback) {
             l.gpu_model.as_ref().map(|m| m.as_str()).unwrap_or(""),
             l.allocations,
             l.gpu_hours,
-            plain(l.amount_usd)
+            plain(l.amount_usd, amount)
         );
     }
     say!(
@@ -374,6 +374,6 @@ fn chargeback_csv(c: &Chargeback) {
         c.month,
         c.total.allocations,
         c.total.gpu_hours,
-        plain(c.total.amount_usd)
+        plain(c.total.amount_usd, amount)
     );
 }

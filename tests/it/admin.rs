@@ -143,3 +143,77 @@ async fn tamper(db: &std::path::Path) {
         .unwrap();
     pool.close().await;
 }
+
+/// Long names, long users and amounts with different decimals still line
+/// up: every row's cells start (text) or end (numbers) where the header's do.
+#[tokio::test]
+async fn allocations_list_lines_up_whatever_the_cells() {
+    let dir = TempDir::new("warden-admin-columns");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        "storage: sqlite://state.db\nteams: {ml: {}, research-vision: {}}\n",
+    )
+    .unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.0.join("state.db").display()))
+        .await
+        .unwrap();
+    let rows = [
+        ("ml", "al", "c1", 1, 2_000_000),
+        (
+            "research-vision",
+            "a-user-with-a-long-name@example.com",
+            "a-cluster-name-much-longer-than-twenty-four",
+            16,
+            1_234_567,
+        ),
+        ("ml", "bob", "c3", 128, 24_000_000),
+    ];
+    for (i, (team, user, name, gpus, hourly)) in rows.iter().enumerate() {
+        let req = AllocationRequest {
+            door: Door::Skypilot,
+            team: TeamName::parse(team).unwrap(),
+            user: Some((*user).into()),
+            name: AllocationName::parse(name).unwrap(),
+            gpu_model: Some(GpuModel::parse("H100").unwrap()),
+            gpus: *gpus,
+            hourly: Usd::from_micros(*hourly),
+            context: None,
+        };
+        let at = UnixMicros::from_micros(1_767_225_600_000_000 + i as i64);
+        let out = store.reserve(&req, &[], at).await.unwrap();
+        assert!(matches!(out, ReserveOutcome::Granted { .. }), "{out:?}");
+    }
+    store.close().await;
+
+    let (code, out, err) = warden(&["allocations", "list", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    let header = lines[0];
+    let starts = |col: &str| header.find(col).unwrap();
+    let ends = |col: &str| starts(col) + col.len();
+    for line in &lines[1..4] {
+        // Text columns start where their header starts.
+        for col in ["door", "team", "user", "name", "model", "started"] {
+            let at = starts(col);
+            assert!(
+                line.as_bytes()[at - 1] == b' ' && line.as_bytes()[at] != b' ',
+                "{col} of {line:?} does not start at {at}:\n{out}"
+            );
+        }
+        // Number columns end where their header ends.
+        for col in ["gpus", "$/hour"] {
+            let at = ends(col);
+            assert!(
+                line.as_bytes()[at - 1] != b' ' && line.as_bytes()[at] == b' ',
+                "{col} of {line:?} does not end at {at}:\n{out}"
+            );
+        }
+    }
+    // One column of amounts, one number of decimals.
+    for amount in ["$2.000000", "$1.234567", "$24.000000"] {
+        assert!(out.contains(amount), "{amount} missing:\n{out}");
+    }
+    assert!(out.ends_with("3 live allocation(s)\n"), "{out}");
+}

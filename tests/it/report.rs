@@ -155,7 +155,7 @@ async fn spend_reports_by_team_user_and_gpu_in_every_format() {
         "team,allocations,gpu_hours,spend_usd,budget_usd,budget_used_pct\n\
          ml,2,21.00,61.001,1000.00,6.1\n\
          cv,2,2.00,6.005,,\n\
-         nlp,0,0.00,0.00,,\n"
+         nlp,0,0.00,0.000,,\n"
     );
 
     // The same as a table, with a total line.
@@ -187,8 +187,19 @@ async fn spend_reports_by_team_user_and_gpu_in_every_format() {
         ["ml", "2", "21.00", "$61.001", "$1000.00", "6.1%"]
     );
     assert_eq!(cells(lines[3]), ["cv", "2", "2.00", "$6.005", "-", "-"]);
+    assert_eq!(cells(lines[4]), ["nlp", "0", "0.00", "$0.000", "-", "-"]);
     assert_eq!(cells(lines[5]), ["total", "4", "23.00", "$67.006"]);
     assert_eq!(lines.len(), 6, "{out}");
+    // Every amount of a column has the column's decimals, and the column
+    // lines up: each spend cell ends where the header does.
+    let spend_end = lines[1].find("spend").unwrap() + "spend".len();
+    for line in &lines[2..] {
+        let cell = line[..spend_end].rsplit(' ').next().unwrap();
+        assert!(
+            cell.starts_with('$') && cell.split('.').nth(1).unwrap().len() == 3,
+            "{line:?} in\n{out}"
+        );
+    }
 
     // One day, per team (daily budget), as JSON.
     let (code, out, err) = spend(&["--date", "2024-03-10", "--team", "ml", "--format", "json"]);
@@ -245,8 +256,8 @@ async fn spend_reports_by_team_user_and_gpu_in_every_format() {
     assert_eq!(
         out,
         "team,user,allocations,gpu_hours,spend_usd\n\
-         ml,alice,1,20.00,60.00\n\
-         cv,carol,1,2.00,6.00\n\
+         ml,alice,1,20.00,60.000\n\
+         cv,carol,1,2.00,6.000\n\
          ml,bob,1,1.00,1.001\n\
          cv,,1,0.00,0.005\n"
     );

@@ -59,19 +59,38 @@ impl serde::Serialize for Usd {
     }
 }
 
-impl fmt::Display for Usd {
-    /// `$12.50`, with more decimals only when the amount needs them.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Usd {
+    /// How many decimals this amount needs to be shown exactly: 2 for whole
+    /// cents, up to 6 for micro-dollars.
+    pub fn decimals(self) -> usize {
+        let frac = self.0.unsigned_abs() % MICROS as u64;
+        let mut decimals = 6;
+        let mut rest = frac;
+        while decimals > 2 && rest % 10 == 0 {
+            rest /= 10;
+            decimals -= 1;
+        }
+        decimals
+    }
+
+    /// `$12.500` for `decimals` 3: the amount with exactly `decimals`
+    /// decimals (2 to 6), so a column of amounts lines up. Never rounds
+    /// when `decimals` is at least [`Usd::decimals`]; fewer decimals
+    /// truncate toward zero.
+    pub fn with_decimals(self, decimals: usize) -> String {
+        let decimals = decimals.clamp(2, 6);
         let sign = if self.0 < 0 { "-" } else { "" };
         let abs = self.0.unsigned_abs();
         let whole = abs / MICROS as u64;
-        let frac = abs % MICROS as u64;
-        if frac % 10_000 == 0 {
-            write!(f, "{sign}${whole}.{:02}", frac / 10_000)
-        } else {
-            let s = format!("{frac:06}");
-            write!(f, "{sign}${whole}.{}", s.trim_end_matches('0'))
-        }
+        let frac = format!("{:06}", abs % MICROS as u64);
+        format!("{sign}${whole}.{}", &frac[..decimals])
+    }
+}
+
+impl fmt::Display for Usd {
+    /// `$12.50`, with more decimals only when the amount needs them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.with_decimals(self.decimals()))
     }
 }
 
@@ -89,6 +108,34 @@ mod tests {
             Usd::from_dollars(3.0).unwrap().times(8).to_string(),
             "$24.00"
         );
+    }
+
+    #[test]
+    fn a_column_of_amounts_shares_its_decimals() {
+        let amounts = [1_234_567, 2_765_433, 4_000_000, -500_000, 10];
+        let wanted = amounts
+            .iter()
+            .map(|&m| Usd::from_micros(m).decimals())
+            .max()
+            .unwrap();
+        assert_eq!(wanted, 6);
+        let shown: Vec<String> = amounts
+            .iter()
+            .map(|&m| Usd::from_micros(m).with_decimals(wanted))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "$1.234567",
+                "$2.765433",
+                "$4.000000",
+                "-$0.500000",
+                "$0.000010"
+            ]
+        );
+        assert_eq!(Usd::from_micros(61_001_000).decimals(), 3);
+        assert_eq!(Usd::from_micros(61_000_000).with_decimals(3), "$61.000");
+        assert_eq!(Usd::from_micros(-1_250_000).to_string(), "-$1.25");
     }
 
     #[test]
