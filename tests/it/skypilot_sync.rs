@@ -27,8 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use warden_core::{Door, GpuModel, Policy, TeamName, Usd};
-use warden_server::config::{SkypilotApi, TokenSource};
-use warden_server::sync::skypilot::{ApiUrl, SkypilotClient, Token, TokenError};
+use warden_server::config::SkypilotApi;
+use warden_server::secret::{SecretError, SecretSource};
+use warden_server::sync::skypilot::{ApiUrl, SkypilotClient, Token};
 use warden_server::sync::{self, EndReason, KeptReason, ReconcileOptions, ReconcileReport};
 use warden_store::{AllocationName, AllocationRequest, ReserveOutcome, Store, UnixMicros};
 
@@ -349,7 +350,8 @@ fn token_file(dir: &TempDir) -> PathBuf {
 fn new_client(url: &str, token: Option<PathBuf>, timeout: Duration) -> SkypilotClient {
     let api = SkypilotApi {
         url: ApiUrl::parse(url).unwrap(),
-        token: token.map(TokenSource::File),
+        token: token.map(SecretSource::File),
+        ca_file: None,
         interval: Duration::from_secs(30),
         timeout,
         grace: Duration::from_secs(300),
@@ -753,11 +755,11 @@ fn token_files_readable_by_others_are_refused() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = TempDir::new("warden-sync-token");
     let path = token_file(&dir);
-    assert!(Token::read(&TokenSource::File(path.clone())).is_ok());
+    assert!(Token::read(&SecretSource::File(path.clone())).is_ok());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = Token::read(&TokenSource::File(path.clone())).unwrap_err();
+    let e = Token::read(&SecretSource::File(path.clone())).unwrap_err();
     assert!(
-        matches!(e, TokenError::FileMode { mode: 0o644, .. }),
+        matches!(e, SecretError::FileMode { mode: 0o644, .. }),
         "{e:?}"
     );
     let text = e.to_string();
@@ -765,9 +767,11 @@ fn token_files_readable_by_others_are_refused() {
         text.contains(&format!("run `chmod 600 {}`", path.display())) && !text.contains(TOKEN),
         "{text}"
     );
-    let e = Token::read(&TokenSource::Env("WARDEN_TEST_SURELY_UNSET_VAR".to_owned()))
-        .unwrap_err()
-        .to_string();
+    let e = Token::read(&SecretSource::Env(
+        "WARDEN_TEST_SURELY_UNSET_VAR".to_owned(),
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("`WARDEN_TEST_SURELY_UNSET_VAR` is not set"),
         "{e}"
@@ -1000,7 +1004,9 @@ impl SkyApiServer {
             ApiUrl::parse(&self.url()).unwrap(),
             None,
             Duration::from_secs(2),
-        );
+            Vec::new(),
+        )
+        .unwrap();
         let deadline = Instant::now() + SKY_START_TIMEOUT;
         loop {
             match client.health().await {
@@ -1139,7 +1145,9 @@ fn real_skypilot_api_server_lists_clusters_for_the_sync() {
         ApiUrl::parse(&sky.url()).unwrap(),
         None,
         SKY_EXCHANGE_TIMEOUT,
-    );
+        Vec::new(),
+    )
+    .unwrap();
     let options = ReconcileOptions::default();
     let policy = Policy::from_yaml(
         "teams:\n  ml: {users: [alice]}\n  research: {workspaces: [research]}\nprices:\n  H100: {on_demand: 3.00}\n  L4: {on_demand: 0.70}\n",
@@ -1237,4 +1245,146 @@ fn real_skypilot_api_server_lists_clusters_for_the_sync() {
         started.elapsed()
     );
     drop(sky);
+}
+
+// ---------------------------------------------------------------------------
+// Over https: a TLS server with a certificate the test makes.
+
+/// A CA and a server certificate for `localhost` and `127.0.0.1`, made now.
+struct TestPki {
+    ca_pem: String,
+    server_cert: rustls::pki_types::CertificateDer<'static>,
+    server_key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Warden test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        server_cert: server.der().clone(),
+        server_key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+/// Terminates TLS on 127.0.0.1 and forwards the plain bytes to `backend`;
+/// serves until dropped.
+struct TlsFront {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsFront {
+    async fn start(pki: &TestPki, backend: String) -> TlsFront {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.server_cert.clone()], pki.server_key.clone_key())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust the CA hangs up here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut plain = tokio::net::TcpStream::connect(&backend).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront { port, task }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_runs_over_https_trusting_the_configured_ca() {
+    let dir = TempDir::new("warden-sync-https");
+    let pki = test_pki();
+    let ca_file = dir.0.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let api = MockApi::start(vec![Scene::answering(
+        200,
+        fixture("15_status_nonempty_get.resp_body"),
+    )])
+    .await;
+    let front = TlsFront::start(&pki, api.url.trim_start_matches("http://").to_owned()).await;
+    let url = format!("https://localhost:{}", front.port);
+
+    // The config names the CA file and the token; the poll goes over TLS
+    // and carries the token.
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: none\nteams: {{ml: {{users: [alice]}}}}\nskypilot_api:\n  url: {url}\n  token_file: {}\n  ca_file: ca.pem\n",
+            token_file(&dir).display()
+        ),
+    )
+    .unwrap();
+    let cfg = warden_server::config::load_config(&config).unwrap();
+    let api_cfg = cfg.skypilot_api.unwrap();
+    assert_eq!(api_cfg.ca_file.as_deref(), Some(ca_file.as_path()));
+    let client = SkypilotClient::from_config(&api_cfg).unwrap();
+    let clusters = client.status().await.unwrap();
+    let names: BTreeSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains("train-h100"), "{names:?}");
+    assert_protocol(&api.seen(), Some(TOKEN));
+    let health = client.health().await.unwrap();
+    assert_eq!(health.version.as_deref(), Some("0.14.1"));
+
+    // Without the CA, the server's certificate is not trusted: the error
+    // says so, and the stand-in sees no request.
+    let before = api.seen().len();
+    let untrusting = new_client(&url, Some(token_file(&dir)), Duration::from_secs(5));
+    let e = untrusting.status().await.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("`{url}`")) && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+    assert!(!e.contains(TOKEN), "{e}");
+    assert_eq!(
+        api.seen().len(),
+        before,
+        "a request got through untrusted TLS"
+    );
+
+    // A CA file that is not PEM is refused by name, by `warden check` too.
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let e = SkypilotClient::from_config(&api_cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("skypilot_api.ca_file: `{}`", ca_file.display())),
+        "{e}"
+    );
+    let (code, _, err) = warden(&["check", "--config", config.to_str().unwrap()]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("skypilot_api.ca_file: "), "{err}");
 }

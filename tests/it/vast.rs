@@ -14,7 +14,7 @@ use warden_core::{Door, Policy, TeamName, Usd};
 use warden_server::config::{PreDestroy, VastConfig};
 use warden_server::doors::vast::reconcile::{reconcile, ReconcileReport};
 use warden_server::doors::vast::{Upstream, VastDoor};
-use warden_server::upstream_key::Secret;
+use warden_server::secret::Secret;
 use warden_server::AppState;
 use warden_sim::{Endpoint, Fault, FaultAction, InstanceStatus, ManualClock, SimConfig, SimState};
 use warden_store::{

@@ -13,11 +13,12 @@ use serde::Deserialize;
 use warden_core::policy::{PriceSpec, RuleSpec, TeamFromLabel, TeamSpec};
 use warden_core::{Policy, PolicySpec};
 
-use crate::sync::skypilot::ApiUrl;
+use crate::secret::SecretSource;
+use crate::sync::skypilot::{ApiUrl, SKYPILOT_TOKEN};
 
 mod problems;
 mod vast;
-pub use vast::{PreDestroy, VastConfig, VAST_CONSOLE_URL};
+pub use vast::{PreDestroy, VastConfig, DEFAULT_KEY_ENV, VAST_CONSOLE_URL, VAST_KEY};
 
 /// The store used when the config names none: a SQLite file next to the
 /// config file.
@@ -183,6 +184,8 @@ struct SkypilotApiFile {
     #[serde(default)]
     token_file: Option<PathBuf>,
     #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
     interval_seconds: Option<u64>,
     #[serde(default)]
     timeout_seconds: Option<u64>,
@@ -212,11 +215,16 @@ pub struct Config {
 /// `skypilot_api`: where the usage sync reads the live cluster list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkypilotApi {
-    /// The API server's base URL (`http` only).
+    /// The API server's base URL (`https`, or `http` to this machine or
+    /// without a token).
     pub url: ApiUrl,
-    /// Where the service-account token is, if the server needs one. Read
-    /// when the sync starts, not at config load.
-    pub token: Option<TokenSource>,
+    /// Where the service-account token is, if the server needs one (never
+    /// in the config itself). Read when the sync starts, not at config
+    /// load.
+    pub token: Option<SecretSource>,
+    /// A PEM file of CA certificates to trust besides the public roots (a
+    /// private CA), resolved against the config file's directory.
+    pub ca_file: Option<PathBuf>,
     /// Time between the starts of two polls.
     pub interval: Duration,
     /// Bound on each HTTP exchange.
@@ -226,55 +234,57 @@ pub struct SkypilotApi {
     pub grace: Duration,
 }
 
-/// Where the service-account token is kept (never in the config itself).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// In this environment variable.
-    Env(String),
-    /// In this file, which only its owner may read (`chmod 600`); a relative
-    /// path is resolved against the config file's directory.
-    File(PathBuf),
-}
-
 /// Validates `skypilot_api`; the errors are `key.path: problem` lines.
 fn skypilot_api(path: &Path, f: SkypilotApiFile) -> Result<SkypilotApi, Vec<String>> {
     let mut problems = Vec::new();
     let url = ApiUrl::parse(&f.url)
         .map_err(|e| problems.push(format!("skypilot_api.url: {e}")))
         .ok();
+    let base = path.parent().unwrap_or(Path::new(""));
     let token = match (f.token_env, f.token_file) {
         (Some(_), Some(_)) => {
             problems.push("skypilot_api: give `token_env` or `token_file`, not both".to_owned());
             None
         }
         (Some(var), None) => {
-            let var = var.trim().to_owned();
-            let is_name = var
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             // Service-account tokens begin `sky_`: refuse what looks like
             // one, so it is never echoed as a variable name later.
-            if !is_name || var.starts_with("sky_") {
-                // Not echoed: it may be the token itself.
-                problems.push("skypilot_api.token_env: not an environment variable name (letters, digits, `_`); name the variable that holds the token, e.g. `SKYPILOT_TOKEN`, not the token itself".to_owned());
+            match SecretSource::env(&var, SKYPILOT_TOKEN) {
+                Ok(source) if !var.trim().starts_with("sky_") => Some(source),
+                Ok(_) | Err(_) => {
+                    // Not echoed: it may be the token itself.
+                    problems.push(format!(
+                        "skypilot_api.token_env: {}",
+                        crate::secret::SecretError::EnvName {
+                            what: SKYPILOT_TOKEN
+                        }
+                    ));
+                    None
+                }
             }
-            Some(TokenSource::Env(var))
         }
-        (None, Some(file)) => {
-            let file = if file.is_absolute() {
-                file
-            } else {
-                path.parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default()
-                    .join(file)
-            };
-            Some(TokenSource::File(file))
-        }
+        (None, Some(file)) => Some(SecretSource::file(file, base)),
         (None, None) => None,
     };
+    let ca_file = f.ca_file.map(|file| {
+        if file.is_absolute() {
+            file
+        } else {
+            base.join(file)
+        }
+    });
+    if let Some(url) = &url {
+        if token.is_some() && !url.is_https() && !url.is_loopback() {
+            problems.push(format!(
+                "skypilot_api.url: `{url}` would carry the service-account token in clear to a host that is not this machine; use `https://` (with `skypilot_api.ca_file` for a private CA), or reach the server over loopback (a sidecar, or a port-forward to 127.0.0.1)"
+            ));
+        }
+        if ca_file.is_some() && !url.is_https() {
+            problems.push(format!(
+                "skypilot_api.ca_file: `{url}` is not `https://`, so there is no certificate to check; remove `ca_file` or use `https://`"
+            ));
+        }
+    }
     let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
         let v = given.unwrap_or(default);
         if v < min || v > 86_400 {
@@ -306,6 +316,7 @@ fn skypilot_api(path: &Path, f: SkypilotApiFile) -> Result<SkypilotApi, Vec<Stri
         Some(url) if problems.is_empty() => Ok(SkypilotApi {
             url,
             token,
+            ca_file,
             interval,
             timeout,
             grace,
@@ -540,18 +551,21 @@ fn is_empty_yaml(text: &str) -> bool {
 /// variables are not checked: the serving machine's environment may differ.
 pub fn secret_file_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
-    if let crate::upstream_key::UpstreamKeySource::File(path) = &config.vast.key {
-        if let Err(e) = crate::upstream_key::read_private_file(path) {
+    if let SecretSource::File(path) = &config.vast.key {
+        if let Err(e) = crate::secret::read_private_file(path, vast::VAST_KEY) {
             problems.push(format!("vast.api_key_file: {e}"));
         }
     }
-    if let Some(SkypilotApi {
-        token: Some(source @ TokenSource::File(_)),
-        ..
-    }) = &config.skypilot_api
-    {
-        if let Err(e) = crate::sync::skypilot::Token::read(source) {
-            problems.push(format!("skypilot_api.token_file: {e}"));
+    if let Some(api) = &config.skypilot_api {
+        if let Some(source @ SecretSource::File(_)) = &api.token {
+            if let Err(e) = crate::sync::skypilot::Token::read(source) {
+                problems.push(format!("skypilot_api.token_file: {e}"));
+            }
+        }
+        if let Some(path) = &api.ca_file {
+            if let Err(e) = crate::sync::skypilot::read_ca_file(path) {
+                problems.push(e.to_string());
+            }
         }
     }
     problems
@@ -613,7 +627,7 @@ mod tests {
         assert_eq!(api.timeout, Duration::from_secs(20));
         assert_eq!(api.grace, Duration::from_secs(300));
         match api.token {
-            Some(TokenSource::File(f)) => assert!(f.ends_with("secret/token") && f.is_absolute()),
+            Some(SecretSource::File(f)) => assert!(f.ends_with("secret/token") && f.is_absolute()),
             other => panic!("{other:?}"),
         }
         let c = load("api-none", "storage: none\n").unwrap();
@@ -731,11 +745,11 @@ mod tests {
         );
         let e = load(
             "api-bad",
-            "skypilot_api:\n  url: https://sky.example.com\n  token_env: SKYPILOT_TOKEN\n  token_file: /t\n  interval_seconds: 0\n",
+            "skypilot_api:\n  url: ftp://sky.example.com\n  token_env: SKYPILOT_TOKEN\n  token_file: /t\n  interval_seconds: 0\n",
         )
         .unwrap_err();
         for want in [
-            "skypilot_api.url: `https` is not supported",
+            "skypilot_api.url: scheme `ftp` is not supported",
             "give `token_env` or `token_file`, not both",
             "skypilot_api.interval_seconds: `0` is out of range",
         ] {
@@ -752,5 +766,45 @@ mod tests {
         );
         let e = load("api-no-url", "skypilot_api: {token_env: X}\n").unwrap_err();
         assert!(e.contains("missing field `url`"), "{e}");
+    }
+
+    #[test]
+    fn a_token_never_crosses_the_network_in_clear() {
+        // Plain http to another host with a token: refused, with the fix.
+        for token in ["token_env: SKY_TOKEN", "token_file: sky.token"] {
+            let e = load(
+                "api-clear",
+                &format!("skypilot_api:\n  url: http://sky.internal:46580\n  {token}\n"),
+            )
+            .unwrap_err();
+            assert!(
+                e.contains("skypilot_api.url: `http://sky.internal:46580` would carry the service-account token in clear")
+                    && e.contains("use `https://`"),
+                "{e}"
+            );
+        }
+        // Without a token, to this machine, or over https: fine.
+        for ok in [
+            "skypilot_api:\n  url: http://sky.internal:46580\n",
+            "skypilot_api:\n  url: http://127.0.0.1:46580\n  token_env: SKY_TOKEN\n",
+            "skypilot_api:\n  url: http://localhost:46580\n  token_env: SKY_TOKEN\n",
+            "skypilot_api:\n  url: https://sky.internal\n  token_env: SKY_TOKEN\n  ca_file: ca.pem\n",
+        ] {
+            let c = load("api-ok", &format!("storage: none\n{ok}")).unwrap();
+            let api = c.skypilot_api.unwrap();
+            if let Some(ca) = api.ca_file {
+                assert!(ca.is_absolute() && ca.ends_with("ca.pem"), "{ca:?}");
+            }
+        }
+        // A CA file with plain http has nothing to check.
+        let e = load(
+            "api-ca-http",
+            "skypilot_api:\n  url: http://127.0.0.1:1\n  ca_file: ca.pem\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("skypilot_api.ca_file: `http://127.0.0.1:1` is not `https://`"),
+            "{e}"
+        );
     }
 }

@@ -9,13 +9,14 @@ pub mod cases;
 pub mod config;
 pub mod doors;
 pub mod error;
+pub mod http_client;
 pub mod logging;
 pub mod recorder;
 pub mod redact;
 pub mod replay;
 pub mod reports;
+pub mod secret;
 pub mod sync;
-pub mod upstream_key;
 pub mod yaml;
 
 pub use app::{router, AppState, Application};

@@ -53,7 +53,7 @@ use warden_store::{
 
 use crate::app::AppState;
 use crate::config::{SkypilotApi, DEFAULT_SYNC_GRACE_SECONDS};
-use skypilot::{parse_accelerators, ApiError, Cluster, SkypilotClient, TokenError};
+use skypilot::{parse_accelerators, ApiError, ClientError, Cluster, SkypilotClient};
 
 /// The `source` written into the audit context of what the sync records.
 pub const SOURCE: &str = "skypilot-sync";
@@ -570,11 +570,11 @@ fn log_poll(url: &str, result: &Result<Poll, SyncError>, started: Instant) {
 ///
 /// Returns `Ok(None)` without starting anything when the state has no
 /// store (`storage: none`): there is nothing to reconcile. Fails only when
-/// the token cannot be read.
+/// the token or the CA file cannot be read.
 pub fn spawn_skypilot(
     state: &Arc<AppState>,
     api: &SkypilotApi,
-) -> Result<Option<JoinHandle<()>>, TokenError> {
+) -> Result<Option<JoinHandle<()>>, ClientError> {
     let Some(store) = state.store().cloned() else {
         tracing::warn!(
             target: "warden::sync",
@@ -583,13 +583,6 @@ pub fn spawn_skypilot(
         return Ok(None);
     };
     let client = SkypilotClient::from_config(api)?;
-    if client.has_token() && !client.url().is_loopback() {
-        tracing::warn!(
-            target: "warden::sync",
-            url = %client.url(),
-            "the SkyPilot token is sent over plain http to a host that is not this machine; keep that network trusted"
-        );
-    }
     let state = Arc::clone(state);
     let options = ReconcileOptions { grace: api.grace };
     let interval = api.interval;

@@ -7,7 +7,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::upstream_key::UpstreamKeySource;
+use crate::secret::{Credential, SecretSource};
+
+/// The environment variable read for the upstream key when none is
+/// configured; the `vastai` CLI and SDK read the same one.
+pub const DEFAULT_KEY_ENV: &str = "VAST_API_KEY";
+/// The upstream key, for messages.
+pub const VAST_KEY: Credential = Credential {
+    noun: "Vast.ai API key",
+    example_env: DEFAULT_KEY_ENV,
+};
 
 /// The Vast.ai API, used when a key is configured and no `upstream_url`.
 pub const VAST_CONSOLE_URL: &str = "https://console.vast.ai";
@@ -57,7 +66,7 @@ pub struct VastConfig {
     /// the embedded simulator.
     pub upstream_url: Option<String>,
     /// Where the upstream key is.
-    pub key: UpstreamKeySource,
+    pub key: SecretSource,
     /// Whether `api_key_env` or `api_key_file` was written (then a missing
     /// key is an error, never a silent fallback to the simulator).
     pub key_configured: bool,
@@ -75,7 +84,7 @@ impl Default for VastConfig {
     fn default() -> Self {
         Self {
             upstream_url: None,
-            key: UpstreamKeySource::default(),
+            key: default_key(),
             key_configured: false,
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECONDS),
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_SECONDS),
@@ -105,6 +114,11 @@ pub struct PreDestroy {
     pub known_hosts: Option<PathBuf>,
 }
 
+/// `VAST_API_KEY`, where the key is looked for unless configured.
+fn default_key() -> SecretSource {
+    SecretSource::Env(DEFAULT_KEY_ENV.to_owned())
+}
+
 /// Validates `vast`; the errors are `key.path: problem` lines.
 pub(crate) fn vast_config(path: &Path, f: VastFile) -> Result<VastConfig, Vec<String>> {
     let mut problems = Vec::new();
@@ -126,21 +140,14 @@ pub(crate) fn vast_config(path: &Path, f: VastFile) -> Result<VastConfig, Vec<St
     let key = match (f.api_key_env, f.api_key_file) {
         (Some(_), Some(_)) => {
             problems.push("vast: give `api_key_env` or `api_key_file`, not both".to_owned());
-            UpstreamKeySource::default()
+            default_key()
         }
-        (Some(var), None) => UpstreamKeySource::env(&var).unwrap_or_else(|e| {
+        (Some(var), None) => SecretSource::env(&var, VAST_KEY).unwrap_or_else(|e| {
             problems.push(format!("vast.api_key_env: {e}"));
-            UpstreamKeySource::default()
+            default_key()
         }),
-        (None, Some(file)) => UpstreamKeySource::File(if file.is_absolute() {
-            file
-        } else {
-            path.parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-                .join(file)
-        }),
-        (None, None) => UpstreamKeySource::default(),
+        (None, Some(file)) => SecretSource::file(file, path.parent().unwrap_or(Path::new(""))),
+        (None, None) => default_key(),
     };
     let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
         let v = given.unwrap_or(default);
@@ -249,7 +256,7 @@ mod tests {
         assert_eq!(c.upstream_url.as_deref(), Some("https://console.vast.ai"));
         assert_eq!(
             c.key,
-            UpstreamKeySource::File(PathBuf::from("/etc/warden/vast.key"))
+            SecretSource::File(PathBuf::from("/etc/warden/vast.key"))
         );
         assert!(c.key_configured);
         assert_eq!(c.timeout, Duration::from_secs(5));

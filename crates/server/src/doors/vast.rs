@@ -830,9 +830,14 @@ pub struct EmbeddedSim {
 /// is an error naming where it was looked for and the fix.
 pub async fn start(config: &VastConfig) -> Result<(VastDoor, Option<EmbeddedSim>), String> {
     let key = if config.key_configured {
-        Some(config.key.load().map_err(|e| format!("vast: {e}"))?)
+        Some(
+            config
+                .key
+                .load(crate::config::VAST_KEY)
+                .map_err(|e| format!("vast: {e}"))?,
+        )
     } else {
-        config.key.load().ok()
+        config.key.load(crate::config::VAST_KEY).ok()
     };
     if let Some(key) = key {
         let url = config
@@ -868,7 +873,7 @@ pub async fn start(config: &VastConfig) -> Result<(VastDoor, Option<EmbeddedSim>
     });
     let upstream = Upstream::new(
         &format!("http://{addr}"),
-        crate::upstream_key::Secret::generated(key),
+        crate::secret::Secret::generated(key),
         config.timeout,
     )?;
     Ok((

@@ -14,25 +14,26 @@
 //!
 //! Secrets: the service-account token is sent only in the `Authorization`
 //! header (marked sensitive), never in a body, a log line or an error; its
-//! [`Token`] type has no `Display` and a redacted `Debug`.
+//! [`Token`] type has no `Display` and a redacted `Debug`. It is read by the
+//! one credential loader ([`crate::secret`]). The config refuses a token
+//! sent over plain `http://` to a host that is not this machine.
 //!
-//! Transport: plain HTTP/1.1 over one TCP connection per exchange, with
-//! hyper's connection API (hyper is already in the tree through axum). No
-//! TLS: `https` URLs are refused at config load; see [`ApiUrl::parse`].
+//! Transport: reqwest with rustls (the client the Vast door and the alert
+//! webhooks use), so `https://` servers work; a private CA is trusted with
+//! `skypilot_api.ca_file`. Redirects are not followed (the token must not
+//! travel on to another host).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use reqwest::header::{self, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
-use crate::config::{SkypilotApi, TokenSource};
+use crate::config::SkypilotApi;
+use crate::http_client::{read_limited, transport_detail, ReadError};
+use crate::secret::{Credential, SecretError, SecretSource};
 
 /// The SkyPilot API version Warden speaks (0.14.1's; the server accepts
 /// clients back to 24 and down-converts answers for old ones).
@@ -45,6 +46,14 @@ pub const API_GET_ATTEMPTS: u32 = 3;
 /// The largest response body read; a status list of thousands of clusters
 /// is a few MiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The largest CA file read (`skypilot_api.ca_file`); a bundle of every
+/// public root is about 200 KiB.
+pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+/// The service-account token, for messages.
+pub const SKYPILOT_TOKEN: Credential = Credential {
+    noun: "SkyPilot service-account token",
+    example_env: "SKYPILOT_TOKEN",
+};
 
 const REQUEST_ID_HEADER: &str = "x-skypilot-request-id";
 /// How much of an unexpected answer an error quotes.
@@ -54,16 +63,15 @@ const DETAIL_CHARS: usize = 300;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
     /// Not a URL at all.
-    #[error("`{url}` is not a URL; write e.g. `http://127.0.0.1:46580`")]
+    #[error(
+        "`{url}` is not a URL; write e.g. `https://sky.example.com` or `http://127.0.0.1:46580`"
+    )]
     Invalid {
         /// What was given.
         url: String,
     },
-    /// An `https` URL: this build has no TLS.
-    #[error("`https` is not supported yet (this build has no TLS stack); reach the API server over `http://` on a trusted network, e.g. a sidecar or `127.0.0.1` port-forward")]
-    Https,
-    /// A scheme other than `http`.
-    #[error("scheme `{scheme}` is not supported; use `http://HOST:PORT`")]
+    /// A scheme other than `http` and `https`.
+    #[error("scheme `{scheme}` is not supported; use `https://HOST[:PORT]` (or `http://` to this machine)")]
     Scheme {
         /// The scheme given.
         scheme: String,
@@ -79,20 +87,17 @@ pub enum UrlError {
     },
 }
 
-/// The base URL of a SkyPilot API server: `http://HOST[:PORT][/PREFIX]`.
+/// The base URL of a SkyPilot API server:
+/// `http(s)://HOST[:PORT][/PREFIX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiUrl {
-    /// `HOST:PORT`, as sent in the `Host` header.
-    authority: String,
-    /// `HOST:PORT` with the default port filled in, to connect to.
-    connect: String,
-    /// The path prefix without a trailing `/` (empty at the root).
-    prefix: String,
+    /// The base, its path without a trailing `/`.
+    base: Url,
 }
 
 impl ApiUrl {
-    /// Parses a base URL. Only `http` is accepted: TLS would need a TLS
-    /// stack (rustls) that this build does not include.
+    /// Parses a base URL (`http` or `https`, no credentials, query or
+    /// fragment).
     pub fn parse(text: &str) -> Result<Self, UrlError> {
         let text = text.trim();
         let invalid = || UrlError::Invalid {
@@ -107,41 +112,40 @@ impl ApiUrl {
         if authority_part.contains('@') {
             return Err(UrlError::UserInfo);
         }
-        let uri: Uri = text.parse().map_err(|_| invalid())?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(UrlError::Https),
-            Some(other) => {
+        if !text.contains("://") {
+            return Err(invalid());
+        }
+        let mut base = Url::parse(text).map_err(|_| invalid())?;
+        match base.scheme() {
+            "http" | "https" => {}
+            other => {
                 return Err(UrlError::Scheme {
                     scheme: other.to_owned(),
                 })
             }
-            None => return Err(invalid()),
         }
-        if uri.query().is_some() || text.contains('#') {
+        if base.query().is_some() || base.fragment().is_some() || text.contains('#') {
             return Err(UrlError::Query {
                 url: text.to_owned(),
             });
         }
-        let authority = uri.authority().ok_or_else(invalid)?;
-        if authority.host().is_empty() {
+        if base.host_str().is_none_or(str::is_empty) {
             return Err(invalid());
         }
-        let port = authority.port_u16().unwrap_or(80);
-        Ok(Self {
-            authority: authority.as_str().to_owned(),
-            connect: format!("{}:{port}", authority.host()),
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
+        let path = base.path().trim_end_matches('/').to_owned();
+        base.set_path(&path);
+        Ok(Self { base })
+    }
+
+    /// Whether the URL is `https`.
+    pub fn is_https(&self) -> bool {
+        self.base.scheme() == "https"
     }
 
     /// Whether the host is this machine (`127.0.0.1`, `::1`, `localhost`),
     /// where a token sent over plain HTTP stays on the machine.
     pub fn is_loopback(&self) -> bool {
-        let host = self
-            .connect
-            .rsplit_once(':')
-            .map_or(self.connect.as_str(), |(host, _)| host);
+        let host = self.base.host_str().unwrap_or_default();
         let host = host.trim_start_matches('[').trim_end_matches(']');
         host.eq_ignore_ascii_case("localhost")
             || host
@@ -149,15 +153,15 @@ impl ApiUrl {
                 .is_ok_and(|ip| ip.is_loopback())
     }
 
-    /// `http://HOST:PORT/PREFIX{path}`, for messages.
+    /// `SCHEME://HOST:PORT/PREFIX{path}`: an endpoint's URL.
     fn show(&self, path: &str) -> String {
-        format!("http://{}{}{path}", self.authority, self.prefix)
+        format!("{self}{path}")
     }
 }
 
 impl fmt::Display for ApiUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        f.write_str(self.base.as_str().trim_end_matches('/'))
     }
 }
 
@@ -167,41 +171,22 @@ impl fmt::Display for ApiUrl {
 pub struct Token(HeaderValue);
 
 impl Token {
-    /// A token from its text (surrounding white space is dropped). `source`
-    /// names where it came from, for the error.
-    pub fn new(text: &str, source: &str) -> Result<Self, TokenError> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(TokenError::Empty {
-                source_name: source.to_owned(),
-            });
-        }
+    /// Reads the token a config names (an environment variable, or a file
+    /// that only its owner may read), with the one credential loader.
+    pub fn read(source: &SecretSource) -> Result<Self, SecretError> {
+        let secret = source.load(SKYPILOT_TOKEN)?;
         let mut value =
-            HeaderValue::from_str(&format!("Bearer {text}")).map_err(|_| TokenError::BadChars {
-                source_name: source.to_owned(),
+            HeaderValue::from_str(&format!("Bearer {}", secret.expose())).map_err(|_| {
+                SecretError::BadChars {
+                    what: SKYPILOT_TOKEN,
+                    source_name: match source {
+                        SecretSource::Env(var) => format!("environment variable `{var}`"),
+                        SecretSource::File(path) => format!("file `{}`", path.display()),
+                    },
+                }
             })?;
         value.set_sensitive(true);
         Ok(Self(value))
-    }
-
-    /// Reads the token a config names: an environment variable, or a file
-    /// that only its owner may read.
-    pub fn read(source: &TokenSource) -> Result<Self, TokenError> {
-        match source {
-            TokenSource::Env(var) => {
-                let text =
-                    std::env::var(var).map_err(|_| TokenError::EnvMissing { var: var.clone() })?;
-                Self::new(&text, &format!("environment variable `{var}`"))
-            }
-            TokenSource::File(path) => {
-                check_private(path)?;
-                let text = std::fs::read_to_string(path).map_err(|e| TokenError::FileRead {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                Self::new(&text, &format!("token file `{}`", path.display()))
-            }
-        }
     }
 }
 
@@ -211,70 +196,63 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Refuses a token file that its group or others may access.
-fn check_private(path: &Path) -> Result<(), TokenError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| TokenError::FileRead {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(TokenError::FileMode {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-/// Why the service-account token could not be read. No variant holds the
-/// token or any part of it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    /// The environment variable is not set (or not UTF-8).
-    #[error("skypilot_api.token_env: environment variable `{var}` is not set; export the service-account token (`sky_...`) in it")]
-    EnvMissing {
-        /// The variable's name.
-        var: String,
+/// Why the client could not be set up from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The token could not be read.
+    #[error("skypilot_api.{}: {source}", match source { SecretError::EnvName { .. } | SecretError::EnvMissing { .. } => "token_env", _ => "token_file" })]
+    Token {
+        /// Why.
+        #[source]
+        source: SecretError,
     },
-    /// The token file cannot be read.
-    #[error("skypilot_api.token_file: cannot read `{}`: {reason}", path.display())]
-    FileRead {
+    /// The CA file cannot be read or holds no certificate.
+    #[error("skypilot_api.ca_file: `{}` {reason}", path.display())]
+    CaFile {
         /// The file.
-        path: PathBuf,
-        /// What the OS said.
+        path: std::path::PathBuf,
+        /// What is wrong.
         reason: String,
     },
-    /// The token file is readable by others than its owner.
-    #[error("skypilot_api.token_file: `{path}` is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`", path = path.display())]
-    FileMode {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
+    /// The HTTP client could not be built (the TLS stack refused).
+    #[error("skypilot_api: cannot set up the HTTP client: {reason}")]
+    Build {
+        /// What reqwest said.
+        reason: String,
     },
-    /// The token is empty.
-    #[error("skypilot_api: the token in {source_name} is empty")]
-    Empty {
-        /// Where it came from.
-        source_name: String,
-    },
-    /// The token holds characters an HTTP header cannot carry.
-    #[error("skypilot_api: the token in {source_name} contains characters not allowed in an HTTP header (a line break inside it?)")]
-    BadChars {
-        /// Where it came from.
-        source_name: String,
-    },
+}
+
+/// The certificates of a PEM file (one or more `CERTIFICATE` blocks).
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    use std::io::Read as _;
+    let fail = |reason: String| ClientError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| fail(format!("cannot be read: {e}")))?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(fail(format!(
+            "is larger than {MAX_CA_FILE_BYTES} bytes; name a PEM file of CA certificates"
+        )));
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| fail(format!("is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(
+            "holds no `-----BEGIN CERTIFICATE-----` block; name the PEM file of the CA that signed the API server's certificate".to_owned(),
+        ));
+    }
+    Ok(certs)
 }
 
 /// Why a poll of the API server failed. Messages name the URL and endpoint,
 /// never the token.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The token could not be read.
-    #[error(transparent)]
-    Token(#[from] TokenError),
     /// No TCP connection.
     #[error("cannot connect to the SkyPilot API server at `{url}`: {reason}")]
     Connect {
@@ -290,7 +268,7 @@ pub enum ApiError {
         method: &'static str,
         /// The endpoint's URL.
         url: String,
-        /// What hyper said.
+        /// What the HTTP client said.
         reason: String,
     },
     /// No complete answer within the time-out.
@@ -619,10 +597,8 @@ impl Lexer<'_> {
 /// server's state without asking the clouds (`refresh: NONE`), without
 /// credentials or pickled handles. No `env_vars`: the server then runs the
 /// request as its own user (a present `env_vars` must carry a user id).
-fn status_body() -> Bytes {
-    Bytes::from_static(
-        br#"{"cluster_names":null,"all_users":true,"refresh":"NONE","include_credentials":false,"include_handle":false,"summary_response":false}"#,
-    )
+fn status_body() -> &'static [u8] {
+    br#"{"cluster_names":null,"all_users":true,"refresh":"NONE","include_credentials":false,"include_handle":false,"summary_response":false}"#
 }
 
 /// What `GET /api/get` answers (or carries under `detail` with a 500).
@@ -665,30 +641,57 @@ pub struct SkypilotClient {
     url: ApiUrl,
     token: Option<Token>,
     timeout: Duration,
+    http: reqwest::Client,
 }
 
 /// An answer, read whole.
 struct Answer {
     status: StatusCode,
     request_id: Option<HeaderValue>,
-    body: Bytes,
+    body: Vec<u8>,
 }
 
 impl SkypilotClient {
-    /// A client of the server at `url`; every exchange (connect, send, read
-    /// the whole answer) is bounded by `timeout`.
-    pub fn new(url: ApiUrl, token: Option<Token>, timeout: Duration) -> Self {
-        Self {
+    /// A client of the server at `url`, trusting the public roots and
+    /// `extra_roots`; every exchange (connect, send, read the whole answer)
+    /// is bounded by `timeout`.
+    pub fn new(
+        url: ApiUrl,
+        token: Option<Token>,
+        timeout: Duration,
+        extra_roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")));
+        for cert in extra_roots {
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| ClientError::Build {
+            reason: transport_detail(e),
+        })?;
+        Ok(Self {
             url,
             token,
             timeout,
-        }
+            http,
+        })
     }
 
-    /// The client a config describes; reads the token now.
-    pub fn from_config(api: &SkypilotApi) -> Result<Self, TokenError> {
-        let token = api.token.as_ref().map(Token::read).transpose()?;
-        Ok(Self::new(api.url.clone(), token, api.timeout))
+    /// The client a config describes; reads the token and the CA file now.
+    pub fn from_config(api: &SkypilotApi) -> Result<Self, ClientError> {
+        let token = api
+            .token
+            .as_ref()
+            .map(Token::read)
+            .transpose()
+            .map_err(|source| ClientError::Token { source })?;
+        let roots = match &api.ca_file {
+            Some(path) => read_ca_file(path)?,
+            None => Vec::new(),
+        };
+        Self::new(api.url.clone(), token, api.timeout, roots)
     }
 
     /// The server's base URL.
@@ -832,12 +835,12 @@ impl SkypilotClient {
         }
     }
 
-    /// One HTTP/1.1 exchange on a fresh connection, bounded by the time-out.
+    /// One exchange, bounded by the time-out (connect, send, read the answer).
     async fn exchange(
         &self,
         method: Method,
         path: &str,
-        body: Option<Bytes>,
+        body: Option<&'static [u8]>,
     ) -> Result<Answer, ApiError> {
         let method_name = method_name(&method);
         let url = self.url.show(path);
@@ -856,37 +859,14 @@ impl SkypilotClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<Bytes>,
+        body: Option<&'static [u8]>,
     ) -> Result<Answer, ApiError> {
         let method_name = method_name(&method);
         let url = self.url.show(path);
-        let broke = |e: &dyn fmt::Display| ApiError::Exchange {
-            method: method_name,
-            url: url.clone(),
-            reason: e.to_string(),
-        };
-        let stream =
-            TcpStream::connect(&self.url.connect)
-                .await
-                .map_err(|e| ApiError::Connect {
-                    url: self.url.to_string(),
-                    reason: e.to_string(),
-                })?;
-        // Best effort: a poll is two small exchanges.
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| broke(&e))?;
-
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.url.prefix))
-            .header(header::HOST, &self.url.authority)
+        let mut request = self
+            .http
+            .request(method, &url)
             .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("warden/", env!("CARGO_PKG_VERSION")),
-            )
             .header(
                 HeaderName::from_static("x-skypilot-api-version"),
                 API_VERSION,
@@ -895,49 +875,48 @@ impl SkypilotClient {
                 HeaderName::from_static("x-skypilot-version"),
                 SKYPILOT_VERSION,
             );
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some(body) = body {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, token.0.clone());
         }
-        let request = request
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| broke(&e))?;
-
-        let exchange = async {
-            let response = sender.send_request(request).await.map_err(|e| broke(&e))?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_BODY_BYTES)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        ApiError::TooLarge {
-                            method: method_name,
-                            url: url.clone(),
-                        }
-                    } else {
-                        broke(&e)
-                    }
-                })?
-                .to_bytes();
-            Ok(Answer {
-                status: parts.status,
-                request_id: parts.headers.get(REQUEST_ID_HEADER).cloned(),
-                body,
-            })
-        };
-        // The connection future does the I/O; it ends when the answer is
-        // read and the sender is dropped, or when the connection breaks.
-        tokio::pin!(connection);
-        tokio::select! {
-            answer = exchange => answer,
-            ended = &mut connection => Err(match ended {
-                Err(e) => broke(&e),
-                Ok(()) => broke(&"the server closed the connection before answering"),
-            }),
-        }
+        let mut response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                ApiError::Connect {
+                    url: self.url.to_string(),
+                    reason: transport_detail(e),
+                }
+            } else {
+                ApiError::Exchange {
+                    method: method_name,
+                    url: url.clone(),
+                    reason: transport_detail(e),
+                }
+            }
+        })?;
+        let status = response.status();
+        let request_id = response.headers().get(REQUEST_ID_HEADER).cloned();
+        let body = read_limited(&mut response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => ApiError::TooLarge {
+                    method: method_name,
+                    url: url.clone(),
+                },
+                ReadError::Transport(reason) => ApiError::Exchange {
+                    method: method_name,
+                    url: url.clone(),
+                    reason,
+                },
+            })?;
+        Ok(Answer {
+            status,
+            request_id,
+            body,
+        })
     }
 }
 
@@ -1028,19 +1007,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_plain_http_without_credentials() {
+    fn urls_are_http_or_https_without_credentials() {
         let u = ApiUrl::parse("http://127.0.0.1:46580").unwrap();
-        assert_eq!(u.connect, "127.0.0.1:46580");
-        assert_eq!(u.prefix, "");
         assert_eq!(u.to_string(), "http://127.0.0.1:46580");
+        assert!(u.is_loopback() && !u.is_https());
         let u = ApiUrl::parse("http://sky.internal/api/").unwrap();
-        assert_eq!(u.connect, "sky.internal:80");
-        assert_eq!(u.prefix, "/api");
         assert_eq!(u.show("/status"), "http://sky.internal/api/status");
+        assert!(!u.is_loopback());
+        let u = ApiUrl::parse("https://sky.example.com:8443/").unwrap();
+        assert!(u.is_https());
         assert_eq!(
-            ApiUrl::parse("https://sky.example.com"),
-            Err(UrlError::Https)
+            u.show("/api/get?request_id=x"),
+            "https://sky.example.com:8443/api/get?request_id=x"
         );
+        for local in ["http://localhost:1", "http://[::1]:1", "http://127.0.0.2"] {
+            assert!(ApiUrl::parse(local).unwrap().is_loopback(), "{local}");
+        }
         let e = ApiUrl::parse("http://admin:hunter2@sky:46580").unwrap_err();
         assert_eq!(e, UrlError::UserInfo);
         assert!(!e.to_string().contains("hunter2"), "{e}");
@@ -1054,6 +1036,10 @@ mod tests {
         ));
         assert!(matches!(
             ApiUrl::parse("http://sky/?x=1"),
+            Err(UrlError::Query { .. })
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http://sky/#x"),
             Err(UrlError::Query { .. })
         ));
     }
@@ -1089,16 +1075,15 @@ mod tests {
 
     #[test]
     fn tokens_never_show() {
-        let t = Token::new(" sky_secret\n", "test").unwrap();
+        let source = SecretSource::Env("WARDEN_TEST_SKY_TOKEN_NEVER_SET".to_owned());
+        let e = Token::read(&source).unwrap_err();
+        assert!(
+            e.to_string().contains("SkyPilot service-account token"),
+            "{e}"
+        );
+        let secret = crate::secret::Secret::generated("sky_secret".to_owned());
+        let t = Token(HeaderValue::from_str(&format!("Bearer {}", secret.expose())).unwrap());
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
-        assert!(t.0.is_sensitive());
-        assert_eq!(t.0.to_str().unwrap(), "Bearer sky_secret");
-        assert!(matches!(
-            Token::new("  ", "x"),
-            Err(TokenError::Empty { .. })
-        ));
-        let e = Token::new("sky_a\nb", "x").unwrap_err();
-        assert!(!e.to_string().contains("sky_a"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
-use crate::upstream_key::Secret;
+use crate::secret::Secret;
 
 /// A row of an offer or instance listing.
 pub type Row = Map<String, Value>;
