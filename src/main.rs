@@ -22,14 +22,13 @@ mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use warden_server::cases;
 use warden_server::config::{load_config, load_policy};
 use warden_server::doors::skypilot::{self, Answer};
-use warden_server::{AppState, Application};
+use warden_server::Application;
 
 /// Warden: one policy for every door a GPU launch can come through.
 #[derive(Parser)]
@@ -310,80 +309,17 @@ fn main() -> ExitCode {
 
 fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Result<ExitCode> {
     let _log_guard = init_logging();
-    let cfg = load_config(&config).map_err(anyhow::Error::msg)?;
-    let policy = cfg.policy;
-    let skypilot_api = cfg.skypilot_api;
-    let settings = cfg.settings;
-    let vast = cfg.vast;
-    let store_options = cfg.store_options;
-    let storage = match storage {
-        Some(s) => {
-            warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?
-        }
-        None => cfg.storage,
-    };
+    let mut cfg = load_config(&config).map_err(anyhow::Error::msg)?;
+    if let Some(s) = storage {
+        cfg.storage =
+            warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let teams = policy.team_count();
-        let rules = policy.rules().len();
-        let store =
-            match &storage {
-                Some(url) => Some(
-                    warden_store::Store::connect_with(url, store_options)
-                        .await
-                        .with_context(|| {
-                            format!("cannot open the store named by {}", config.display())
-                        })?,
-                ),
-                None => None,
-            };
-        let backend = store.as_ref().map_or("none", |s| s.backend_name());
-        let state = AppState::with_store(policy, Some(config.clone()), store);
-        state.apply_settings(settings);
-        // Budget alerts for spend that accrues between launches.
-        warden_server::alerts::spawn_watch(Arc::clone(&state));
-        // The usage sync with SkyPilot's API server: a background task, off
-        // the decision path (`warden_server::sync`).
-        if let Some(api) = &skypilot_api {
-            warden_server::sync::spawn_skypilot(&state, api).with_context(|| {
-                format!("{}: cannot start the SkyPilot usage sync", config.display())
-            })?;
-        }
-        // The Vast door, in front of Vast.ai or the embedded simulator.
-        let _embedded_sim = if state.store().is_some() {
-            let (door, sim) = warden_server::doors::vast::start(&vast)
-                .await
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("{}: cannot start the Vast door", config.display()))?;
-            match &sim {
-                Some(sim) => tracing::info!(
-                    upstream = %format!("http://{}", sim.addr),
-                    "Vast door: no Vast API key is configured (`vast.api_key_env`/`api_key_file`, or `VAST_API_KEY`), so the embedded marketplace simulator is the upstream; point `vastai --url http://HOST:PORT/vast` at Warden"
-                ),
-                None => tracing::info!(upstream = door.upstream().base(), "Vast door upstream"),
-            }
-            state.enable_vast(Arc::new(door));
-            warden_server::doors::vast::reconcile::spawn(&state);
-            sim
-        } else {
-            tracing::warn!("the Vast door is off: it needs a store (`storage` is `none`)");
-            None
-        };
-        let app = Application::build(state, &listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = app.local_addr()?;
-        tracing::info!(
-            addr = %addr,
-            config = %config.display(),
-            teams,
-            rules,
-            store = backend,
-            "listening"
-        );
+        let app = Application::build(cfg, &config, &listen).await?;
         app.run_until_signal().await?;
         Ok(ExitCode::SUCCESS)
     })

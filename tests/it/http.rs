@@ -243,3 +243,69 @@ async fn health_and_readiness() {
     .unwrap();
     assert!(text.contains("1 teams, 3 rules"), "{text}");
 }
+
+/// One HTTP/1.1 exchange with a running server; (status, body).
+async fn exchange(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// `Application::build` wires what a config describes, as `warden serve`
+/// does: the store (ready), the Vast door with the embedded simulator (it
+/// answers, asking for a team key), and it stops when told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_is_built_from_a_config_as_serve_builds_it() {
+    let dir = crate::skypilot_client::TempDir::new("warden-app-build");
+    let path = dir.0.join("warden.yaml");
+    std::fs::write(
+        &path,
+        "storage: sqlite://state.db\nvast: {api_key_env: WARDEN_TEST_NO_SUCH_VAST_KEY_VAR}\nteams: {ml: {}}\n",
+    )
+    .unwrap();
+    // A configured key that is missing is an error naming the config and the variable.
+    let config = warden_server::config::load_config(&path).unwrap();
+    let e = warden_server::Application::build(config, &path, "127.0.0.1:0")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&format!("{}: cannot start the Vast door", path.display()))
+            && e.contains("WARDEN_TEST_NO_SUCH_VAST_KEY_VAR"),
+        "{e}"
+    );
+
+    std::fs::write(&path, "storage: sqlite://state.db\nteams: {ml: {}}\n").unwrap();
+    let config = warden_server::config::load_config(&path).unwrap();
+    let app = warden_server::Application::build(config, &path, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = app.local_addr().unwrap();
+    assert_eq!(
+        app.state().store().map(|s| s.backend_name()),
+        Some("sqlite")
+    );
+    assert!(dir.0.join("state.db").exists());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let (status, body) = exchange(addr, "GET", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = exchange(addr, "GET", "/vast/api/v0/users/current/").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("warden keys create"), "{body}");
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+}

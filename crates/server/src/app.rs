@@ -1,6 +1,6 @@
-//! The HTTP application: routes, shared state, startup, reload, shutdown.
+//! The HTTP application: routes, shared state and reload. Startup and
+//! shutdown are in [`crate::application`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,9 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
-use tokio::net::TcpListener;
 use warden_core::{Decision, Policy};
 
 use crate::alerts::Alerter;
@@ -499,106 +497,6 @@ async fn skypilot_door(
             log_refusal(&request_id, "skypilot", &err);
             err.into_response()
         }
-    }
-}
-
-/// Connections the kernel completes and queues for Warden before it
-/// accepts them. The operating system caps it at `net.core.somaxconn`
-/// (4096 on current Linux). The standard library's 128 made a burst of
-/// 1000 connections see resets.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-fn bind_with_backlog(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// A bound, not yet running server.
-pub struct Application {
-    listener: TcpListener,
-    state: Arc<AppState>,
-}
-
-impl Application {
-    /// Binds `listen` (port 0 picks a free port; a host name is resolved
-    /// and its first address that binds is used), with a listen queue of
-    /// [`LISTEN_BACKLOG`] connections.
-    pub async fn build(state: Arc<AppState>, listen: &str) -> std::io::Result<Self> {
-        let mut last = None;
-        for addr in tokio::net::lookup_host(listen).await? {
-            match bind_with_backlog(addr) {
-                Ok(listener) => return Ok(Self { listener, state }),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("`{listen}` resolves to no address"),
-            )
-        }))
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// The bound port.
-    pub fn port(&self) -> u16 {
-        self.local_addr().map_or(0, |a| a.port())
-    }
-
-    /// Serves until SIGTERM or SIGINT, then drains in-flight requests.
-    /// SIGHUP reloads the config file, keeping the old policy if the new one
-    /// is invalid.
-    pub async fn run_until_signal(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let state = Arc::clone(&self.state);
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match state.reload() {
-                    Ok(()) => {
-                        let p = state.policy();
-                        tracing::info!(
-                            teams = p.team_count(),
-                            rules = p.rules().len(),
-                            "config reloaded"
-                        );
-                    }
-                    Err(error) => tracing::error!(
-                        error = error.as_str(),
-                        "config reload failed; keeping the previous policy"
-                    ),
-                }
-            }
-        });
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received; draining in-flight requests"),
-                _ = int.recv() => tracing::info!("SIGINT received; draining in-flight requests"),
-            }
-        };
-        // Answers are small and complete: send them at once (no Nagle delay).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        tracing::info!("stopped");
-        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod application;
 mod bytes;
 pub mod cases;
 pub mod config;
@@ -19,5 +20,6 @@ pub mod secret;
 pub mod sync;
 pub mod yaml;
 
-pub use app::{router, AppState, Application};
+pub use app::{router, AppState};
+pub use application::{Application, StartError};
 pub use error::DoorError;

@@ -1,0 +1,261 @@
+//! Startup and shutdown: [`Application::build`] turns a loaded config into
+//! a bound server with everything the config describes wired in (store,
+//! budget alert watch, SkyPilot usage sync, Vast door with its upstream or
+//! the embedded simulator, Vast reconciler). `warden serve` parses its
+//! arguments and calls it; tests build the app the same way.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::app::{router, AppState};
+use crate::config::Config;
+use crate::doors::vast::EmbeddedSim;
+
+/// Connections the kernel completes and queues for Warden before it
+/// accepts them. The operating system caps it at `net.core.somaxconn`
+/// (4096 on current Linux). The standard library's 128 made a burst of
+/// 1000 connections see resets.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Why the server could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store named by the config cannot be opened.
+    #[error("cannot open the store named by {}: {source}", config.display())]
+    Store {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        #[source]
+        source: warden_store::StoreError,
+    },
+    /// The SkyPilot usage sync cannot start (token, CA file).
+    #[error("{}: cannot start the SkyPilot usage sync: {source}", config.display())]
+    Sync {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::sync::skypilot::ClientError,
+    },
+    /// The Vast door cannot start (upstream key, upstream URL, simulator).
+    #[error("{}: cannot start the Vast door: {reason}", config.display())]
+    Vast {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        /// The address given.
+        listen: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    /// The embedded marketplace simulator, when it is the Vast upstream;
+    /// it serves as long as the application lives.
+    _embedded_sim: Option<EmbeddedSim>,
+}
+
+impl Application {
+    /// Wires what `config` (loaded from `config_path`) describes and binds
+    /// `listen`: opens the store, starts the budget alert watch, the
+    /// SkyPilot usage sync (with `skypilot_api`), the Vast door and its
+    /// reconciler (with a store), then binds. Background tasks run on the
+    /// current Tokio runtime.
+    pub async fn build(
+        config: Config,
+        config_path: &Path,
+        listen: &str,
+    ) -> Result<Self, StartError> {
+        let Config {
+            policy,
+            storage,
+            store_options,
+            skypilot_api,
+            settings,
+            vast,
+        } = config;
+        let store = match &storage {
+            Some(url) => Some(
+                warden_store::Store::connect_with(url, store_options)
+                    .await
+                    .map_err(|source| StartError::Store {
+                        config: config_path.to_path_buf(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let state = AppState::with_store(policy, Some(config_path.to_path_buf()), store);
+        state.apply_settings(settings);
+        // Budget alerts for spend that accrues between launches.
+        crate::alerts::spawn_watch(Arc::clone(&state));
+        // The usage sync with SkyPilot's API server: a background task, off
+        // the decision path (`crate::sync`).
+        if let Some(api) = &skypilot_api {
+            crate::sync::spawn_skypilot(&state, api).map_err(|source| StartError::Sync {
+                config: config_path.to_path_buf(),
+                source,
+            })?;
+        }
+        // The Vast door, in front of Vast.ai or the embedded simulator.
+        let embedded_sim = if state.store().is_some() {
+            let (door, sim) =
+                crate::doors::vast::start(&vast)
+                    .await
+                    .map_err(|reason| StartError::Vast {
+                        config: config_path.to_path_buf(),
+                        reason,
+                    })?;
+            match &sim {
+                Some(sim) => tracing::info!(
+                    upstream = %format!("http://{}", sim.addr),
+                    "Vast door: no Vast API key is configured (`vast.api_key_env`/`api_key_file`, or `VAST_API_KEY`), so the embedded marketplace simulator is the upstream; point `vastai --url http://HOST:PORT/vast` at Warden"
+                ),
+                None => tracing::info!(upstream = door.upstream().base(), "Vast door upstream"),
+            }
+            state.enable_vast(Arc::new(door));
+            crate::doors::vast::reconcile::spawn(&state);
+            sim
+        } else {
+            tracing::warn!("the Vast door is off: it needs a store (`storage` is `none`)");
+            None
+        };
+        let mut app = Self::bind(Arc::clone(&state), listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                listen: listen.to_owned(),
+                source,
+            })?;
+        app._embedded_sim = embedded_sim;
+        let policy = state.policy();
+        tracing::info!(
+            addr = %app.local_addr().map_or_else(|_| listen.to_owned(), |a| a.to_string()),
+            config = %config_path.display(),
+            teams = policy.team_count(),
+            rules = policy.rules().len(),
+            store = state.store().map_or("none", |s| s.backend_name()),
+            "listening"
+        );
+        Ok(app)
+    }
+
+    /// Binds `listen` for an already wired `state` (port 0 picks a free
+    /// port; a host name is resolved and its first address that binds is
+    /// used), with a listen queue of [`LISTEN_BACKLOG`] connections.
+    pub async fn bind(state: Arc<AppState>, listen: &str) -> std::io::Result<Self> {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(listen).await? {
+            match bind_with_backlog(addr) {
+                Ok(listener) => {
+                    return Ok(Self {
+                        listener,
+                        state,
+                        _embedded_sim: None,
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("`{listen}` resolves to no address"),
+            )
+        }))
+    }
+
+    /// The shared state (policy, store, doors).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains in-flight requests.
+    /// SIGHUP reloads the config file, keeping the old policy if the new one
+    /// is invalid.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match state.reload() {
+                    Ok(()) => {
+                        let p = state.policy();
+                        tracing::info!(
+                            teams = p.team_count(),
+                            rules = p.rules().len(),
+                            "config reloaded"
+                        );
+                    }
+                    Err(error) => tracing::error!(
+                        error = error.as_str(),
+                        "config reload failed; keeping the previous policy"
+                    ),
+                }
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received; draining in-flight requests"),
+                _ = int.recv() => tracing::info!("SIGINT received; draining in-flight requests"),
+            }
+        };
+        self.run(shutdown).await
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        // Answers are small and complete: send them at once (no Nagle delay).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn bind_with_backlog(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
