@@ -11,6 +11,7 @@ pub mod config;
 pub mod doors;
 pub mod error;
 pub mod http_client;
+mod json_text;
 pub mod logging;
 pub mod recorder;
 pub mod redact;

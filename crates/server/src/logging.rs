@@ -413,35 +413,9 @@ impl Fields<'_> {
 }
 
 /// The contents of a JSON string for `s`, escaped exactly as serde_json
-/// (and so tracing's JSON formatter) escapes it: `"`, `\` and control
-/// characters; `\b \t \n \f \r` by name, other controls as `\u00xx`.
+/// (and so tracing's JSON formatter) escapes it.
 fn escape_into(buf: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let named: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x08 => b"\\b",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            0x0c => b"\\f",
-            b'\r' => b"\\r",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
-        buf.extend_from_slice(bytes.get(start..i).unwrap_or_default());
-        start = i + 1;
-        if named.is_empty() {
-            let hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
-            let lo = HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0');
-            buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', hi, lo]);
-        } else {
-            buf.extend_from_slice(named);
-        }
-    }
-    buf.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    crate::json_text::push_escaped(buf, s, crate::json_text::Times::Once);
 }
 
 /// `n` in decimal.
@@ -526,23 +500,31 @@ fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
             }
         }
     };
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400).unsigned_abs();
-    let (year, month, day) = warden_store::time::civil_from_days(days);
-    let (month, day) = (month.unsigned_abs(), day.unsigned_abs());
+    // Clamped to the years -9999 to 9999 that jiff keeps a calendar for.
+    let at = jiff::Timestamp::from_second(secs).unwrap_or(if secs < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    let civil = jiff::tz::Offset::UTC.to_datetime(at);
+    let (year, month, day) = (
+        civil.year(),
+        civil.month().unsigned_abs(),
+        civil.day().unsigned_abs(),
+    );
+    let tod = u64::from(civil.hour().unsigned_abs()) * 3600
+        + u64::from(civil.minute().unsigned_abs()) * 60
+        + u64::from(civil.second().unsigned_abs());
     match u64::try_from(year) {
-        Ok(y) if y <= 9999 => push_digits(buf, y, 4),
-        Ok(_) => {
-            let _ = write!(buf, "+{year}");
-        }
+        Ok(y) => push_digits(buf, y, 4),
         Err(_) => {
             let _ = write!(buf, "{year:05}");
         }
     }
     buf.push(b'-');
-    push_digits(buf, month, 2);
+    push_digits(buf, u64::from(month), 2);
     buf.push(b'-');
-    push_digits(buf, day, 2);
+    push_digits(buf, u64::from(day), 2);
     buf.push(b'T');
     push_digits(buf, tod / 3600, 2);
     buf.push(b':');

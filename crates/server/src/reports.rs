@@ -173,28 +173,17 @@ fn calendar_period(kind: PeriodKind, date: jiff::civil::Date, tz: &TimeZone) -> 
     })
 }
 
-/// Splits `2026-11-23` (`parts` 3) or `2026-11` (`parts` 2) into numbers.
-fn date_parts(text: &str, parts: usize) -> Option<(i16, i8, i8)> {
+/// `2026-11-23` as a date (exactly that form: four-digit year, two-digit
+/// month and day).
+fn iso_date(text: &str) -> Option<jiff::civil::Date> {
     let t = text.trim();
-    let fields: Vec<&str> = t.split('-').collect();
-    let widths_ok = fields.len() == parts
-        && fields
-            .iter()
-            .zip([4, 2, 2])
-            .all(|(f, w)| f.len() == w && f.bytes().all(|b| b.is_ascii_digit()));
-    if !widths_ok {
-        return None;
-    }
-    let year = fields.first()?.parse().ok()?;
-    let month = fields.get(1)?.parse().ok()?;
-    let day = fields.get(2).map_or(Some(1), |d| d.parse().ok())?;
-    Some((year, month, day))
+    let shaped = t.len() == 10 && t.bytes().filter(|&b| b == b'-').count() == 2;
+    shaped.then(|| t.parse().ok()).flatten()
 }
 
 /// The day `2026-11-23` in `tz`.
 fn parse_day(param: &'static str, text: &str, tz: &TimeZone) -> Result<Period, ParamError> {
-    date_parts(text, 3)
-        .and_then(|(y, m, d)| jiff::civil::Date::new(y, m, d).ok())
+    iso_date(text)
         .and_then(|date| calendar_period(PeriodKind::Day, date, tz))
         .ok_or_else(|| {
             param_error(
@@ -206,8 +195,10 @@ fn parse_day(param: &'static str, text: &str, tz: &TimeZone) -> Result<Period, P
 
 /// The month `2026-11` in `tz`.
 pub fn parse_month(param: &'static str, text: &str, tz: &TimeZone) -> Result<Period, ParamError> {
-    date_parts(text, 2)
-        .and_then(|(y, m, d)| jiff::civil::Date::new(y, m, d).ok())
+    let month = text.trim();
+    (month.len() == 7)
+        .then(|| iso_date(&format!("{month}-01")))
+        .flatten()
         .and_then(|date| calendar_period(PeriodKind::Month, date, tz))
         .ok_or_else(|| {
             param_error(
@@ -886,12 +877,19 @@ struct QueryParams(BTreeMap<String, String>);
 
 impl QueryParams {
     fn parse(query: Option<&str>, known: &[&str]) -> Result<Self, DoorError> {
+        let query = query.unwrap_or("");
+        check_percent_escapes(query)?;
         let mut out = BTreeMap::new();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode(key)?;
-            let value = percent_decode(value)?;
-            if !known.contains(&key.as_str()) {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            // form_urlencoded replaces bytes that are not UTF-8 with U+FFFD.
+            if (key.contains('\u{fffd}') || value.contains('\u{fffd}'))
+                && !query.contains('\u{fffd}')
+            {
+                return Err(DoorError::bad(
+                    "the query string is not valid percent-encoded UTF-8".to_owned(),
+                ));
+            }
+            if !known.contains(&key.as_ref()) {
                 return Err(DoorError::bad(format!(
                     "unknown query parameter `{}`; use {}",
                     key.escape_default(),
@@ -902,12 +900,12 @@ impl QueryParams {
                         .join(", ")
                 )));
             }
-            if out.contains_key(&key) {
+            if out.contains_key(key.as_ref()) {
                 return Err(DoorError::bad(format!(
                     "query parameter `{key}` is given more than once; give it once"
                 )));
             }
-            out.insert(key, value);
+            out.insert(key.into_owned(), value.into_owned());
         }
         Ok(Self(out))
     }
@@ -917,34 +915,21 @@ impl QueryParams {
     }
 }
 
-/// Decodes `application/x-www-form-urlencoded` text: `%XX` escapes and `+`
-/// for a space.
-fn percent_decode(text: &str) -> Result<String, DoorError> {
-    let bad = || {
-        DoorError::bad(format!(
-            "the query string is not valid percent-encoded UTF-8 near `{}`",
-            text.escape_default()
-        ))
-    };
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.bytes();
-    while let Some(b) = rest.next() {
-        match b {
-            b'+' => bytes.push(b' '),
-            b'%' => {
-                let hi = rest.next().and_then(|c| (c as char).to_digit(16));
-                let lo = rest.next().and_then(|c| (c as char).to_digit(16));
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => {
-                        bytes.push(u8::try_from(hi * 16 + lo).map_err(|_| bad())?)
-                    }
-                    _ => return Err(bad()),
-                }
-            }
-            b => bytes.push(b),
+/// Refuses a `%` not followed by two hex digits, which form_urlencoded
+/// would keep as it is.
+fn check_percent_escapes(query: &str) -> Result<(), DoorError> {
+    let bytes = query.as_bytes();
+    for (at, _) in query.match_indices('%') {
+        let hex = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_hexdigit);
+        if !(hex(at + 1) && hex(at + 2)) {
+            let near: String = query.get(at..).unwrap_or("").chars().take(12).collect();
+            return Err(DoorError::bad(format!(
+                "the query string is not valid percent-encoded UTF-8 near `{}`",
+                near.escape_default()
+            )));
         }
     }
-    String::from_utf8(bytes).map_err(|_| bad())
+    Ok(())
 }
 
 #[cfg(test)]

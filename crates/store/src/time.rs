@@ -40,63 +40,43 @@ impl UnixMicros {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (year, month, day) of a day count since 1970-01-01 in the proleptic
-/// Gregorian calendar (Howard Hinnant's `civil_from_days`); month and day
-/// are 1-based.
-pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 impl UnixMicros {
     /// Midnight UTC of this instant's day.
     pub fn start_of_day(self) -> Self {
-        Self(self.0.div_euclid(MICROS_PER_DAY) * MICROS_PER_DAY)
+        self.period(PeriodKind::Day, &TimeZone::UTC).start
     }
 
     /// Midnight UTC of the next day.
     pub fn start_of_next_day(self) -> Self {
-        Self(self.start_of_day().0.saturating_add(MICROS_PER_DAY))
+        self.period(PeriodKind::Day, &TimeZone::UTC).end
     }
 
     /// Midnight UTC of the first day of this instant's month.
     pub fn start_of_month(self) -> Self {
-        let (y, m, _) = civil_from_days(self.0.div_euclid(MICROS_PER_DAY));
-        Self(days_from_civil(y, m, 1) * MICROS_PER_DAY)
+        self.period(PeriodKind::Month, &TimeZone::UTC).start
     }
 
     /// Midnight UTC of the first day of the next month.
     pub fn start_of_next_month(self) -> Self {
-        let (y, m, _) = civil_from_days(self.0.div_euclid(MICROS_PER_DAY));
-        let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-        Self(days_from_civil(y, m, 1) * MICROS_PER_DAY)
+        self.period(PeriodKind::Month, &TimeZone::UTC).end
+    }
+
+    /// This instant as a `jiff` timestamp, clamped to the years -9999 to
+    /// 9999 that `jiff` (and RFC 3339) can write.
+    fn timestamp(self) -> jiff::Timestamp {
+        jiff::Timestamp::from_microsecond(self.0).unwrap_or(if self.0 < 0 {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
+        })
     }
 
     /// Parses a UTC instant: `2026-11-23`, `2026-11-23T14:05`,
-    /// `2026-11-23T14:05:09Z`, with an optional fraction of a second.
-    /// Offsets other than `Z` are refused (say the instant in UTC).
+    /// `2026-11-23T14:05:09Z`, with an optional fraction of a second
+    /// (kept to the microsecond). Offsets other than `Z` are refused (say
+    /// the instant in UTC).
     pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
         let bad = || {
             format!("`{text}` is not a UTC date or time; write e.g. `2026-11-23` or `2026-11-23T14:05:00Z`")
@@ -106,46 +86,19 @@ impl UnixMicros {
             .strip_suffix('Z')
             .or_else(|| t.strip_suffix('z'))
             .unwrap_or(t);
-        let (date, time) = match t.split_once(['T', 't', ' ']) {
-            Some((d, tm)) => (d, Some(tm)),
-            None => (t, None),
-        };
-        let mut dp = date.splitn(3, '-');
-        let num = |s: Option<&str>, lo: i64, hi: i64| -> Result<i64, String> {
-            s.and_then(|s| s.parse::<i64>().ok())
-                .filter(|v| (lo..=hi).contains(v))
-                .ok_or_else(bad)
-        };
-        let y = num(dp.next(), 1, 9999)?;
-        let m = num(dp.next(), 1, 12)?;
-        let d = num(dp.next(), 1, 31)?;
-        let mut micros = days_from_civil(y, m, d) * MICROS_PER_DAY;
-        if let Some(time) = time {
-            let (hms, frac) = match time.split_once('.') {
-                Some((a, b)) => (a, Some(b)),
-                None => (time, None),
-            };
-            let mut tp = hms.splitn(3, ':');
-            let h = num(tp.next(), 0, 23)?;
-            let mi = num(tp.next(), 0, 59)?;
-            let s = match tp.next() {
-                Some(s) => num(Some(s), 0, 60)?,
-                None => 0,
-            };
-            micros += ((h * 60 + mi) * 60 + s) * 1_000_000;
-            if let Some(frac) = frac {
-                if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad());
-                }
-                let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
-                micros += digits.parse::<i64>().map_err(|_| bad())?;
-            }
+        // jiff's civil parser would drop an offset or a zone annotation
+        // silently: refuse them here.
+        let time_part = t.split_once(['T', 't', ' ']).map_or("", |(_, time)| time);
+        if time_part.contains(['+', '-', '[', 'Z', 'z']) {
+            return Err(bad());
         }
-        let (cy, cm, cd) = civil_from_days(micros.div_euclid(MICROS_PER_DAY));
-        if (cy, cm, cd) != (y, m, d) && time.is_none() {
-            return Err(bad()); // e.g. 2026-02-30
-        }
-        Ok(Self(micros))
+        let civil: jiff::civil::DateTime = if time_part.is_empty() && !t.contains(['T', 't', ' ']) {
+            t.parse::<jiff::civil::Date>().map_err(|_| bad())?.into()
+        } else {
+            t.parse().map_err(|_| bad())?
+        };
+        let at = civil.to_zoned(TimeZone::UTC).map_err(|_| bad())?;
+        Ok(Self(at.timestamp().as_microsecond()))
     }
 }
 
@@ -194,15 +147,12 @@ pub fn parse_time_zone(name: &str) -> Result<TimeZone, String> {
 }
 
 impl UnixMicros {
-    /// The day or month holding this instant in `tz`. Far outside the years
-    /// 1 to 9999 (where `tz` cannot say), the UTC period.
+    /// The day or month holding this instant in `tz`. Outside the years
+    /// -9999 to 9999 (where no calendar is kept), the days are counted as
+    /// they fall and a month is the first or last one in range.
     pub fn period(self, kind: PeriodKind, tz: &TimeZone) -> Period {
-        let utc = || match kind {
-            PeriodKind::Day => (self.start_of_day(), self.start_of_next_day()),
-            PeriodKind::Month => (self.start_of_month(), self.start_of_next_month()),
-        };
         let zoned = || -> Result<(UnixMicros, UnixMicros), jiff::Error> {
-            let at = jiff::Timestamp::from_microsecond(self.0)?.to_zoned(tz.clone());
+            let at = self.timestamp().to_zoned(tz.clone());
             let first = match kind {
                 PeriodKind::Day => at.date(),
                 PeriodKind::Month => at.date().first_of_month(),
@@ -217,25 +167,36 @@ impl UnixMicros {
             };
             Ok((micros(first)?, micros(next)?))
         };
-        let (start, end) = zoned().unwrap_or_else(|_| utc());
+        let (start, end) = zoned().unwrap_or_else(|_| {
+            // The edge of the calendar: whole UTC days of 24 hours.
+            let start = self
+                .0
+                .div_euclid(MICROS_PER_DAY)
+                .saturating_mul(MICROS_PER_DAY);
+            (
+                UnixMicros(start),
+                UnixMicros(start.saturating_add(MICROS_PER_DAY)),
+            )
+        });
         Period { kind, start, end }
     }
 }
 
 impl std::fmt::Display for UnixMicros {
-    /// RFC 3339 in UTC with microseconds: `2026-11-23T14:05:09.000123Z`.
+    /// RFC 3339 in UTC with microseconds: `2026-11-23T14:05:09.000123Z`
+    /// (instants outside the years -9999 to 9999 are shown at that edge).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let days = self.0.div_euclid(MICROS_PER_DAY);
-        let rest = self.0.rem_euclid(MICROS_PER_DAY);
-        let (y, m, d) = civil_from_days(days);
-        let secs = rest / 1_000_000;
+        let civil = jiff::tz::Offset::UTC.to_datetime(self.timestamp());
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            rest % 1_000_000
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            civil.year(),
+            civil.month(),
+            civil.day(),
+            civil.hour(),
+            civil.minute(),
+            civil.second(),
+            civil.subsec_nanosecond() / 1000
         )
     }
 }
@@ -261,6 +222,29 @@ mod tests {
         assert_eq!(
             UnixMicros::from_micros(-1).to_string(),
             "1969-12-31T23:59:59.999999Z"
+        );
+        // Nanoseconds are cut to microseconds; space and `t` separate too.
+        assert_eq!(
+            UnixMicros::parse_rfc3339("2026-11-23 14:05:09.123456789z").map(|t| t.to_string()),
+            Ok("2026-11-23T14:05:09.123456Z".to_owned())
+        );
+        for offset in [
+            "2026-11-23T10:00:00-05:00",
+            "2026-11-23T10:00Z[Europe/Berlin]",
+            "2026-11-23T10:00:00ZZ",
+        ] {
+            assert!(UnixMicros::parse_rfc3339(offset).is_err(), "{offset}");
+        }
+        // The far ends show the calendar's edge, never garbage.
+        let far = UnixMicros::from_micros(i64::MAX).to_string();
+        assert!(far.starts_with("9999-12-"), "{far}");
+        let p = UnixMicros::from_micros(i64::MAX).period(PeriodKind::Month, &TimeZone::UTC);
+        assert!(p.start <= p.end);
+        assert_eq!(
+            UnixMicros::parse_rfc3339("2024-02-29")
+                .unwrap()
+                .start_of_next_month(),
+            UnixMicros::parse_rfc3339("2024-03-01").unwrap()
         );
     }
 

@@ -24,6 +24,7 @@ use warden_core::{
 };
 
 use crate::error::DoorError;
+use crate::json_text::{needs_escape as ends_run, Times};
 use crate::yaml::{self, map_get, Kind, Node};
 
 /// The decoded request body.
@@ -216,19 +217,6 @@ fn json_depth_within(text: &[u8], max: usize) -> bool {
     true
 }
 
-/// Decodes a JSON string literal (and trailing whitespace) whose escapes are
-/// the simple ones SkyPilot's encoder writes (`\"`, `\\`, `\n`, ...); `None`
-/// for anything else (`\u` escapes, control characters, a missing close
-/// quote, trailing data, bad UTF-8), which `serde_json` then decodes or
-/// explains. A unit test holds it to `serde_json`'s answers.
-/// Bytes that end a run of plain JSON string content: `"`, `\` and the
-/// control characters.
-static ENDS_RUN: [bool; 256] = crate::bytes::table(true, b"\"\\");
-
-fn ends_run(b: u8) -> bool {
-    crate::bytes::marks(&ENDS_RUN, b)
-}
-
 /// Decodes a JSON string literal: directly when [`unquote`] can, else by
 /// `serde_json`, which also explains what is wrong.
 fn string_literal(literal: &[u8]) -> Result<String, serde_json::Error> {
@@ -238,6 +226,11 @@ fn string_literal(literal: &[u8]) -> Result<String, serde_json::Error> {
     }
 }
 
+/// Decodes a JSON string literal (and trailing whitespace) whose escapes are
+/// the simple ones SkyPilot's encoder writes (`\"`, `\\`, `\n`, ...); `None`
+/// for anything else (`\u` escapes, control characters, a missing close
+/// quote, trailing data, bad UTF-8), which `serde_json` then decodes or
+/// explains. A unit test holds it to `serde_json`'s answers.
 fn unquote(literal: &[u8]) -> Option<String> {
     let body = literal.strip_prefix(b"\"")?;
     let mut out = Vec::with_capacity(body.len());
@@ -1295,42 +1288,11 @@ fn refuse_raw_breaks(what: &str, text: &str) -> Result<(), DoorError> {
 pub fn encode_answer(task: &str, config: &str) -> String {
     let mut out = String::with_capacity(task.len() + config.len() + task.len() / 8 + 48);
     out.push_str(r#""{\"task\":\""#);
-    push_escaped_twice(&mut out, task);
+    crate::json_text::push_escaped(&mut out, task, Times::Twice);
     out.push_str(r#"\",\"skypilot_config\":\""#);
-    push_escaped_twice(&mut out, config);
+    crate::json_text::push_escaped(&mut out, config, Times::Twice);
     out.push_str(r#"\"}""#);
     out
-}
-
-/// Appends `s` escaped as JSON string content, then escaped again.
-fn push_escaped_twice(out: &mut String, s: &str) {
-    let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if !ends_run(b) {
-            continue;
-        }
-        let twice: &str = match b {
-            b'"' => r#"\\\""#,
-            b'\\' => r#"\\\\"#,
-            b'\n' => r"\\n",
-            b'\r' => r"\\r",
-            b'\t' => r"\\t",
-            0x08 => r"\\b",
-            0x0c => r"\\f",
-            // Other control characters (`ends_run` lets nothing else by).
-            _ => "",
-        };
-        out.push_str(s.get(plain..i).unwrap_or_default());
-        plain = i + 1;
-        if twice.is_empty() {
-            // Other control characters: `\u00XX` inside, its backslash escaped.
-            use std::fmt::Write as _;
-            let _ = write!(out, r"\\u{b:04x}");
-        } else {
-            out.push_str(twice);
-        }
-    }
-    out.push_str(s.get(plain..).unwrap_or_default());
 }
 
 /// Handles one request body end to end: decode, normalize, decide, apply.
