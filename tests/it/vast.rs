@@ -1383,3 +1383,245 @@ fn serve_refuses_a_vast_key_file_others_can_read() {
         "{err}"
     );
 }
+
+/// The size of the audit log: every record's payload.
+async fn audit_bytes(h: &Harness) -> usize {
+    h.store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.payload.len())
+        .sum()
+}
+
+/// Issue 10, point 1: a caller's free text is bounded (400 naming the
+/// field, its size and the limit) before anything is decided, forwarded or
+/// recorded, so denied creates with huge labels do not grow the audit log;
+/// and an audit record keeps at most 64 KiB of any input (its hash when
+/// larger), which `warden replay` skips and counts.
+#[tokio::test]
+async fn free_text_is_bounded_and_the_audit_log_does_not_grow_with_it() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    // Denied for `ml` (a GPU it may not rent): before, recorded in full.
+    let h100 = h.offer("H100 SXM", 1);
+    let path = format!("/vast/api/v0/asks/{h100}/");
+    let before = audit_bytes(&h).await;
+    for n in [100_000, 1_000_000, 1_000_000, 1_000_000] {
+        let mut body = create_body();
+        body["label"] = json!("x".repeat(n));
+        let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{n}: {}", msg(&answer));
+        assert_eq!(
+            msg(&answer),
+            format!("`label` is {n} bytes; Warden's Vast door accepts at most 1024 bytes")
+        );
+    }
+    let grown = audit_bytes(&h).await - before;
+    assert!(grown < 4096, "the audit log grew by {grown} bytes");
+
+    // The same on an allowed create: nothing is rented or reserved.
+    let rtx = h.offer("RTX 3090", 1);
+    let mut body = create_body();
+    body["image"] = json!(format!("registry.example/{}", "i".repeat(600)));
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/asks/{rtx}/"),
+            Some(&ml),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        msg(&answer)
+            .starts_with("`image` is 617 bytes; Warden's Vast door accepts at most 512 bytes"),
+        "{answer}"
+    );
+    assert!(h.sim.instances().is_empty() && h.live().await.is_empty());
+
+    // A label change is bounded too, and the instance keeps its label.
+    let mut body = create_body();
+    body["label"] = json!("x".repeat(1024));
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/asks/{rtx}/"),
+            Some(&ml),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["new_contract"].as_u64().unwrap();
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({"label": "y".repeat(100_000)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        msg(&answer),
+        "`label` is 100000 bytes; Warden's Vast door accepts at most 1024 bytes"
+    );
+    assert_eq!(h.sim.instance(id).unwrap().label, Some("x".repeat(1024)));
+
+    // Within every limit but large in sum (20 fields of 4000 bytes): the
+    // decision is recorded with the input's hash, size and prefix only.
+    let mut body = create_body();
+    for i in 0..20 {
+        body[format!("extra_{i}")] = json!("z".repeat(4000));
+    }
+    let before = audit_bytes(&h).await;
+    let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let grown = audit_bytes(&h).await - before;
+    assert!(grown < 16 * 1024, "the audit log grew by {grown} bytes");
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(
+        &records
+            .iter()
+            .rev()
+            .find(|r| r.kind == "decision")
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert!(last.get("input").is_none(), "{last}");
+    let kept = &last["input_truncated"];
+    assert_eq!(kept["sha256"].as_str().unwrap().len(), 64, "{kept}");
+    assert!(kept["bytes"].as_u64().unwrap() > 80_000, "{kept}");
+    assert!(
+        kept["prefix"].as_str().unwrap().starts_with("{\"body\":"),
+        "{kept}"
+    );
+
+    // `warden replay` skips it and says why, in both formats.
+    let config = h._dir.0.join("replay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: sqlite://{}\n{POLICY}",
+            h._dir.0.join("w.db").display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap().to_owned();
+    let run = move |format: &'static str| {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || {
+            crate::cli::warden(&[
+                "replay", "--config", &cfg, "--since", "1h", "--format", format,
+            ])
+        })
+        .join()
+        .unwrap()
+    };
+    let (code, out, err) = run("json");
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["skipped_truncated"], 1, "{out}");
+    assert_eq!(report["skipped_reasons"]["input_truncated"], 1, "{out}");
+    assert_eq!(
+        report["skipped_reasons"]["door:vast"], report["skipped_doors"]["vast"],
+        "{out}"
+    );
+    let (code, out, err) = run("table");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 input_truncated: the request was too large to keep whole"),
+        "{out}"
+    );
+    assert!(
+        out.contains("door:vast: door `vast` cannot be replayed yet"),
+        "{out}"
+    );
+}
+
+/// Issue 10, point 6: a label that is not a string and an `env` that is
+/// not a map of strings are refused (400, naming the field), never
+/// dropped while the create goes on.
+#[tokio::test]
+async fn non_string_labels_and_malformed_env_are_refused() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let offer = h.offer("RTX 3090", 1);
+    let path = format!("/vast/api/v0/asks/{offer}/");
+    for (field, value, want) in [
+        (
+            "label",
+            json!(7),
+            "`label` must be a string (or null), not a number",
+        ),
+        (
+            "label",
+            json!(["a", "b"]),
+            "`label` must be a string (or null), not a list",
+        ),
+        (
+            "label",
+            json!({"team": "cv"}),
+            "`label` must be a string (or null), not a map",
+        ),
+        (
+            "env",
+            json!("-e HF_TOKEN=x"),
+            "`env` must be a map of variable names to string values",
+        ),
+        (
+            "env",
+            json!(["HF_TOKEN=x"]),
+            "`env` must be a map of variable names to string values",
+        ),
+        (
+            "env",
+            json!({"EPOCHS": 3}),
+            "`env.EPOCHS` must be a string, not a number",
+        ),
+        (
+            "env",
+            json!({"A": {"b": "c"}}),
+            "`env.A` must be a string, not a map",
+        ),
+    ] {
+        let mut body = create_body();
+        body[field] = value.clone();
+        let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}={value}: {answer}");
+        assert!(msg(&answer).starts_with(want), "{field}={value}: {answer}");
+    }
+    assert!(h.sim.instances().is_empty(), "nothing was rented");
+    assert!(h.live().await.is_empty(), "nothing was reserved");
+
+    // What the CLI sends for `--env '-e K=V -p 8080:8080' --label run7` passes.
+    let mut body = create_body();
+    body["env"] = json!({"K": "V", "-p 8080:8080": "1"});
+    body["label"] = json!("run7");
+    let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["new_contract"].as_u64().unwrap();
+    assert_eq!(h.sim.instance(id).unwrap().label.as_deref(), Some("run7"));
+
+    // `vastai label instance` with a non-string label: refused, unchanged.
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({"label": 42})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        msg(&answer),
+        "`label` must be a string (or null), not a number"
+    );
+    assert_eq!(h.sim.instance(id).unwrap().label.as_deref(), Some("run7"));
+}

@@ -8,6 +8,12 @@
 //! `warden replay`, the door's request with its task and config documents
 //! redacted by [`crate::redact`] (no environment variable or secret values,
 //! no tokens or keys).
+//!
+//! Size: a record keeps at most [`MAX_AUDIT_INPUT_BYTES`] of a request's
+//! input (its JSON text). A larger input is kept as `input_truncated`:
+//! the SHA-256 of the whole text, its size and its first
+//! [`TRUNCATED_PREFIX_BYTES`], so no caller can grow the audit log by more
+//! than that per request; `warden replay` skips such records.
 
 use warden_core::{
     BudgetMode, Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
@@ -152,15 +158,56 @@ fn budget_hint(limit: &Limit, now: UnixMicros, tz: &TimeZone) -> String {
     }
 }
 
+/// Most bytes of a request's input (as JSON text) an audit record keeps.
+pub const MAX_AUDIT_INPUT_BYTES: usize = 64 * 1024;
+
+/// What an audit record keeps of the text of an input over
+/// [`MAX_AUDIT_INPUT_BYTES`].
+pub const TRUNCATED_PREFIX_BYTES: usize = 4 * 1024;
+
+/// The payload key of an input kept whole.
+pub const INPUT_KEY: &str = "input";
+
+/// The payload key of an input too large to keep: `{sha256, bytes, prefix}`.
+pub const INPUT_TRUNCATED_KEY: &str = "input_truncated";
+
+/// `input` as an audit record keeps it: the value itself under
+/// [`INPUT_KEY`], or, when its JSON text is over [`MAX_AUDIT_INPUT_BYTES`],
+/// its digest, size and prefix under [`INPUT_TRUNCATED_KEY`].
+pub fn kept_input(input: serde_json::Value) -> (&'static str, serde_json::Value) {
+    use sha2::{Digest, Sha256};
+    let text = input.to_string();
+    if text.len() <= MAX_AUDIT_INPUT_BYTES {
+        return (INPUT_KEY, input);
+    }
+    let mut end = TRUNCATED_PREFIX_BYTES.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let sha256: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (
+        INPUT_TRUNCATED_KEY,
+        serde_json::json!({
+            "sha256": sha256,
+            "bytes": text.len(),
+            "prefix": text.get(..end).unwrap_or_default(),
+        }),
+    )
+}
+
 /// The audit payload of a decision; `input` is the door's redacted request
-/// (see the door's `replay_input`), kept for `warden replay`.
+/// (see the door's `replay_input`), kept for `warden replay` (capped, see
+/// [`kept_input`]).
 pub fn payload(
     request_id: &str,
     req: &LaunchRequest,
     d: &Decision,
     input: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut payload = serde_json::json!({
         "request_id": request_id,
         "door": req.door.as_str(),
         "request": req.request_name,
@@ -172,8 +219,14 @@ pub fn payload(
         "reasons": d.reasons,
         "mutations": d.mutations,
         "hourly_usd": d.hourly_usd,
-        "input": input,
-    })
+        "input": null,
+    });
+    if let (Some(input), serde_json::Value::Object(map)) = (input, &mut payload) {
+        let (key, kept) = kept_input(input);
+        map.remove(INPUT_KEY);
+        map.insert(key.to_owned(), kept);
+    }
+    payload
 }
 
 /// The candidate a reservation records: the costliest one (the worst case),
@@ -304,5 +357,46 @@ pub async fn record(
                 ),
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn an_input_over_the_cap_is_kept_as_its_hash_size_and_prefix() {
+        let small = json!({"body": {"label": "x".repeat(1000)}});
+        assert_eq!(kept_input(small.clone()), (INPUT_KEY, small));
+
+        let big = json!({"body": {"label": "é".repeat(600_000)}});
+        let text = big.to_string();
+        let (key, kept) = kept_input(big);
+        assert_eq!(key, INPUT_TRUNCATED_KEY);
+        let hex: String = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(kept["sha256"], hex);
+        assert_eq!(kept["bytes"], text.len());
+        let prefix = kept["prefix"].as_str().unwrap();
+        assert!(prefix.len() <= TRUNCATED_PREFIX_BYTES && prefix.len() > 4000);
+        assert!(text.starts_with(prefix));
+        assert!(kept.to_string().len() < TRUNCATED_PREFIX_BYTES + 300);
+    }
+
+    #[test]
+    fn the_payload_carries_the_capped_input() {
+        let req = LaunchRequest::new(warden_core::Door::Vast, "launch");
+        let policy = Policy::from_yaml("teams: {ml: {}}\n").unwrap();
+        let d = policy.decide(&req);
+        let p = payload("r1", &req, &d, Some(json!({"x": "y".repeat(70_000)})));
+        assert!(p.get(INPUT_KEY).is_none(), "{p}");
+        assert_eq!(p[INPUT_TRUNCATED_KEY]["bytes"], 70_000 + 8);
+        assert!(p.to_string().len() < 6000);
+        let p = payload("r1", &req, &d, None);
+        assert_eq!(p[INPUT_KEY], Value::Null);
     }
 }

@@ -39,6 +39,7 @@ mod error;
 pub mod instances;
 mod manage;
 pub mod reconcile;
+pub mod request;
 pub mod search;
 pub mod upstream;
 

@@ -319,11 +319,7 @@ pub async fn create(
     offer_id: u64,
     body: Value,
 ) -> Result<Value, VastError> {
-    let Value::Object(body) = body else {
-        return Err(VastError::bad(
-            "the create body must be a JSON object, as `vastai create instance` sends",
-        ));
-    };
+    let body = super::request::create_body(body)?;
     let team = caller.team_name().clone();
     let token = token()?;
     let _guard = door.begin_create(&team, offer_id, &token)?;

@@ -119,6 +119,12 @@ impl VastError {
     }
 }
 
+impl From<super::request::RequestError> for VastError {
+    fn from(e: super::request::RequestError) -> Self {
+        VastError::BadRequest(e.to_string())
+    }
+}
+
 impl IntoResponse for VastError {
     fn into_response(self) -> Response {
         let status = self.status_code();
