@@ -1625,3 +1625,63 @@ async fn non_string_labels_and_malformed_env_are_refused() {
     );
     assert_eq!(h.sim.instance(id).unwrap().label.as_deref(), Some("run7"));
 }
+
+/// Issue 10, point 2: start-up commands and arguments (`--onstart-cmd`,
+/// `--entrypoint`, `--args`) never reach the audit log in clear, allowed or
+/// denied.
+#[tokio::test]
+async fn start_up_commands_and_arguments_are_redacted_in_the_audit_log() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    for offer in [h.offer("RTX 3090", 1), h.offer("H100 SXM", 1)] {
+        let mut body = create_body();
+        body["onstart"] = json!("huggingface-cli login --token hf_onstart_secret");
+        body["onstart_cmd"] = json!("export WANDB_API_KEY=wandb_cmd_secret");
+        body["entrypoint"] = json!("/bin/sh -c 'echo entry_secret'");
+        body["args"] = json!(["--token", "args_secret"]);
+        body["runtype"] = json!("args");
+        let (status, answer) = h
+            .call(
+                Method::PUT,
+                &format!("/vast/api/v0/asks/{offer}/"),
+                Some(&ml),
+                Some(body),
+            )
+            .await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::FORBIDDEN,
+            "{answer}"
+        );
+    }
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let text: String = records.iter().map(|r| r.payload.as_str()).collect();
+    for secret in [
+        "hf_onstart_secret",
+        "wandb_cmd_secret",
+        "entry_secret",
+        "args_secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} is in the audit log");
+    }
+    let decisions: Vec<Value> = records
+        .iter()
+        .filter(|r| r.kind == "decision" || r.kind == "allocation.granted")
+        .map(|r| serde_json::from_str(&r.payload).unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    for d in decisions {
+        let body = d
+            .get("input")
+            .or_else(|| d["context"].get("input"))
+            .map(|i| i["body"].clone())
+            .unwrap();
+        for field in ["onstart", "onstart_cmd", "entrypoint", "args"] {
+            assert_eq!(body[field], "<redacted>", "{field}: {body}");
+        }
+        assert_eq!(body["runtype"], "args");
+    }
+}

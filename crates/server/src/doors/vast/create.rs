@@ -260,13 +260,26 @@ fn tag_env(body: &mut Map<String, Value>, team: &str, token: &str) {
     }
 }
 
-/// The body as the audit chain keeps it (for `warden replay`): env values
-/// and registry logins redacted.
+/// Fields of a create body kept only as `"<redacted>"` in the audit chain:
+/// the registry login, and the start-up commands and arguments, which like
+/// SkyPilot's run/setup scripts routinely carry tokens.
+const REDACTED_FIELDS: &[&str] = &[
+    "image_login",
+    "onstart",
+    "onstart_cmd",
+    "entrypoint",
+    "args",
+];
+
+/// The body as the audit chain keeps it (for `warden replay`): env values,
+/// registry logins, start-up commands and arguments redacted.
 fn replay_input(offer: u64, body: &Map<String, Value>) -> Value {
     let mut body = Value::Object(body.clone());
     redact(&mut body);
-    if let Some(login) = body.get_mut("image_login").filter(|v| !v.is_null()) {
-        *login = json!(REDACTED);
+    for field in REDACTED_FIELDS {
+        if let Some(v) = body.get_mut(*field).filter(|v| !v.is_null()) {
+            *v = json!(REDACTED);
+        }
     }
     json!({"offer": offer, "body": body})
 }
@@ -555,5 +568,29 @@ rules:
             "{text}"
         );
         assert!(text.contains("HF_TOKEN"), "{text}");
+    }
+
+    #[test]
+    fn replay_input_hides_start_up_commands_and_arguments() {
+        let body = row(json!({
+            "onstart": "huggingface-cli login --token hf_onstart",
+            "onstart_cmd": "export WANDB_API_KEY=wb_cmd",
+            "entrypoint": "/bin/sh -c 'curl -H \"Authorization: Bearer ep_secret\" x'",
+            "args": ["--token", "args_secret"],
+            "runtype": "args",
+            "label": "run=7",
+        }));
+        let input = replay_input(7, &body);
+        let text = input.to_string();
+        for secret in ["hf_onstart", "wb_cmd", "ep_secret", "args_secret"] {
+            assert!(!text.contains(secret), "{secret} left in {text}");
+        }
+        for field in ["onstart", "onstart_cmd", "entrypoint", "args"] {
+            assert_eq!(input["body"][field], REDACTED, "{field}");
+        }
+        assert_eq!(input["body"]["runtype"], "args");
+        assert_eq!(input["body"]["label"], "run=7");
+        let none = replay_input(7, &row(json!({"onstart": null})));
+        assert_eq!(none["body"]["onstart"], Value::Null);
     }
 }
