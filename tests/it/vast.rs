@@ -1685,3 +1685,57 @@ async fn start_up_commands_and_arguments_are_redacted_in_the_audit_log() {
         assert_eq!(body["runtype"], "args");
     }
 }
+
+/// Issue 10, point 3: the upstream's answer to a create is lost, the
+/// reconciler finds the instance and settles the create, then the CLI's
+/// retry arrives: it is answered with the instance (as a retry that finds
+/// the create still pending is), never told the offer "is not available"
+/// while the instance runs and bills.
+async fn a_retry_after_the_reconciler_settled_finds_the_instance(storage: Option<&str>) {
+    let h = harness_with(POLICY, storage, quick_config()).await;
+    let ml = h.key("ml").await;
+    let offer = h.offer("RTX 4090", 1);
+    h.sim
+        .push_fault(Fault::next(Endpoint::CreateInstance, FaultAction::Drop));
+    let (status, body) = h.create(&ml, offer).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let report = h.reconcile().await;
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    let (status, retry) = h.create(&ml, offer).await;
+    assert_eq!(status, StatusCode::OK, "{retry}");
+    let id = retry["new_contract"].as_u64().unwrap();
+    assert_eq!(h.sim.instance(id).unwrap().offer_id, offer);
+    assert_eq!(h.sim.instances().len(), 1, "nothing was rented twice");
+    assert_eq!(h.live().await.len(), 1, "nothing was reserved twice");
+    assert_no_drift(&h).await;
+
+    // Another team's create of that offer is not answered with it.
+    let cv = h.key("cv").await;
+    let (status, body) = h.create(&cv, offer).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Once the instance is destroyed, a create of the offer is a new one.
+    let (status, body) = h
+        .call(
+            Method::DELETE,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, again) = h.create(&ml, offer).await;
+    assert_ne!(again["new_contract"].as_u64(), Some(id), "{again}");
+    h.sim.release_hung();
+}
+
+#[tokio::test]
+async fn a_retry_after_the_reconciler_settled_finds_the_instance_sqlite() {
+    a_retry_after_the_reconciler_settled_finds_the_instance(None).await;
+}
+
+#[tokio::test]
+async fn a_retry_after_the_reconciler_settled_finds_the_instance_postgres() {
+    let db = crate::replicas::Database::create().await;
+    a_retry_after_the_reconciler_settled_finds_the_instance(Some(&db.url)).await;
+}
