@@ -1739,3 +1739,84 @@ async fn a_retry_after_the_reconciler_settled_finds_the_instance_postgres() {
     let db = crate::replicas::Database::create().await;
     a_retry_after_the_reconciler_settled_finds_the_instance(Some(&db.url)).await;
 }
+
+/// Issue 10, point 4: a team's search filters are intersected with the
+/// user's, never put in their place; an empty intersection is answered
+/// with no offer and the reason (`warden.empty_because`).
+#[tokio::test]
+async fn search_filters_are_intersected_with_the_teams_and_say_why_when_empty() {
+    let policy = "teams:\n  sure:\n    max_gpus_per_launch: 4\n    vast: {verified_only: true, min_reliability: 0.9}\n  any: {}\n";
+    let h = harness_with(policy, None, quick_config()).await;
+    let (sure, any) = (h.key("sure").await, h.key("any").await);
+    let search = |key: String, filters: Value| {
+        let state = Arc::clone(&h.state);
+        async move {
+            let mut query = json!({"external": {"eq": false}, "rentable": {"eq": true},
+                "order": [["score", "desc"]], "type": "on-demand", "allocated_storage": 5.0, "limit": 500});
+            query
+                .as_object_mut()
+                .unwrap()
+                .extend(filters.as_object().unwrap().clone());
+            call_state(
+                &state,
+                Method::POST,
+                "/vast/api/v0/bundles/",
+                Some(&key),
+                Some(query),
+            )
+            .await
+        }
+    };
+    // The market has unverified offers, which the unconstrained team sees.
+    let (status, all) = search(any.clone(), json!({"verified": {"eq": false}})).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert!(!offers(&all).is_empty(), "{all}");
+    assert!(offers(&all).iter().all(|o| o["verified"] == false), "{all}");
+
+    // `vastai search offers 'verified=false'`: the intersection is empty.
+    let (status, none) = search(sure.clone(), json!({"verified": {"eq": false}})).await;
+    assert_eq!(status, StatusCode::OK, "{none}");
+    assert_eq!(offers(&none), Vec::<Value>::new(), "{none}");
+    let why = none["warden"]["empty_because"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("`verified eq false`") && why.contains("verified hosts only"),
+        "{none}"
+    );
+    // `verified=any` (no condition) or `verified=true`: verified ones only.
+    for filters in [json!({}), json!({"verified": {"eq": true}})] {
+        let (status, some) = search(sure.clone(), filters.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{some}");
+        assert!(!offers(&some).is_empty(), "{filters}: {some}");
+        assert!(
+            offers(&some).iter().all(|o| o["verified"] == true),
+            "{some}"
+        );
+        assert!(some.get("warden").is_none(), "{some}");
+    }
+    // The other team filters intersect the same way.
+    for (filters, said) in [
+        (json!({"num_gpus": {"gte": "8"}}), "at most 4 GPUs"),
+        (
+            json!({"reliability2": {"lt": "0.5"}}),
+            "reliability 0.9 or more",
+        ),
+    ] {
+        let (status, none) = search(sure.clone(), filters.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{none}");
+        assert_eq!(offers(&none), Vec::<Value>::new(), "{filters}: {none}");
+        let why = none["warden"]["empty_because"].as_str().unwrap_or_default();
+        assert!(why.contains(said), "{filters}: {none}");
+    }
+    let (status, some) = search(sure.clone(), json!({"num_gpus": {"gte": "2"}})).await;
+    assert_eq!(status, StatusCode::OK, "{some}");
+    assert!(!offers(&some).is_empty(), "{some}");
+    for o in offers(&some) {
+        let n = o["num_gpus"].as_u64().unwrap();
+        assert!((2..=4).contains(&n) && o["verified"] == true, "{o}");
+        assert!(o["reliability2"].as_f64().unwrap() >= 0.9, "{o}");
+    }
+    // A bound that is not a number is not silently replaced by the team's.
+    let (status, bad) = search(sure, json!({"num_gpus": {"lte": "many"}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(msg(&bad).contains("num_gpus lte \"many\""), "{bad}");
+}

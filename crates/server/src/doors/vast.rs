@@ -796,9 +796,13 @@ async fn search_offers(
     } else {
         Arc::new(Vec::new())
     };
-    if let Err(nothing) = search::constrain(&mut query, &constraints, &names) {
-        tracing::debug!(target: "warden::vast", team = caller.team_name().as_str(), reason = nothing.0, "search matches nothing allowed");
-        return Ok(r#"{"offers":[]}"#.to_owned());
+    match search::constrain(&mut query, &constraints, &names) {
+        Ok(()) => {}
+        Err(search::QueryError::NothingAllowed(why)) => {
+            tracing::info!(target: "warden::vast", team = caller.team_name().as_str(), reason = why.as_str(), "search matches nothing the team may rent");
+            return Ok(json!({"offers": [], "warden": {"empty_because": why}}).to_string());
+        }
+        Err(search::QueryError::Unreadable(why)) => return Err(VastError::BadRequest(why)),
     }
     let raw = door
         .upstream
