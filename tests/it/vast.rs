@@ -1820,3 +1820,45 @@ async fn search_filters_are_intersected_with_the_teams_and_say_why_when_empty() 
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     assert!(msg(&bad).contains("num_gpus lte \"many\""), "{bad}");
 }
+
+/// Issue 10, point 5: a quota denial at the Vast door says what to do in
+/// `vastai` terms, never `sky down`.
+#[tokio::test]
+async fn quota_denials_give_vast_advice() {
+    let policy = "teams:\n  ml:\n    quotas: {max_live: 1}\n  cv:\n    quotas:\n      per_user: {max_live: 1}\n  rate:\n    quotas: {max_launches_per_user: 1, launch_window_minutes: 60}\n";
+    let h = harness_with(policy, None, quick_config()).await;
+    for (team, scope_says) in [
+        ("ml", "running instances of the team"),
+        ("cv", "your running instances"),
+        ("rate", "create again after that time"),
+    ] {
+        let key = h.key(team).await;
+        let free: Vec<u64> = h
+            .sim
+            .offers()
+            .iter()
+            .filter(|o| o.gpu_name.starts_with("RTX") && o.verified && o.rented_by.is_none())
+            .map(|o| o.id)
+            .take(2)
+            .collect();
+        let (status, body) = h.create(&key, free[0]).await;
+        assert_eq!(status, StatusCode::OK, "{team}: {body}");
+        let (status, body) = h.create(&key, free[1]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{team}: {body}");
+        let m = msg(&body);
+        assert!(
+            m.contains("[team.quotas]") && m.contains(scope_says),
+            "{team}: {m}"
+        );
+        assert!(
+            !m.contains("sky down") && !m.contains("cluster"),
+            "{team}: {m}"
+        );
+        if team != "rate" {
+            assert!(
+                m.contains("`vastai show instances`, `vastai destroy instance ID`"),
+                "{team}: {m}"
+            );
+        }
+    }
+}

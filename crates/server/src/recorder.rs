@@ -16,7 +16,7 @@
 //! than that per request; `warden replay` skips such records.
 
 use warden_core::{
-    BudgetMode, Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
+    BudgetMode, Budgets, Decision, Door, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
 };
 use warden_store::{
     AllocationName, AllocationRequest, Limit, PeriodKind, ReserveOutcome, Scope, Store, TimeZone,
@@ -198,6 +198,39 @@ pub fn kept_input(input: serde_json::Value) -> (&'static str, serde_json::Value)
     )
 }
 
+/// What a quota denial tells a user to do, in the words of the door the
+/// request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advice {
+    /// The verb for trying again (`launch`, `create`).
+    pub launch: &'static str,
+    /// How to free the user's own quota.
+    pub end_yours: &'static str,
+    /// How to free the team's quota.
+    pub end_teams: &'static str,
+}
+
+/// The quota advice of `door`.
+pub fn advice(door: Door) -> Advice {
+    match door {
+        Door::Skypilot => Advice {
+            launch: "launch",
+            end_yours: "Wait for your running clusters to end (`sky down`)",
+            end_teams: "Wait for running clusters of the team to end (`sky down`)",
+        },
+        Door::Vast => Advice {
+            launch: "create",
+            end_yours: "Wait for your running instances to end, or destroy one you no longer need (`vastai show instances`, `vastai destroy instance ID`)",
+            end_teams: "Wait for running instances of the team to end, or destroy one it no longer needs (`vastai show instances`, `vastai destroy instance ID`)",
+        },
+        Door::Kubernetes => Advice {
+            launch: "launch",
+            end_yours: "Wait for your running workloads to end (`kubectl delete` the ones you no longer need)",
+            end_teams: "Wait for running workloads of the team to end (`kubectl delete` the ones it no longer needs)",
+        },
+    }
+}
+
 /// The audit payload of a decision; `input` is the door's redacted request
 /// (see the door's `replay_input`), kept for `warden replay` (capped, see
 /// [`kept_input`]).
@@ -345,15 +378,18 @@ pub async fn record(
                     budget_hint(&denial.limit, now, tz)
                 ),
                 Limit::Launches { .. } => format!(
-                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}: launch again after that time, or ask a platform admin to change `teams.{team}.quotas`",
-                    req.principal.user.as_deref().unwrap_or("-")
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}: {} again after that time, or ask a platform admin to change `teams.{team}.quotas`",
+                    req.principal.user.as_deref().unwrap_or("-"),
+                    advice(req.door).launch,
                 ),
                 limit if limit.scope() == Scope::User => format!(
-                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}. Wait for your running clusters to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas.per_user`",
-                    req.principal.user.as_deref().unwrap_or("-")
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}. {}, or ask a platform admin to change `teams.{team}.quotas.per_user`",
+                    req.principal.user.as_deref().unwrap_or("-"),
+                    advice(req.door).end_yours,
                 ),
                 _ => format!(
-                    "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
+                    "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. {}, or ask a platform admin to change `teams.{team}.quotas`",
+                    advice(req.door).end_teams,
                 ),
             },
         )),
