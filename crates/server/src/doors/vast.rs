@@ -239,7 +239,11 @@ impl Caller {
         crate::recorder::record(&self.store, &self.policy, decided, at, &settings.time_zone)
             .await
             .map(|recorded| (recorded, at))
-            .map_err(|e| VastError::Unavailable(e.to_string()))
+            .map_err(|e| match e {
+                crate::error::DoorError::StoreFailure(msg) => VastError::StoreFailure(msg),
+                crate::error::DoorError::BadRequest(msg) => VastError::BadRequest(msg),
+                other => VastError::Internal(other.to_string()),
+            })
     }
 }
 
@@ -294,9 +298,7 @@ fn require_grant(
 }
 
 fn store_error(e: warden_store::StoreError) -> VastError {
-    VastError::Unavailable(format!(
-        "Warden's store cannot be used ({e}); nothing was done, try again later"
-    ))
+    VastError::store(&e)
 }
 
 /// Checks the caller's key, and that its team is still configured.
