@@ -396,14 +396,21 @@ fn print_replay(config: &Path, since: UnixMicros, r: &warden_server::replay::Rep
         r.records,
         config.display()
     );
-    if r.skipped_without_input > 0 {
-        say!(
-            "  {} skipped: recorded before Warden kept the request",
-            r.skipped_without_input
-        );
+    if r.skipped() > 0 {
+        say!("  {} skipped:", r.skipped());
     }
-    for (door, n) in &r.skipped_doors {
-        say!("  {n} skipped: door `{door}` cannot be replayed yet");
+    for (reason, n) in &r.skipped_reasons {
+        let why = match reason.as_str() {
+            "without_input" => "recorded before Warden kept the request".to_owned(),
+            "input_truncated" => {
+                "the request was too large to keep whole (only its hash was recorded)".to_owned()
+            }
+            other => match other.strip_prefix("door:") {
+                Some(door) => format!("door `{door}` cannot be replayed yet"),
+                None => other.to_owned(),
+            },
+        };
+        say!("    {n} {reason}: {why}");
     }
     if r.failed > 0 {
         say!(

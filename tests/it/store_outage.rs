@@ -241,3 +241,122 @@ fn a_store_outage_is_answered_503_in_time_and_recovers_without_restart() {
     drop(server);
     drop(proxy);
 }
+
+/// One HTTP exchange with a bearer key, waiting at most [`CLIENT_WAIT`].
+fn exchange_with_key(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(CLIENT_WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("no answer within {CLIENT_WAIT:?}: {e}"))?;
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {resp:?}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The Vast door in a store outage: refused in time with a 503 that says
+/// the store is unreachable, logged as a store failure (not as a
+/// malformed request), and back without a restart.
+#[test]
+fn the_vast_door_says_the_store_is_unreachable_and_logs_a_store_failure() {
+    let db = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(Database::create());
+    let (rest, name) = db.url.rsplit_once('/').unwrap();
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let upstream = hostport.trim_start_matches("postgres://").to_owned();
+    let mut proxy = Proxy::start(&upstream);
+    let user = rest
+        .trim_start_matches("postgres://")
+        .split_once('@')
+        .map_or("postgres", |(u, _)| u);
+    let url = format!("postgres://{user}@127.0.0.1:{}/{name}", proxy.port);
+
+    let dir = TempDir::new("warden-vast-outage");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!("storage: {url}\nstorage_timeout_seconds: 2\nteams:\n  ml: {{}}\n"),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, key, err) = crate::cli::warden(&["keys", "create", "--config", cfg, "--team", "ml"]);
+    assert_eq!(code, 0, "{err}");
+    let key = key.trim().to_owned();
+    let server = Server::start_with_storage(&config, &url);
+    let addr = server.addr.clone();
+    let me = "/vast/api/v0/users/current";
+    let (status, text) = exchange_with_key(&addr, "GET", me, &key, b"").unwrap();
+    assert_eq!(status, 200, "{text}");
+
+    proxy.cut();
+
+    let started = Instant::now();
+    for (method, path, body) in [
+        ("GET", me, &b""[..]),
+        (
+            "PUT",
+            "/vast/api/v0/asks/1001/",
+            br#"{"image": "x", "env": {}}"#,
+        ),
+        ("GET", "/vast/api/v1/instances/", b""),
+    ] {
+        let (status, text) = exchange_with_key(&addr, method, path, &key, body)
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", server.log()));
+        assert_eq!(status, 503, "{path}: {text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let msg = answer["msg"].as_str().unwrap_or_default();
+        assert!(
+            msg.starts_with("Warden's store is unreachable, so nothing was done"),
+            "{path}: {text}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("store failure: request refused undecided"),
+        "{log}"
+    );
+    assert!(!log.contains("rejected malformed request"), "{log}");
+    assert!(!log.contains("vast door error"), "{log}");
+
+    proxy.restore(&upstream);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = exchange_with_key(&addr, "GET", me, &key, b"").unwrap();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(Instant::now() < deadline, "no recovery: {text}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    drop(server);
+    drop(proxy);
+}

@@ -1383,3 +1383,482 @@ fn serve_refuses_a_vast_key_file_others_can_read() {
         "{err}"
     );
 }
+
+/// The size of the audit log: every record's payload.
+async fn audit_bytes(h: &Harness) -> usize {
+    h.store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.payload.len())
+        .sum()
+}
+
+/// Issue 10, point 1: a caller's free text is bounded (400 naming the
+/// field, its size and the limit) before anything is decided, forwarded or
+/// recorded, so denied creates with huge labels do not grow the audit log;
+/// and an audit record keeps at most 64 KiB of any input (its hash when
+/// larger), which `warden replay` skips and counts.
+#[tokio::test]
+async fn free_text_is_bounded_and_the_audit_log_does_not_grow_with_it() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    // Denied for `ml` (a GPU it may not rent): before, recorded in full.
+    let h100 = h.offer("H100 SXM", 1);
+    let path = format!("/vast/api/v0/asks/{h100}/");
+    let before = audit_bytes(&h).await;
+    for n in [100_000, 1_000_000, 1_000_000, 1_000_000] {
+        let mut body = create_body();
+        body["label"] = json!("x".repeat(n));
+        let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{n}: {}", msg(&answer));
+        assert_eq!(
+            msg(&answer),
+            format!("`label` is {n} bytes; Warden's Vast door accepts at most 1024 bytes")
+        );
+    }
+    let grown = audit_bytes(&h).await - before;
+    assert!(grown < 4096, "the audit log grew by {grown} bytes");
+
+    // The same on an allowed create: nothing is rented or reserved.
+    let rtx = h.offer("RTX 3090", 1);
+    let mut body = create_body();
+    body["image"] = json!(format!("registry.example/{}", "i".repeat(600)));
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/asks/{rtx}/"),
+            Some(&ml),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        msg(&answer)
+            .starts_with("`image` is 617 bytes; Warden's Vast door accepts at most 512 bytes"),
+        "{answer}"
+    );
+    assert!(h.sim.instances().is_empty() && h.live().await.is_empty());
+
+    // A label change is bounded too, and the instance keeps its label.
+    let mut body = create_body();
+    body["label"] = json!("x".repeat(1024));
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/asks/{rtx}/"),
+            Some(&ml),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["new_contract"].as_u64().unwrap();
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({"label": "y".repeat(100_000)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        msg(&answer),
+        "`label` is 100000 bytes; Warden's Vast door accepts at most 1024 bytes"
+    );
+    assert_eq!(h.sim.instance(id).unwrap().label, Some("x".repeat(1024)));
+
+    // Within every limit but large in sum (20 fields of 4000 bytes): the
+    // decision is recorded with the input's hash, size and prefix only.
+    let mut body = create_body();
+    for i in 0..20 {
+        body[format!("extra_{i}")] = json!("z".repeat(4000));
+    }
+    let before = audit_bytes(&h).await;
+    let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let grown = audit_bytes(&h).await - before;
+    assert!(grown < 16 * 1024, "the audit log grew by {grown} bytes");
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(
+        &records
+            .iter()
+            .rev()
+            .find(|r| r.kind == "decision")
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert!(last.get("input").is_none(), "{last}");
+    let kept = &last["input_truncated"];
+    assert_eq!(kept["sha256"].as_str().unwrap().len(), 64, "{kept}");
+    assert!(kept["bytes"].as_u64().unwrap() > 80_000, "{kept}");
+    assert!(
+        kept["prefix"].as_str().unwrap().starts_with("{\"body\":"),
+        "{kept}"
+    );
+
+    // `warden replay` skips it and says why, in both formats.
+    let config = h._dir.0.join("replay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: sqlite://{}\n{POLICY}",
+            h._dir.0.join("w.db").display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap().to_owned();
+    let run = move |format: &'static str| {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || {
+            crate::cli::warden(&[
+                "replay", "--config", &cfg, "--since", "1h", "--format", format,
+            ])
+        })
+        .join()
+        .unwrap()
+    };
+    let (code, out, err) = run("json");
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["skipped_truncated"], 1, "{out}");
+    assert_eq!(report["skipped_reasons"]["input_truncated"], 1, "{out}");
+    assert_eq!(
+        report["skipped_reasons"]["door:vast"], report["skipped_doors"]["vast"],
+        "{out}"
+    );
+    let (code, out, err) = run("table");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 input_truncated: the request was too large to keep whole"),
+        "{out}"
+    );
+    assert!(
+        out.contains("door:vast: door `vast` cannot be replayed yet"),
+        "{out}"
+    );
+}
+
+/// Issue 10, point 6: a label that is not a string and an `env` that is
+/// not a map of strings are refused (400, naming the field), never
+/// dropped while the create goes on.
+#[tokio::test]
+async fn non_string_labels_and_malformed_env_are_refused() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    let offer = h.offer("RTX 3090", 1);
+    let path = format!("/vast/api/v0/asks/{offer}/");
+    for (field, value, want) in [
+        (
+            "label",
+            json!(7),
+            "`label` must be a string (or null), not a number",
+        ),
+        (
+            "label",
+            json!(["a", "b"]),
+            "`label` must be a string (or null), not a list",
+        ),
+        (
+            "label",
+            json!({"team": "cv"}),
+            "`label` must be a string (or null), not a map",
+        ),
+        (
+            "env",
+            json!("-e HF_TOKEN=x"),
+            "`env` must be a map of variable names to string values",
+        ),
+        (
+            "env",
+            json!(["HF_TOKEN=x"]),
+            "`env` must be a map of variable names to string values",
+        ),
+        (
+            "env",
+            json!({"EPOCHS": 3}),
+            "`env.EPOCHS` must be a string, not a number",
+        ),
+        (
+            "env",
+            json!({"A": {"b": "c"}}),
+            "`env.A` must be a string, not a map",
+        ),
+    ] {
+        let mut body = create_body();
+        body[field] = value.clone();
+        let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}={value}: {answer}");
+        assert!(msg(&answer).starts_with(want), "{field}={value}: {answer}");
+    }
+    assert!(h.sim.instances().is_empty(), "nothing was rented");
+    assert!(h.live().await.is_empty(), "nothing was reserved");
+
+    // What the CLI sends for `--env '-e K=V -p 8080:8080' --label run7` passes.
+    let mut body = create_body();
+    body["env"] = json!({"K": "V", "-p 8080:8080": "1"});
+    body["label"] = json!("run7");
+    let (status, answer) = h.call(Method::PUT, &path, Some(&ml), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["new_contract"].as_u64().unwrap();
+    assert_eq!(h.sim.instance(id).unwrap().label.as_deref(), Some("run7"));
+
+    // `vastai label instance` with a non-string label: refused, unchanged.
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({"label": 42})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        msg(&answer),
+        "`label` must be a string (or null), not a number"
+    );
+    assert_eq!(h.sim.instance(id).unwrap().label.as_deref(), Some("run7"));
+}
+
+/// Issue 10, point 2: start-up commands and arguments (`--onstart-cmd`,
+/// `--entrypoint`, `--args`) never reach the audit log in clear, allowed or
+/// denied.
+#[tokio::test]
+async fn start_up_commands_and_arguments_are_redacted_in_the_audit_log() {
+    let h = harness().await;
+    let ml = h.key("ml").await;
+    for offer in [h.offer("RTX 3090", 1), h.offer("H100 SXM", 1)] {
+        let mut body = create_body();
+        body["onstart"] = json!("huggingface-cli login --token hf_onstart_secret");
+        body["onstart_cmd"] = json!("export WANDB_API_KEY=wandb_cmd_secret");
+        body["entrypoint"] = json!("/bin/sh -c 'echo entry_secret'");
+        body["args"] = json!(["--token", "args_secret"]);
+        body["runtype"] = json!("args");
+        let (status, answer) = h
+            .call(
+                Method::PUT,
+                &format!("/vast/api/v0/asks/{offer}/"),
+                Some(&ml),
+                Some(body),
+            )
+            .await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::FORBIDDEN,
+            "{answer}"
+        );
+    }
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let text: String = records.iter().map(|r| r.payload.as_str()).collect();
+    for secret in [
+        "hf_onstart_secret",
+        "wandb_cmd_secret",
+        "entry_secret",
+        "args_secret",
+    ] {
+        assert!(!text.contains(secret), "{secret} is in the audit log");
+    }
+    let decisions: Vec<Value> = records
+        .iter()
+        .filter(|r| r.kind == "decision" || r.kind == "allocation.granted")
+        .map(|r| serde_json::from_str(&r.payload).unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    for d in decisions {
+        let body = d
+            .get("input")
+            .or_else(|| d["context"].get("input"))
+            .map(|i| i["body"].clone())
+            .unwrap();
+        for field in ["onstart", "onstart_cmd", "entrypoint", "args"] {
+            assert_eq!(body[field], "<redacted>", "{field}: {body}");
+        }
+        assert_eq!(body["runtype"], "args");
+    }
+}
+
+/// Issue 10, point 3: the upstream's answer to a create is lost, the
+/// reconciler finds the instance and settles the create, then the CLI's
+/// retry arrives: it is answered with the instance (as a retry that finds
+/// the create still pending is), never told the offer "is not available"
+/// while the instance runs and bills.
+async fn a_retry_after_the_reconciler_settled_finds_the_instance(storage: Option<&str>) {
+    let h = harness_with(POLICY, storage, quick_config()).await;
+    let ml = h.key("ml").await;
+    let offer = h.offer("RTX 4090", 1);
+    h.sim
+        .push_fault(Fault::next(Endpoint::CreateInstance, FaultAction::Drop));
+    let (status, body) = h.create(&ml, offer).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let report = h.reconcile().await;
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    let (status, retry) = h.create(&ml, offer).await;
+    assert_eq!(status, StatusCode::OK, "{retry}");
+    let id = retry["new_contract"].as_u64().unwrap();
+    assert_eq!(h.sim.instance(id).unwrap().offer_id, offer);
+    assert_eq!(h.sim.instances().len(), 1, "nothing was rented twice");
+    assert_eq!(h.live().await.len(), 1, "nothing was reserved twice");
+    assert_no_drift(&h).await;
+
+    // Another team's create of that offer is not answered with it.
+    let cv = h.key("cv").await;
+    let (status, body) = h.create(&cv, offer).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Once the instance is destroyed, a create of the offer is a new one.
+    let (status, body) = h
+        .call(
+            Method::DELETE,
+            &format!("/vast/api/v0/instances/{id}/"),
+            Some(&ml),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, again) = h.create(&ml, offer).await;
+    assert_ne!(again["new_contract"].as_u64(), Some(id), "{again}");
+    h.sim.release_hung();
+}
+
+#[tokio::test]
+async fn a_retry_after_the_reconciler_settled_finds_the_instance_sqlite() {
+    a_retry_after_the_reconciler_settled_finds_the_instance(None).await;
+}
+
+#[tokio::test]
+async fn a_retry_after_the_reconciler_settled_finds_the_instance_postgres() {
+    let db = crate::replicas::Database::create().await;
+    a_retry_after_the_reconciler_settled_finds_the_instance(Some(&db.url)).await;
+}
+
+/// Issue 10, point 4: a team's search filters are intersected with the
+/// user's, never put in their place; an empty intersection is answered
+/// with no offer and the reason (`warden.empty_because`).
+#[tokio::test]
+async fn search_filters_are_intersected_with_the_teams_and_say_why_when_empty() {
+    let policy = "teams:\n  sure:\n    max_gpus_per_launch: 4\n    vast: {verified_only: true, min_reliability: 0.9}\n  any: {}\n";
+    let h = harness_with(policy, None, quick_config()).await;
+    let (sure, any) = (h.key("sure").await, h.key("any").await);
+    let search = |key: String, filters: Value| {
+        let state = Arc::clone(&h.state);
+        async move {
+            let mut query = json!({"external": {"eq": false}, "rentable": {"eq": true},
+                "order": [["score", "desc"]], "type": "on-demand", "allocated_storage": 5.0, "limit": 500});
+            query
+                .as_object_mut()
+                .unwrap()
+                .extend(filters.as_object().unwrap().clone());
+            call_state(
+                &state,
+                Method::POST,
+                "/vast/api/v0/bundles/",
+                Some(&key),
+                Some(query),
+            )
+            .await
+        }
+    };
+    // The market has unverified offers, which the unconstrained team sees.
+    let (status, all) = search(any.clone(), json!({"verified": {"eq": false}})).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert!(!offers(&all).is_empty(), "{all}");
+    assert!(offers(&all).iter().all(|o| o["verified"] == false), "{all}");
+
+    // `vastai search offers 'verified=false'`: the intersection is empty.
+    let (status, none) = search(sure.clone(), json!({"verified": {"eq": false}})).await;
+    assert_eq!(status, StatusCode::OK, "{none}");
+    assert_eq!(offers(&none), Vec::<Value>::new(), "{none}");
+    let why = none["warden"]["empty_because"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("`verified eq false`") && why.contains("verified hosts only"),
+        "{none}"
+    );
+    // `verified=any` (no condition) or `verified=true`: verified ones only.
+    for filters in [json!({}), json!({"verified": {"eq": true}})] {
+        let (status, some) = search(sure.clone(), filters.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{some}");
+        assert!(!offers(&some).is_empty(), "{filters}: {some}");
+        assert!(
+            offers(&some).iter().all(|o| o["verified"] == true),
+            "{some}"
+        );
+        assert!(some.get("warden").is_none(), "{some}");
+    }
+    // The other team filters intersect the same way.
+    for (filters, said) in [
+        (json!({"num_gpus": {"gte": "8"}}), "at most 4 GPUs"),
+        (
+            json!({"reliability2": {"lt": "0.5"}}),
+            "reliability 0.9 or more",
+        ),
+    ] {
+        let (status, none) = search(sure.clone(), filters.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{none}");
+        assert_eq!(offers(&none), Vec::<Value>::new(), "{filters}: {none}");
+        let why = none["warden"]["empty_because"].as_str().unwrap_or_default();
+        assert!(why.contains(said), "{filters}: {none}");
+    }
+    let (status, some) = search(sure.clone(), json!({"num_gpus": {"gte": "2"}})).await;
+    assert_eq!(status, StatusCode::OK, "{some}");
+    assert!(!offers(&some).is_empty(), "{some}");
+    for o in offers(&some) {
+        let n = o["num_gpus"].as_u64().unwrap();
+        assert!((2..=4).contains(&n) && o["verified"] == true, "{o}");
+        assert!(o["reliability2"].as_f64().unwrap() >= 0.9, "{o}");
+    }
+    // A bound that is not a number is not silently replaced by the team's.
+    let (status, bad) = search(sure, json!({"num_gpus": {"lte": "many"}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(msg(&bad).contains("num_gpus lte \"many\""), "{bad}");
+}
+
+/// Issue 10, point 5: a quota denial at the Vast door says what to do in
+/// `vastai` terms, never `sky down`.
+#[tokio::test]
+async fn quota_denials_give_vast_advice() {
+    let policy = "teams:\n  ml:\n    quotas: {max_live: 1}\n  cv:\n    quotas:\n      per_user: {max_live: 1}\n  rate:\n    quotas: {max_launches_per_user: 1, launch_window_minutes: 60}\n";
+    let h = harness_with(policy, None, quick_config()).await;
+    for (team, scope_says) in [
+        ("ml", "running instances of the team"),
+        ("cv", "your running instances"),
+        ("rate", "create again after that time"),
+    ] {
+        let key = h.key(team).await;
+        let free: Vec<u64> = h
+            .sim
+            .offers()
+            .iter()
+            .filter(|o| o.gpu_name.starts_with("RTX") && o.verified && o.rented_by.is_none())
+            .map(|o| o.id)
+            .take(2)
+            .collect();
+        let (status, body) = h.create(&key, free[0]).await;
+        assert_eq!(status, StatusCode::OK, "{team}: {body}");
+        let (status, body) = h.create(&key, free[1]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{team}: {body}");
+        let m = msg(&body);
+        assert!(
+            m.contains("[team.quotas]") && m.contains(scope_says),
+            "{team}: {m}"
+        );
+        assert!(
+            !m.contains("sky down") && !m.contains("cluster"),
+            "{team}: {m}"
+        );
+        if team != "rate" {
+            assert!(
+                m.contains("`vastai show instances`, `vastai destroy instance ID`"),
+                "{team}: {m}"
+            );
+        }
+    }
+}

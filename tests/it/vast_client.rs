@@ -183,7 +183,7 @@ fn the_real_vastai_cli_is_governed_by_warden() {
     std::fs::write(
         &config,
         format!(
-            "storage: {db}\nteams:\n  ml:\n    allowed_gpus: [RTX_4090, RTX_3090]\n    max_hourly_usd: 1.5\n  cv: {{}}\n  thrifty:\n    budgets: {{daily_usd: 0.1}}\nvast:\n  pre_destroy_command: /opt/save-checkpoints.sh\n  pre_destroy_timeout_seconds: 30\n"
+            "storage: {db}\nteams:\n  ml:\n    allowed_gpus: [RTX_4090, RTX_3090]\n    max_hourly_usd: 1.5\n  cv: {{}}\n  thrifty:\n    budgets: {{daily_usd: 0.1}}\n  sure:\n    vast: {{verified_only: true}}\nvast:\n  pre_destroy_command: /opt/save-checkpoints.sh\n  pre_destroy_timeout_seconds: 30\n"
         ),
     )
     .unwrap();
@@ -256,6 +256,36 @@ fn the_real_vastai_cli_is_governed_by_warden() {
         .run(&ml, &["search", "offers", "gpu_name=H100_SXM", "--raw"])
         .json();
     assert_eq!(none, Value::Array(Vec::new()));
+
+    // A verified-only team asking for unverified hosts: the intersection
+    // is empty (Warden's answer says why in `warden.empty_because`), and
+    // the CLI prints it as an empty result, not an error.
+    let sure = key(cfg, "sure");
+    let unverified = cli
+        .run(&cv, &["search", "offers", "verified=false", "--raw"])
+        .json();
+    assert!(
+        !unverified.as_array().unwrap().is_empty(),
+        "the market has unverified offers"
+    );
+    let empty = cli.run(&sure, &["search", "offers", "verified=false", "--raw"]);
+    assert!(empty.stderr.trim().is_empty(), "{}", empty.stderr);
+    assert_eq!(empty.json(), Value::Array(Vec::new()));
+    let table = cli.run(&sure, &["search", "offers", "verified=false"]);
+    assert!(
+        table.stderr.trim().is_empty() && plain(&table.stdout).contains("ID"),
+        "{}{}",
+        table.stdout,
+        table.stderr
+    );
+    let verified = cli
+        .run(&sure, &["search", "offers", "verified=any", "--raw"])
+        .json();
+    let verified = verified.as_array().unwrap();
+    assert!(
+        !verified.is_empty() && verified.iter().all(|o| o["verified"] == true),
+        "{verified:?}"
+    );
 
     // Create the cheapest allowed offer; it is listed for ml only.
     let offer = mine[0]["id"].as_u64().unwrap();

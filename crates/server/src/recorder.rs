@@ -8,9 +8,15 @@
 //! `warden replay`, the door's request with its task and config documents
 //! redacted by [`crate::redact`] (no environment variable or secret values,
 //! no tokens or keys).
+//!
+//! Size: a record keeps at most [`MAX_AUDIT_INPUT_BYTES`] of a request's
+//! input (its JSON text). A larger input is kept as `input_truncated`:
+//! the SHA-256 of the whole text, its size and its first
+//! [`TRUNCATED_PREFIX_BYTES`], so no caller can grow the audit log by more
+//! than that per request; `warden replay` skips such records.
 
 use warden_core::{
-    BudgetMode, Budgets, Decision, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
+    BudgetMode, Budgets, Decision, Door, LaunchRequest, Policy, Quotas, Resource, TeamName, Usd,
 };
 use warden_store::{
     AllocationName, AllocationRequest, Limit, PeriodKind, ReserveOutcome, Scope, Store, TimeZone,
@@ -152,15 +158,89 @@ fn budget_hint(limit: &Limit, now: UnixMicros, tz: &TimeZone) -> String {
     }
 }
 
+/// Most bytes of a request's input (as JSON text) an audit record keeps.
+pub const MAX_AUDIT_INPUT_BYTES: usize = 64 * 1024;
+
+/// What an audit record keeps of the text of an input over
+/// [`MAX_AUDIT_INPUT_BYTES`].
+pub const TRUNCATED_PREFIX_BYTES: usize = 4 * 1024;
+
+/// The payload key of an input kept whole.
+pub const INPUT_KEY: &str = "input";
+
+/// The payload key of an input too large to keep: `{sha256, bytes, prefix}`.
+pub const INPUT_TRUNCATED_KEY: &str = "input_truncated";
+
+/// `input` as an audit record keeps it: the value itself under
+/// [`INPUT_KEY`], or, when its JSON text is over [`MAX_AUDIT_INPUT_BYTES`],
+/// its digest, size and prefix under [`INPUT_TRUNCATED_KEY`].
+pub fn kept_input(input: serde_json::Value) -> (&'static str, serde_json::Value) {
+    use sha2::{Digest, Sha256};
+    let text = input.to_string();
+    if text.len() <= MAX_AUDIT_INPUT_BYTES {
+        return (INPUT_KEY, input);
+    }
+    let mut end = TRUNCATED_PREFIX_BYTES.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let sha256: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (
+        INPUT_TRUNCATED_KEY,
+        serde_json::json!({
+            "sha256": sha256,
+            "bytes": text.len(),
+            "prefix": text.get(..end).unwrap_or_default(),
+        }),
+    )
+}
+
+/// What a quota denial tells a user to do, in the words of the door the
+/// request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advice {
+    /// The verb for trying again (`launch`, `create`).
+    pub launch: &'static str,
+    /// How to free the user's own quota.
+    pub end_yours: &'static str,
+    /// How to free the team's quota.
+    pub end_teams: &'static str,
+}
+
+/// The quota advice of `door`.
+pub fn advice(door: Door) -> Advice {
+    match door {
+        Door::Skypilot => Advice {
+            launch: "launch",
+            end_yours: "Wait for your running clusters to end (`sky down`)",
+            end_teams: "Wait for running clusters of the team to end (`sky down`)",
+        },
+        Door::Vast => Advice {
+            launch: "create",
+            end_yours: "Wait for your running instances to end, or destroy one you no longer need (`vastai show instances`, `vastai destroy instance ID`)",
+            end_teams: "Wait for running instances of the team to end, or destroy one it no longer needs (`vastai show instances`, `vastai destroy instance ID`)",
+        },
+        Door::Kubernetes => Advice {
+            launch: "launch",
+            end_yours: "Wait for your running workloads to end (`kubectl delete` the ones you no longer need)",
+            end_teams: "Wait for running workloads of the team to end (`kubectl delete` the ones it no longer needs)",
+        },
+    }
+}
+
 /// The audit payload of a decision; `input` is the door's redacted request
-/// (see the door's `replay_input`), kept for `warden replay`.
+/// (see the door's `replay_input`), kept for `warden replay` (capped, see
+/// [`kept_input`]).
 pub fn payload(
     request_id: &str,
     req: &LaunchRequest,
     d: &Decision,
     input: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut payload = serde_json::json!({
         "request_id": request_id,
         "door": req.door.as_str(),
         "request": req.request_name,
@@ -172,8 +252,14 @@ pub fn payload(
         "reasons": d.reasons,
         "mutations": d.mutations,
         "hourly_usd": d.hourly_usd,
-        "input": input,
-    })
+        "input": null,
+    });
+    if let (Some(input), serde_json::Value::Object(map)) = (input, &mut payload) {
+        let (key, kept) = kept_input(input);
+        map.remove(INPUT_KEY);
+        map.insert(key.to_owned(), kept);
+    }
+    payload
 }
 
 /// The candidate a reservation records: the costliest one (the worst case),
@@ -292,17 +378,61 @@ pub async fn record(
                     budget_hint(&denial.limit, now, tz)
                 ),
                 Limit::Launches { .. } => format!(
-                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}: launch again after that time, or ask a platform admin to change `teams.{team}.quotas`",
-                    req.principal.user.as_deref().unwrap_or("-")
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}: {} again after that time, or ask a platform admin to change `teams.{team}.quotas`",
+                    req.principal.user.as_deref().unwrap_or("-"),
+                    advice(req.door).launch,
                 ),
                 limit if limit.scope() == Scope::User => format!(
-                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}. Wait for your running clusters to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas.per_user`",
-                    req.principal.user.as_deref().unwrap_or("-")
+                    "Warden denied this request (team `{team}`, user `{}`):\n  - [team.quotas] {denial}. {}, or ask a platform admin to change `teams.{team}.quotas.per_user`",
+                    req.principal.user.as_deref().unwrap_or("-"),
+                    advice(req.door).end_yours,
                 ),
                 _ => format!(
-                    "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. Wait for running clusters of the team to end (`sky down`), or ask a platform admin to change `teams.{team}.quotas`"
+                    "Warden denied this request (team `{team}`):\n  - [team.quotas] {denial}. {}, or ask a platform admin to change `teams.{team}.quotas`",
+                    advice(req.door).end_teams,
                 ),
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn an_input_over_the_cap_is_kept_as_its_hash_size_and_prefix() {
+        let small = json!({"body": {"label": "x".repeat(1000)}});
+        assert_eq!(kept_input(small.clone()), (INPUT_KEY, small));
+
+        let big = json!({"body": {"label": "é".repeat(600_000)}});
+        let text = big.to_string();
+        let (key, kept) = kept_input(big);
+        assert_eq!(key, INPUT_TRUNCATED_KEY);
+        let hex: String = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(kept["sha256"], hex);
+        assert_eq!(kept["bytes"], text.len());
+        let prefix = kept["prefix"].as_str().unwrap();
+        assert!(prefix.len() <= TRUNCATED_PREFIX_BYTES && prefix.len() > 4000);
+        assert!(text.starts_with(prefix));
+        assert!(kept.to_string().len() < TRUNCATED_PREFIX_BYTES + 300);
+    }
+
+    #[test]
+    fn the_payload_carries_the_capped_input() {
+        let req = LaunchRequest::new(warden_core::Door::Vast, "launch");
+        let policy = Policy::from_yaml("teams: {ml: {}}\n").unwrap();
+        let d = policy.decide(&req);
+        let p = payload("r1", &req, &d, Some(json!({"x": "y".repeat(70_000)})));
+        assert!(p.get(INPUT_KEY).is_none(), "{p}");
+        assert_eq!(p[INPUT_TRUNCATED_KEY]["bytes"], 70_000 + 8);
+        assert!(p.to_string().len() < 6000);
+        let p = payload("r1", &req, &d, None);
+        assert_eq!(p[INPUT_KEY], Value::Null);
     }
 }

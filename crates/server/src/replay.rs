@@ -6,8 +6,11 @@
 //! the request from it, runs it through the same door code and the new
 //! policy, and compares the policy's verdict and mutations with the
 //! recorded ones. Quotas and budgets are not replayed: they depend on what
-//! was running at the time, not on the policy text. Records without an
-//! `input` (written before Warden kept it) are counted as skipped.
+//! was running at the time, not on the policy text. Records that cannot be
+//! replayed are counted as skipped, by reason (`skipped_reasons`): without
+//! an `input` (written before Warden kept it), with an input too large to
+//! keep (`input_truncated`, see [`crate::recorder::kept_input`]), or of a
+//! door that cannot be replayed yet.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +20,7 @@ use warden_core::Policy;
 use warden_store::{AuditRecord, UnixMicros};
 
 use crate::doors::skypilot;
+use crate::recorder::{INPUT_KEY, INPUT_TRUNCATED_KEY};
 
 /// How one replayed request's outcome changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,6 +81,12 @@ pub struct ReplayReport {
     pub records: u64,
     /// Records without a recorded request (older Warden), not replayed.
     pub skipped_without_input: u64,
+    /// Records whose request was too large to keep whole (only its hash,
+    /// size and prefix were recorded), not replayed.
+    pub skipped_truncated: u64,
+    /// Every record not replayed, by reason: `without_input`,
+    /// `input_truncated`, `door:<door>`.
+    pub skipped_reasons: BTreeMap<String, u64>,
     /// Records whose door cannot be replayed yet, by door.
     pub skipped_doors: BTreeMap<String, u64>,
     /// Recorded requests the door now refuses as malformed.
@@ -85,6 +95,17 @@ pub struct ReplayReport {
     pub teams: BTreeMap<String, TeamCounts>,
     /// Every change, in chain order.
     pub changes: Vec<Change>,
+}
+
+impl ReplayReport {
+    fn skip(&mut self, reason: &str) {
+        *self.skipped_reasons.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Records not replayed, whatever the reason.
+    pub fn skipped(&self) -> u64 {
+        self.skipped_reasons.values().sum()
+    }
 }
 
 /// The decision payload of a record, if it is one: `decision` records hold
@@ -127,16 +148,23 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
             continue;
         };
         report.records += 1;
-        let Some(input) = old.get("input").filter(|i| i.is_object()) else {
+        let door = old.get("door").and_then(Value::as_str).unwrap_or("");
+        if old.get(INPUT_TRUNCATED_KEY).is_some() {
+            report.skip("input_truncated");
+            report.skipped_truncated += 1;
+            continue;
+        }
+        let Some(input) = old.get(INPUT_KEY).filter(|i| i.is_object()) else {
+            report.skip("without_input");
             report.skipped_without_input += 1;
             continue;
         };
-        let door = old.get("door").and_then(Value::as_str).unwrap_or("");
         let handled = match door {
             "skypilot" => skypilot::replay_body(input)
                 .ok()
                 .and_then(|body| skypilot::handle(policy, &body).ok()),
             other => {
+                report.skip(&format!("door:{other}"));
                 *report.skipped_doors.entry(other.to_owned()).or_default() += 1;
                 continue;
             }
@@ -192,4 +220,61 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
         });
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(seq: i64, payload: Value) -> AuditRecord {
+        AuditRecord {
+            seq,
+            at: UnixMicros::from_micros(seq),
+            kind: "decision".to_owned(),
+            payload: payload.to_string(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn records_with_a_truncated_input_are_skipped_and_counted_by_reason() {
+        let policy = Policy::from_yaml("teams: {ml: {}}\n").unwrap();
+        let truncated = crate::recorder::kept_input(json!({"body": "x".repeat(70_000)}));
+        assert_eq!(truncated.0, INPUT_TRUNCATED_KEY);
+        let records = [
+            record(
+                1,
+                json!({"door": "skypilot", "verdict": "allow", "input_truncated": truncated.1}),
+            ),
+            record(
+                2,
+                json!({"door": "skypilot", "verdict": "allow", "input": null}),
+            ),
+            record(
+                3,
+                json!({"door": "vast", "verdict": "deny", "input": {"offer": 1, "body": {}}}),
+            ),
+            record(
+                4,
+                json!({"door": "vast", "verdict": "deny", "input_truncated": {"sha256": "00", "bytes": 70_000, "prefix": "{"}}),
+            ),
+        ];
+        let report = replay(&policy, &records);
+        assert_eq!(report.records, 4);
+        assert_eq!(report.skipped_truncated, 2);
+        assert_eq!(report.skipped_without_input, 1);
+        assert_eq!(report.skipped_doors.get("vast"), Some(&1));
+        assert_eq!(
+            report.skipped_reasons,
+            BTreeMap::from([
+                ("door:vast".to_owned(), 1),
+                ("input_truncated".to_owned(), 2),
+                ("without_input".to_owned(), 1),
+            ])
+        );
+        assert_eq!(report.skipped(), 4);
+        assert!(report.teams.is_empty() && report.failed == 0);
+    }
 }

@@ -15,7 +15,10 @@
 //! Both write their audit record in the same transaction, under the team's
 //! lock, like every other allocation change, and a void keeps the usage and
 //! budget summaries in step exactly as an end does (an end at the
-//! allocation's start). [`Store::allocations_named`]
+//! allocation's start). A settled allocation keeps the placeholder name
+//! it was settled from and when ([`Store::settled_since`]), so a retried
+//! create finds what its earlier attempt became even after a reconciler
+//! settled it. [`Store::allocations_named`]
 //! answers who an allocation name belongs to, live or ended (which team
 //! owns a stopped instance).
 
@@ -48,6 +51,22 @@ pub enum Settled {
 const COLUMNS: &str = allocation_columns!();
 
 type Row = AllocationRow;
+
+/// An allocation row followed by `settled_from`.
+type SettledRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+    String,
+);
 
 fn row_allocation(row: Row) -> Result<Allocation, StoreError> {
     allocation(row)
@@ -141,11 +160,14 @@ impl Store {
             return Ok(Settled::Missing);
         };
         let sql = format!(
-            "UPDATE allocations SET name = $1 WHERE id = $2 AND state = 'live' RETURNING {COLUMNS}"
+            "UPDATE allocations SET name = $1, settled_from = $2, settled_us = $3 \
+             WHERE id = $4 AND state = 'live' RETURNING {COLUMNS}"
         );
         let row: Row = on_tx!(&mut tx, |conn| {
             sqlx::query_as(&sql)
                 .bind(to.as_str())
+                .bind(from.as_str())
+                .bind(now.micros())
                 .bind(pending.id.get())
                 .fetch_one(&mut *conn)
                 .await?
@@ -213,6 +235,51 @@ impl Store {
         }
         tx.commit().await?;
         Ok(voided)
+    }
+
+    /// The allocations of `door` and `team`, live or ended, that were
+    /// settled at or after `since` from a placeholder whose name starts
+    /// with `from_prefix`, most recently settled first, each with the
+    /// placeholder name it was settled from: what an earlier attempt of a
+    /// retried create became, although a reconciler settled it.
+    pub async fn settled_since(
+        &self,
+        door: Door,
+        team: &TeamName,
+        from_prefix: &str,
+        since: UnixMicros,
+    ) -> Result<Vec<(Allocation, AllocationName)>, StoreError> {
+        let prefix_chars = i32::try_from(from_prefix.chars().count()).unwrap_or(i32::MAX);
+        let sql = format!(
+            "SELECT {COLUMNS}, settled_from FROM allocations \
+             WHERE door = $1 AND team = $2 AND settled_us >= $3 \
+               AND substr(settled_from, 1, $4) = $5 \
+             ORDER BY settled_us DESC, id DESC"
+        );
+        let rows: Vec<SettledRow> = on_pool!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(door.as_str())
+                .bind(team.as_str())
+                .bind(since.micros())
+                .bind(prefix_chars)
+                .bind(from_prefix)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|row| {
+                let (id, door, team, user, name, model, gpus, hourly, started, ended, state, from) =
+                    row;
+                let a = row_allocation((
+                    id, door, team, user, name, model, gpus, hourly, started, ended, state,
+                ))?;
+                let from = AllocationName::parse(&from).map_err(|e| StoreError::Corrupt {
+                    what: format!("allocation `{id}`"),
+                    detail: format!("settled_from: {e}"),
+                })?;
+                Ok((a, from))
+            })
+            .collect()
     }
 
     /// Every allocation, live or ended, of `door` named one of `names`,

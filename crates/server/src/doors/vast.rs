@@ -39,6 +39,7 @@ mod error;
 pub mod instances;
 mod manage;
 pub mod reconcile;
+pub mod request;
 pub mod search;
 pub mod upstream;
 
@@ -238,7 +239,11 @@ impl Caller {
         crate::recorder::record(&self.store, &self.policy, decided, at, &settings.time_zone)
             .await
             .map(|recorded| (recorded, at))
-            .map_err(|e| VastError::Unavailable(e.to_string()))
+            .map_err(|e| match e {
+                crate::error::DoorError::StoreFailure(msg) => VastError::StoreFailure(msg),
+                crate::error::DoorError::BadRequest(msg) => VastError::BadRequest(msg),
+                other => VastError::Internal(other.to_string()),
+            })
     }
 }
 
@@ -293,9 +298,7 @@ fn require_grant(
 }
 
 fn store_error(e: warden_store::StoreError) -> VastError {
-    VastError::Unavailable(format!(
-        "Warden's store cannot be used ({e}); nothing was done, try again later"
-    ))
+    VastError::store(&e)
 }
 
 /// Checks the caller's key, and that its team is still configured.
@@ -795,9 +798,13 @@ async fn search_offers(
     } else {
         Arc::new(Vec::new())
     };
-    if let Err(nothing) = search::constrain(&mut query, &constraints, &names) {
-        tracing::debug!(target: "warden::vast", team = caller.team_name().as_str(), reason = nothing.0, "search matches nothing allowed");
-        return Ok(r#"{"offers":[]}"#.to_owned());
+    match search::constrain(&mut query, &constraints, &names) {
+        Ok(()) => {}
+        Err(search::QueryError::NothingAllowed(why)) => {
+            tracing::info!(target: "warden::vast", team = caller.team_name().as_str(), reason = why.as_str(), "search matches nothing the team may rent");
+            return Ok(json!({"offers": [], "warden": {"empty_because": why}}).to_string());
+        }
+        Err(search::QueryError::Unreadable(why)) => return Err(VastError::BadRequest(why)),
     }
     let raw = door
         .upstream

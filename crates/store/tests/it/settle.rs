@@ -101,6 +101,63 @@ on_both_backends! {
         assert_eq!(s, Settled::Missing);
     }
 
+    /// A settled allocation is found by the placeholder it was settled
+    /// from, within a window, for its door and team only, live or ended;
+    /// a placeholder still pending, or one voided, is not.
+    async fn settled_since_finds_what_a_placeholder_became(db: &TestDb) {
+        let store = db.store().await;
+        let (ml, cv) = (TeamName::parse("ml").unwrap(), TeamName::parse("cv").unwrap());
+        granted(store.reserve(&vast("ml", "pending:1001:r1", 500_000), &[], at(0)).await.unwrap());
+        granted(store.reserve(&vast("ml", "pending:1001:r2", 500_000), &[], at(1)).await.unwrap());
+        granted(store.reserve(&vast("ml", "pending:10011:r3", 500_000), &[], at(2)).await.unwrap());
+        granted(store.reserve(&vast("cv", "pending:1001:r4", 500_000), &[], at(3)).await.unwrap());
+        let pending = granted(store.reserve(&vast("ml", "pending:1001:r5", 500_000), &[], at(4)).await.unwrap());
+        let voided = granted(store.reserve(&vast("ml", "pending:1001:r6", 500_000), &[], at(5)).await.unwrap());
+        store.void(voided, "no instance", at(6)).await.unwrap().unwrap();
+        store.void(pending, "no instance", at(6)).await.unwrap().unwrap();
+        granted(store.reserve(&vast("ml", "pending:1001:r7", 500_000), &[], at(7)).await.unwrap());
+        for (team, from, to, when) in [
+            (&ml, "pending:1001:r1", "5001", 100),
+            (&ml, "pending:1001:r2", "5002", 200),
+            (&ml, "pending:10011:r3", "5003", 300),
+            (&cv, "pending:1001:r4", "5004", 400),
+        ] {
+            let s = store.settle(Door::Vast, team, &name(from), &name(to), at(when)).await.unwrap();
+            assert!(matches!(s, Settled::Renamed(_)), "{s:?}");
+        }
+        let found = |since: i64| {
+            let store = store.clone();
+            let ml = ml.clone();
+            async move {
+                store
+                    .settled_since(Door::Vast, &ml, "pending:1001:", at(since))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(a, from)| (a.name.as_str().to_owned(), from.as_str().to_owned(), a.state))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            found(0).await,
+            [
+                ("5002".to_owned(), "pending:1001:r2".to_owned(), AllocationState::Live),
+                ("5001".to_owned(), "pending:1001:r1".to_owned(), AllocationState::Live),
+            ]
+        );
+        assert_eq!(found(150).await.len(), 1);
+        assert!(found(201).await.is_empty());
+        // Ended since: still found, as ended.
+        store.end(&warden_store::EndTarget::Name { door: Door::Vast, name: name("5002") }, at(500)).await.unwrap();
+        assert_eq!(found(150).await, [("5002".to_owned(), "pending:1001:r2".to_owned(), AllocationState::Ended)]);
+        // Another door never matches.
+        assert!(store.settled_since(Door::Skypilot, &ml, "pending:1001:", at(0)).await.unwrap().is_empty());
+        // A prefix with LIKE's wildcards is matched literally.
+        assert!(store.settled_since(Door::Vast, &ml, "pending:1001%", at(0)).await.unwrap().is_empty());
+        assert!(store.settled_since(Door::Vast, &ml, "pending:1001_", at(0)).await.unwrap().is_empty());
+        assert_eq!(store.settled_since(Door::Vast, &ml, "pending:", at(0)).await.unwrap().len(), 3);
+    }
+
     /// Who a name belongs to, live or ended, for one door only.
     async fn allocations_named_finds_live_and_ended(db: &TestDb) {
         let store = db.store().await;

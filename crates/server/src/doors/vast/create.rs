@@ -6,7 +6,11 @@
 //! 2. A live placeholder of an earlier create of the same offer (its answer
 //!    was lost: the CLI retries 502 and 504) is resolved first: if its
 //!    instance exists it is settled and that instance is the answer, so a
-//!    retry never rents or reserves twice; otherwise it is voided.
+//!    retry never rents or reserves twice; otherwise it is voided. An
+//!    earlier create of the same offer already settled within
+//!    [`RETRY_WINDOW`] (its answer lost, a reconciler found the instance)
+//!    whose instance still runs is the answer too: a retry is never told
+//!    the offer it rented is "not available".
 //! 3. The offer is read upstream, priced for the requested disk: its GPU
 //!    model and count, its `dph_total` (on demand) and its bid price.
 //! 4. The policy core decides a [`LaunchRequest`] quoting that price; the
@@ -28,7 +32,7 @@ use warden_core::{
     eval::set_path, Accelerator, Decision, Doc, Door, Effect, LaunchRequest, Mutation, Principal,
     Quote, Reason, Resource, ResourceField, RuleName, Usd, VastTeam, Verdict,
 };
-use warden_store::{AllocationName, AllocationRequest, Settled};
+use warden_store::{AllocationName, AllocationRequest, AllocationState, Settled, UnixMicros};
 
 use super::instances::{CREATE_ENV, TEAM_ENV};
 use super::search::{model_of, number};
@@ -260,13 +264,26 @@ fn tag_env(body: &mut Map<String, Value>, team: &str, token: &str) {
     }
 }
 
-/// The body as the audit chain keeps it (for `warden replay`): env values
-/// and registry logins redacted.
+/// Fields of a create body kept only as `"<redacted>"` in the audit chain:
+/// the registry login, and the start-up commands and arguments, which like
+/// SkyPilot's run/setup scripts routinely carry tokens.
+const REDACTED_FIELDS: &[&str] = &[
+    "image_login",
+    "onstart",
+    "onstart_cmd",
+    "entrypoint",
+    "args",
+];
+
+/// The body as the audit chain keeps it (for `warden replay`): env values,
+/// registry logins, start-up commands and arguments redacted.
 fn replay_input(offer: u64, body: &Map<String, Value>) -> Value {
     let mut body = Value::Object(body.clone());
     redact(&mut body);
-    if let Some(login) = body.get_mut("image_login").filter(|v| !v.is_null()) {
-        *login = json!(REDACTED);
+    for field in REDACTED_FIELDS {
+        if let Some(v) = body.get_mut(*field).filter(|v| !v.is_null()) {
+            *v = json!(REDACTED);
+        }
     }
     json!({"offer": offer, "body": body})
 }
@@ -311,6 +328,30 @@ async fn recover(door: &VastDoor, caller: &Caller, offer: u64) -> Result<Option<
     Ok(settled.first().map(|(_, id)| *id))
 }
 
+/// How long after an earlier create of the same offer was settled a create
+/// is taken for its retry: the CLI retries a 502 or 504 three times within
+/// minutes, and a user told "a retry of the same create finds it" may
+/// retry by hand later.
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The instance of an earlier create of `offer` by the caller's team that
+/// was settled within [`RETRY_WINDOW`] (by this door, by a listing or by
+/// the reconciler, after its answer was lost) and still runs.
+async fn recently_settled(caller: &Caller, offer: u64) -> Result<Option<u64>, VastError> {
+    let window = i64::try_from(RETRY_WINDOW.as_micros()).unwrap_or(i64::MAX);
+    let since = UnixMicros::from_micros(now().micros().saturating_sub(window));
+    let prefix = format!("{}{offer}:", Pending::PREFIX);
+    let settled = caller
+        .store
+        .settled_since(Door::Vast, caller.team_name(), &prefix, since)
+        .await
+        .map_err(store_error)?;
+    Ok(settled
+        .iter()
+        .filter(|(a, _)| a.state == AllocationState::Live)
+        .find_map(|(a, _)| a.name.as_str().parse::<u64>().ok()))
+}
+
 /// Handles one create; see the module documentation.
 pub async fn create(
     door: &VastDoor,
@@ -319,16 +360,16 @@ pub async fn create(
     offer_id: u64,
     body: Value,
 ) -> Result<Value, VastError> {
-    let Value::Object(body) = body else {
-        return Err(VastError::bad(
-            "the create body must be a JSON object, as `vastai create instance` sends",
-        ));
-    };
+    let body = super::request::create_body(body)?;
     let team = caller.team_name().clone();
     let token = token()?;
     let _guard = door.begin_create(&team, offer_id, &token)?;
     if let Some(id) = recover(door, &caller, offer_id).await? {
         tracing::info!(target: "warden::vast", team = team.as_str(), offer = offer_id, instance = id, "a retried create found the instance of the earlier one");
+        return Ok(json!({"success": true, "new_contract": id}));
+    }
+    if let Some(id) = recently_settled(&caller, offer_id).await? {
+        tracing::info!(target: "warden::vast", team = team.as_str(), offer = offer_id, instance = id, "a retried create found the instance its earlier attempt became");
         return Ok(json!({"success": true, "new_contract": id}));
     }
     let disk = body
@@ -559,5 +600,29 @@ rules:
             "{text}"
         );
         assert!(text.contains("HF_TOKEN"), "{text}");
+    }
+
+    #[test]
+    fn replay_input_hides_start_up_commands_and_arguments() {
+        let body = row(json!({
+            "onstart": "huggingface-cli login --token hf_onstart",
+            "onstart_cmd": "export WANDB_API_KEY=wb_cmd",
+            "entrypoint": "/bin/sh -c 'curl -H \"Authorization: Bearer ep_secret\" x'",
+            "args": ["--token", "args_secret"],
+            "runtype": "args",
+            "label": "run=7",
+        }));
+        let input = replay_input(7, &body);
+        let text = input.to_string();
+        for secret in ["hf_onstart", "wb_cmd", "ep_secret", "args_secret"] {
+            assert!(!text.contains(secret), "{secret} left in {text}");
+        }
+        for field in ["onstart", "onstart_cmd", "entrypoint", "args"] {
+            assert_eq!(input["body"][field], REDACTED, "{field}");
+        }
+        assert_eq!(input["body"]["runtype"], "args");
+        assert_eq!(input["body"]["label"], "run=7");
+        let none = replay_input(7, &row(json!({"onstart": null})));
+        assert_eq!(none["body"]["onstart"], Value::Null);
     }
 }

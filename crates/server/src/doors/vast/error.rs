@@ -51,9 +51,13 @@ pub enum VastError {
     /// The upstream did not answer in time (504).
     #[error("{0}")]
     UpstreamTimeout(String),
-    /// The store cannot be read or written: fail closed (503).
+    /// Warden cannot serve the request (no store configured): 503.
     #[error("{0}")]
     Unavailable(String),
+    /// The store failed (unreachable, or a query failed): nothing was
+    /// done, fail closed (503); logged as a store failure.
+    #[error("{0}")]
+    StoreFailure(String),
     /// A bug; logged, answered generically (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,6 +67,16 @@ impl VastError {
     /// A 400 with this message.
     pub fn bad(msg: impl Into<String>) -> Self {
         VastError::BadRequest(msg.into())
+    }
+
+    /// The answer to a store failure: it says when the store is
+    /// unreachable (an outage), as the SkyPilot door does.
+    pub fn store(e: &warden_store::StoreError) -> Self {
+        VastError::StoreFailure(if e.is_unreachable() {
+            format!("Warden's store is unreachable, so nothing was done (Warden fails closed); try again when it is back ({e})")
+        } else {
+            format!("Warden's store cannot be used ({e}); nothing was done, try again later")
+        })
     }
 
     /// The HTTP status for this error.
@@ -78,7 +92,9 @@ impl VastError {
             }
             VastError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             VastError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            VastError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            VastError::Unavailable(_) | VastError::StoreFailure(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             VastError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,7 +111,7 @@ impl VastError {
             VastError::UpstreamRefused { .. } => "upstream_refused",
             VastError::UpstreamFailed(_) => "upstream_error",
             VastError::UpstreamTimeout(_) => "upstream_timeout",
-            VastError::Unavailable(_) => "warden_unavailable",
+            VastError::Unavailable(_) | VastError::StoreFailure(_) => "warden_unavailable",
             VastError::Internal(_) => "internal_error",
         }
     }
@@ -119,10 +135,18 @@ impl VastError {
     }
 }
 
+impl From<super::request::RequestError> for VastError {
+    fn from(e: super::request::RequestError) -> Self {
+        VastError::BadRequest(e.to_string())
+    }
+}
+
 impl IntoResponse for VastError {
     fn into_response(self) -> Response {
         let status = self.status_code();
-        if status.is_server_error() {
+        if let VastError::StoreFailure(_) = self {
+            tracing::error!(target: "warden::vast", status = status.as_u16(), error = %self, "store failure: request refused undecided (fail closed)");
+        } else if status.is_server_error() {
             tracing::error!(target: "warden::vast", status = status.as_u16(), error = %self, "vast door error");
         }
         (
@@ -158,5 +182,26 @@ mod tests {
         }
         let internal = VastError::Internal("secret detail".into()).body();
         assert!(!internal.to_string().contains("secret detail"));
+    }
+
+    #[test]
+    fn an_unreachable_store_is_said_to_be_unreachable() {
+        let down = VastError::store(&warden_store::StoreError::Unreachable(
+            "connection refused".into(),
+        ));
+        assert_eq!(down.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            down.to_string()
+                .starts_with("Warden's store is unreachable, so nothing was done"),
+            "{down}"
+        );
+        let closed = VastError::store(&warden_store::StoreError::Closed);
+        assert!(
+            closed
+                .to_string()
+                .starts_with("Warden's store cannot be used"),
+            "{closed}"
+        );
+        assert!(matches!(closed, VastError::StoreFailure(_)));
     }
 }

@@ -78,6 +78,7 @@ pub async fn manage(
     ids: &[u64],
     body: &Value,
 ) -> Result<Value, VastError> {
+    super::request::manage_body(body)?;
     let running = match body.get("state") {
         None => None,
         Some(s) if s == "running" => Some(true),

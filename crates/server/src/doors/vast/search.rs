@@ -148,9 +148,128 @@ pub fn number(v: &Value) -> Option<f64> {
     .filter(|f: &f64| f.is_finite())
 }
 
-/// Why a query cannot match anything the team may rent.
+/// Why a query is not passed on as the team's intersection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NothingAllowed(pub String);
+pub enum QueryError {
+    /// The user's conditions and the team's have an empty intersection:
+    /// the answer is no offer, and this says why.
+    NothingAllowed(String),
+    /// A condition Warden must intersect with the team's cannot be read
+    /// (400).
+    Unreadable(String),
+}
+
+/// A team's bound on a numeric offer field.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Bound {
+    fn admits(self, v: f64) -> bool {
+        match self {
+            Bound::AtMost(max) => v <= max + 1e-9,
+            Bound::AtLeast(min) => v >= min - 1e-9,
+        }
+    }
+}
+
+/// An operand as the upstream compares it with a number.
+fn operand(field: &str, op: &str, v: &Value) -> Result<f64, QueryError> {
+    number(v).ok_or_else(|| {
+        QueryError::Unreadable(format!(
+            "the search condition `{field} {op} {v}` needs a number"
+        ))
+    })
+}
+
+/// Refuses when the user's condition `cond` on `field` admits no value the
+/// team's `bound` admits (as far as Warden reads its operators: eq, in,
+/// gt, gte, lt, lte; the rest is left to the upstream).
+fn check_overlap(
+    field: &str,
+    cond: &Map<String, Value>,
+    bound: Bound,
+    team_says: &str,
+) -> Result<(), QueryError> {
+    let empty = |op: &str, v: &Value| {
+        QueryError::NothingAllowed(format!(
+            "your search asks for `{field} {op} {v}`, but {team_says}; no offer your team may rent matches"
+        ))
+    };
+    for (op, v) in cond {
+        let disjoint = match (op.as_str(), bound) {
+            ("eq", b) => !b.admits(operand(field, op, v)?),
+            ("in", b) => {
+                let items = v.as_array().map_or_else(|| vec![v.clone()], Clone::clone);
+                let mut any = false;
+                for item in &items {
+                    any |= b.admits(operand(field, op, item)?);
+                }
+                !any
+            }
+            ("gt", Bound::AtMost(max)) => operand(field, op, v)? >= max,
+            ("gte", Bound::AtMost(max)) => operand(field, op, v)? > max + 1e-9,
+            ("lt", Bound::AtLeast(min)) => operand(field, op, v)? <= min,
+            ("lte", Bound::AtLeast(min)) => operand(field, op, v)? < min - 1e-9,
+            _ => false,
+        };
+        if disjoint {
+            return Err(empty(op, v));
+        }
+    }
+    Ok(())
+}
+
+/// A boolean as the upstream compares it.
+fn as_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.trim() {
+            "true" | "True" => Some(true),
+            "false" | "False" => Some(false),
+            _ => None,
+        },
+        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
+        _ => None,
+    }
+}
+
+/// The team rents from verified hosts only: the user's `verified`
+/// condition intersected with `verified = true`, which is `{"eq": true}`
+/// if the user's condition admits `true` (other operators kept), and
+/// nothing otherwise.
+fn require_verified(query: &mut Map<String, Value>) -> Result<(), QueryError> {
+    let cond = take_cond(query, "verified");
+    let unreadable = |op: &str, v: &Value| {
+        QueryError::Unreadable(format!(
+            "the search condition `verified {op} {v}` needs true or false"
+        ))
+    };
+    let mut kept = Map::new();
+    for (op, v) in cond {
+        let list = || v.as_array().map_or_else(|| vec![v.clone()], Clone::clone);
+        let admits_true = match op.as_str() {
+            "eq" => as_bool(&v).ok_or_else(|| unreadable(&op, &v))?,
+            "neq" => !as_bool(&v).ok_or_else(|| unreadable(&op, &v))?,
+            "in" => list().iter().any(|i| as_bool(i) == Some(true)),
+            "notin" | "nin" => !list().iter().any(|i| as_bool(i) == Some(true)),
+            _ => {
+                kept.insert(op, v);
+                continue;
+            }
+        };
+        if !admits_true {
+            return Err(QueryError::NothingAllowed(format!(
+                "your search asks for `verified {op} {v}`, but your team rents from verified hosts only; no offer your team may rent matches"
+            )));
+        }
+    }
+    kept.insert("eq".to_owned(), json!(true));
+    query.insert("verified".to_owned(), Value::Object(kept));
+    Ok(())
+}
 
 fn same_gpu(a: &str, b: &str) -> bool {
     a.trim()
@@ -172,32 +291,41 @@ fn take_cond(query: &mut Map<String, Value>, field: &str) -> Map<String, Value> 
     }
 }
 
-/// Tightens a numeric bound: `op` becomes the stricter of the user's and ours.
+/// Intersects the user's condition on a numeric field with the team's
+/// bound: refuses an empty intersection (saying why), and makes `op` the
+/// stricter of the user's and ours, keeping every other condition.
 fn tighten(
     query: &mut Map<String, Value>,
     field: &str,
-    op: &str,
-    ours: f64,
-    stricter: fn(f64, f64) -> f64,
-) {
+    bound: Bound,
+    team_says: &str,
+) -> Result<(), QueryError> {
     let mut c = take_cond(query, field);
-    let value = match c.get(op).and_then(number) {
-        Some(theirs) => stricter(theirs, ours),
+    check_overlap(field, &c, bound, team_says)?;
+    let (op, ours, stricter): (&str, f64, fn(f64, f64) -> f64) = match bound {
+        Bound::AtMost(max) => ("lte", max, f64::min),
+        Bound::AtLeast(min) => ("gte", min, f64::max),
+    };
+    let value = match c.get(op) {
+        Some(theirs) => stricter(operand(field, op, theirs)?, ours),
         None => ours,
     };
     c.insert(op.to_owned(), json!(value));
     query.insert(field.to_owned(), Value::Object(c));
+    Ok(())
 }
 
-/// Puts the constraints into a search query (the CLI's filter object).
-/// `gpu_names` is the upstream's list of GPU names; the allowed ones are
-/// what the `gpu_name` condition may match, intersected with what the user
-/// asked for. Fails when nothing could match.
+/// Puts the constraints into a search query (the CLI's filter object):
+/// each of the user's conditions is intersected with the team's, never
+/// replaced by it. `gpu_names` is the upstream's list of GPU names; the
+/// allowed ones are what the `gpu_name` condition may match, intersected
+/// with what the user asked for. Fails, saying why, when nothing could
+/// match.
 pub fn constrain(
     query: &mut Map<String, Value>,
     c: &OfferConstraints,
     gpu_names: &[String],
-) -> Result<(), NothingAllowed> {
+) -> Result<(), QueryError> {
     if let Some(models) = &c.models {
         let mut names: Vec<String> = gpu_names
             .iter()
@@ -241,7 +369,7 @@ pub fn constrain(
                 .map(|m| format!("`{m}`"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(NothingAllowed(format!(
+            return Err(QueryError::NothingAllowed(format!(
                 "no GPU model your team may rent matches this search; allowed: {allowed}"
             )));
         }
@@ -249,16 +377,31 @@ pub fn constrain(
         query.insert("gpu_name".to_owned(), Value::Object(kept));
     }
     if let Some(max) = c.max_gpus {
-        tighten(query, "num_gpus", "lte", max as f64, f64::min);
+        tighten(
+            query,
+            "num_gpus",
+            Bound::AtMost(max as f64),
+            &format!("your team may rent at most {max} GPUs at once"),
+        )?;
     }
     if let Some(max) = c.max_dph {
-        tighten(query, "dph_total", "lte", max.as_dollars_f64(), f64::min);
+        tighten(
+            query,
+            "dph_total",
+            Bound::AtMost(max.as_dollars_f64()),
+            &format!("your team may rent at most {max}/hour at once"),
+        )?;
     }
     if let Some(min) = c.min_reliability {
-        tighten(query, "reliability2", "gte", min, f64::max);
+        tighten(
+            query,
+            "reliability2",
+            Bound::AtLeast(min),
+            &format!("your team rents from hosts of reliability {min} or more only"),
+        )?;
     }
     if c.verified_only {
-        query.insert("verified".to_owned(), json!({"eq": true}));
+        require_verified(query)?;
     }
     query.insert("rentable".to_owned(), json!({"eq": true}));
     Ok(())
@@ -305,7 +448,7 @@ mod tests {
         let mut query = q(json!({
             "gpu_name": {"eq": "RTX 4090"}, "num_gpus": {"gte": "2", "lte": "8"},
             "dph_total": {"lt": "1"}, "order": [["score", "desc"]], "type": "on-demand",
-            "verified": {"eq": false}
+            "verified": {"eq": true}
         }));
         constrain(&mut query, &c, &names()).unwrap();
         assert_eq!(query["gpu_name"], json!({"in": ["RTX 4090"]}));
@@ -336,7 +479,109 @@ mod tests {
     fn asking_only_for_disallowed_gpus_matches_nothing() {
         let mut query = q(json!({"gpu_name": {"eq": "H100 SXM"}}));
         let err = constrain(&mut query, &constraints(), &names()).unwrap_err();
-        assert!(err.0.contains("`RTX_4090`"), "{err:?}");
+        assert!(
+            matches!(&err, QueryError::NothingAllowed(m) if m.contains("`RTX_4090`")),
+            "{err:?}"
+        );
+    }
+
+    fn refused(query: Value) -> QueryError {
+        constrain(&mut q(query), &constraints(), &names()).unwrap_err()
+    }
+
+    fn nothing(query: Value) -> String {
+        match refused(query.clone()) {
+            QueryError::NothingAllowed(why) => why,
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_users_verified_filter_is_intersected_never_replaced() {
+        // Asking for unverified hosts of a verified-only team: nothing, and why.
+        for cond in [
+            json!({"eq": false}),
+            json!({"eq": "False"}),
+            json!(false),
+            json!({"neq": true}),
+            json!({"in": [false]}),
+            json!({"notin": [true]}),
+        ] {
+            let why = nothing(json!({ "verified": cond }));
+            assert!(
+                why.starts_with("your search asks for `verified ")
+                    && why.contains("your team rents from verified hosts only"),
+                "{cond}: {why}"
+            );
+        }
+        // Admitting verified hosts (or not asking): verified ones.
+        for cond in [
+            json!({"eq": true}),
+            json!({"in": [true, false]}),
+            json!({"neq": false}),
+        ] {
+            let mut query = q(json!({ "verified": cond }));
+            constrain(&mut query, &constraints(), &names()).unwrap();
+            assert_eq!(query["verified"], json!({"eq": true}), "{cond}");
+        }
+        let mut query = q(json!({}));
+        constrain(&mut query, &constraints(), &names()).unwrap();
+        assert_eq!(query["verified"], json!({"eq": true}));
+        // Without the team option the user's filter is left alone.
+        let mut query = q(json!({"verified": {"eq": false}}));
+        constrain(&mut query, &OfferConstraints::default(), &names()).unwrap();
+        assert_eq!(query["verified"], json!({"eq": false}));
+        assert!(matches!(
+            refused(json!({"verified": {"eq": "maybe"}})),
+            QueryError::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn numeric_filters_outside_the_teams_limits_match_nothing_and_say_why() {
+        // max_gpus 4, max $1.50/h, reliability >= 0.95.
+        for (query, field) in [
+            (json!({"num_gpus": {"gte": "8"}}), "num_gpus gte \"8\""),
+            (json!({"num_gpus": {"eq": "8"}}), "num_gpus eq \"8\""),
+            (json!({"num_gpus": "8"}), "num_gpus eq \"8\""),
+            (json!({"num_gpus": {"gt": "4"}}), "num_gpus gt \"4\""),
+            (
+                json!({"num_gpus": {"in": ["8", "16"]}}),
+                "num_gpus in [\"8\",\"16\"]",
+            ),
+            (json!({"dph_total": {"gte": "2"}}), "dph_total gte \"2\""),
+            (
+                json!({"reliability2": {"lt": "0.95"}}),
+                "reliability2 lt \"0.95\"",
+            ),
+            (
+                json!({"reliability2": {"lte": "0.5"}}),
+                "reliability2 lte \"0.5\"",
+            ),
+        ] {
+            let why = nothing(query.clone());
+            assert!(
+                why.starts_with(&format!("your search asks for `{field}`, but your team")),
+                "{query}: {why}"
+            );
+        }
+        assert!(nothing(json!({"num_gpus": {"gte": "8"}})).contains("at most 4 GPUs"));
+        assert!(nothing(json!({"dph_total": {"gt": "1.5"}})).contains("at most $1.50/hour"));
+        assert!(
+            nothing(json!({"reliability2": {"lt": "0.9"}})).contains("reliability 0.95 or more")
+        );
+        // Overlapping ones are kept beside the team's bound (the upstream
+        // applies both), the same operator tightened.
+        let mut query =
+            q(json!({"num_gpus": {"in": ["2", "8"], "lte": "6"}, "reliability2": {"lte": "0.99"}}));
+        constrain(&mut query, &constraints(), &names()).unwrap();
+        assert_eq!(query["num_gpus"], json!({"in": ["2", "8"], "lte": 4.0}));
+        assert_eq!(query["reliability2"], json!({"lte": "0.99", "gte": 0.95}));
+        // An operand that is not a number is not replaced by the team's: 400.
+        assert!(matches!(
+            refused(json!({"num_gpus": {"lte": "many"}})),
+            QueryError::Unreadable(_)
+        ));
     }
 
     #[test]
