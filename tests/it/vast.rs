@@ -1862,3 +1862,82 @@ async fn quota_denials_give_vast_advice() {
         }
     }
 }
+
+/// Issue 11, point 2: the host facts of an offer (create) and of an
+/// instance (start) reach the core, which judges the team's `vast` options
+/// and CEL rules on them; start is judged like create.
+#[tokio::test]
+async fn host_facts_are_judged_by_the_core_at_create_and_at_start() {
+    let policy = "teams:\n  sure: {vast: {verified_only: true}}\n  cv: {}\n";
+    let h = harness_with(policy, None, quick_config()).await;
+    let (sure, cv) = (h.key("sure").await, h.key("cv").await);
+    let unverified = h
+        .sim
+        .offers()
+        .iter()
+        .find(|o| !o.verified && o.rented_by.is_none() && o.num_gpus == 1)
+        .expect("an unverified offer")
+        .id;
+
+    // Create: the core denies the unverified host for `sure`.
+    let (status, body) = h.create(&sure, unverified).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(msg(&body).contains("[team.vast.verified_only]"), "{body}");
+    assert!(msg(&body).contains("is not verified"), "{body}");
+
+    // `cv` may rent it; stop it.
+    let (status, body) = h.create(&cv, unverified).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["new_contract"].as_u64().unwrap();
+    let path = format!("/vast/api/v0/instances/{id}/");
+    let stop = json!({"state": "stopped"});
+    let (status, _) = h.call(Method::PUT, &path, Some(&cv), Some(stop)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Start under a policy whose team options and a CEL rule read the
+    // instance's host: both judge it, as at create.
+    let strict = AppState::with_store(
+        Policy::from_yaml(
+            r#"
+teams: {cv: {vast: {verified_only: true}}}
+rules:
+  - name: known-hosts
+    mode: warn
+    match: {doors: [vast], resource: 'resource.reliability >= 0.0 && resource.host_id != ""'}
+    deny: host facts were read
+"#,
+        )
+        .unwrap(),
+        None,
+        Some(h.store.clone()),
+    );
+    strict.enable_vast(Arc::clone(&h.door));
+    let (status, body) = call_state(
+        &strict,
+        Method::PUT,
+        &path,
+        Some(&cv),
+        Some(json!({"state": "running"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(msg(&body).contains("[team.vast.verified_only]"), "{body}");
+    assert_eq!(h.sim.instance(id).unwrap().status, InstanceStatus::Stopped);
+    // The start's audit record names both rules: the CEL rule read the
+    // host's reliability and id from the instance row.
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    let start = records
+        .iter()
+        .rev()
+        .find(|r| r.kind == "decision" && r.payload.contains(&format!("\"target\":\"{id}\"")))
+        .expect("the start's record");
+    let reasons = &start.payload;
+    assert!(
+        reasons.contains("team.vast.verified_only") && reasons.contains("known-hosts"),
+        "{reasons}"
+    );
+}

@@ -255,6 +255,18 @@ impl<'r> State<'r> {
             self.hourly(policy, r)
                 .map_or(Value::Null, |u| Value::Float(u.as_dollars_f64()))
         });
+        let host = r.host.as_ref();
+        f.add(field::RELIABILITY, || {
+            host.and_then(|h| h.reliability)
+                .map_or(Value::Null, Value::Float)
+        });
+        f.add(field::VERIFIED, || {
+            host.and_then(|h| h.verified)
+                .map_or(Value::Null, Value::Bool)
+        });
+        f.add(field::HOST_ID, || {
+            opt_str(host.and_then(|h| h.host_id.as_deref()))
+        });
         f.into_value()
     }
 
@@ -373,6 +385,7 @@ cel_fields! {
     DOOR = "door",
     GPU_MODELS = "gpu_models",
     GPUS = "gpus",
+    HOST_ID = "host_id",
     HOURLY_USD = "hourly_usd",
     IMAGE_ID = "image_id",
     INDEX = "index",
@@ -383,11 +396,13 @@ cel_fields! {
     NUM_NODES = "num_nodes",
     PORTS = "ports",
     REGION = "region",
+    RELIABILITY = "reliability",
     RESOURCES = "resources",
     TEAM = "team",
     TOTAL_GPUS = "total_gpus",
     USE_SPOT = "use_spot",
     USER = "user",
+    VERIFIED = "verified",
     WORKSPACE = "workspace",
     ZONE = "zone",
 }
@@ -885,6 +900,36 @@ impl Policy {
                 |r| r.region.as_deref(),
                 |c, a| a == c,
             ),
+            Action::MinReliability(min) => {
+                for (_, r) in sel() {
+                    let facts = r.host.as_ref();
+                    let reliability = facts.and_then(|h| h.reliability);
+                    if !reliability.is_some_and(|x| x >= *min) {
+                        return Outcome::Deny(format!(
+                            "runs on {} whose reliability is {}; the minimum is {min}. Pick a more reliable host (at the Vast door `vastai search offers` shows only those)",
+                            host_name(facts),
+                            reliability.map_or("unknown".to_owned(), |x| x.to_string())
+                        ));
+                    }
+                }
+                Outcome::Pass
+            }
+            Action::VerifiedOnly => {
+                for (_, r) in sel() {
+                    let facts = r.host.as_ref();
+                    if facts.and_then(|h| h.verified) != Some(true) {
+                        let state = match facts.and_then(|h| h.verified) {
+                            Some(false) => "is not verified",
+                            _ => "is not known to be verified",
+                        };
+                        return Outcome::Deny(format!(
+                            "runs on {} that {state}; the team rents from verified hosts only. Pick an offer of a verified host",
+                            host_name(facts)
+                        ));
+                    }
+                }
+                Outcome::Pass
+            }
             Action::AllowedImages(prefixes) => {
                 for (_, r) in sel() {
                     if let Some(img) = &r.image_id {
@@ -959,6 +1004,14 @@ fn bounded_list(items: impl IntoIterator<Item = String>) -> (String, usize) {
         text.push_str(&format!(" and {} more", seen.len() - shown.len()));
     }
     (text, seen.len())
+}
+
+/// `host 123` or `a host`, for messages.
+fn host_name(facts: Option<&crate::request::HostFacts>) -> String {
+    match facts.and_then(|h| h.host_id.as_deref()) {
+        Some(id) => format!("host {id}"),
+        None => "a host".to_owned(),
+    }
 }
 
 fn plural(n: u64, what: &str) -> String {
@@ -1230,5 +1283,102 @@ mod tests {
              Admin note: See the wiki.\n    \
              Ask #infra."
         );
+    }
+}
+
+#[cfg(test)]
+mod host_fact_tests {
+    use crate::request::{Accelerator, HostFacts};
+    use crate::{Door, GpuModel, LaunchRequest, Policy, Resource};
+
+    /// A one-GPU Vast rental on a host with these facts.
+    fn rental(team: &str, host: Option<HostFacts>) -> LaunchRequest {
+        let mut req = LaunchRequest::new(Door::Vast, "launch");
+        req.principal.team = Some(team.to_owned());
+        req.resources = vec![Resource {
+            accelerator: Some(Accelerator {
+                model: GpuModel::parse("RTX_4090").unwrap(),
+                count: 1,
+            }),
+            host,
+            ..Resource::default()
+        }];
+        req
+    }
+
+    fn facts(reliability: Option<f64>, verified: Option<bool>) -> Option<HostFacts> {
+        Some(HostFacts {
+            reliability,
+            verified,
+            host_id: Some("4711".to_owned()),
+        })
+    }
+
+    #[test]
+    fn team_vast_options_judge_the_host_in_the_core() {
+        let policy = Policy::from_yaml(
+            "teams:\n  sure: {vast: {min_reliability: 0.95, verified_only: true}}\n  any: {}\n",
+        )
+        .unwrap();
+        let d = policy.decide(&rental("sure", facts(Some(0.99), Some(true))));
+        assert!(d.is_allowed(), "{:?}", d.reasons);
+        let d = policy.decide(&rental("sure", facts(Some(0.9), Some(true))));
+        assert_eq!(
+            d.denied_by().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ["team.vast.min_reliability"]
+        );
+        let text = d.denial_message();
+        assert!(
+            text.contains("host 4711 whose reliability is 0.9; the minimum is 0.95")
+                && text.contains("`teams.sure.vast.min_reliability`"),
+            "{text}"
+        );
+        let d = policy.decide(&rental("sure", facts(Some(0.99), Some(false))));
+        assert_eq!(
+            d.denied_by().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            ["team.vast.verified_only"]
+        );
+        // Unknown facts are not good enough (fail closed).
+        let d = policy.decide(&rental("sure", None));
+        assert_eq!(d.denied_by().len(), 2, "{:?}", d.reasons);
+        // Another team, or another door, is not judged by these options.
+        assert!(policy
+            .decide(&rental("any", facts(Some(0.1), Some(false))))
+            .is_allowed());
+        let mut sky = rental("sure", None);
+        sky.door = Door::Skypilot;
+        assert!(policy.decide(&sky).is_allowed());
+    }
+
+    #[test]
+    fn cel_reads_the_host_facts() {
+        let policy = Policy::from_yaml(
+            r#"
+teams: {ml: {}}
+rules:
+  - name: reliable-hosts
+    match: {doors: [vast], resource: 'resource.reliability < 0.99 || !resource.verified || resource.host_id == "13"'}
+    deny: host not trusted
+"#,
+        )
+        .unwrap();
+        assert!(policy
+            .decide(&rental("ml", facts(Some(0.995), Some(true))))
+            .is_allowed());
+        for bad in [
+            facts(Some(0.98), Some(true)),
+            facts(Some(0.995), Some(false)),
+        ] {
+            let d = policy.decide(&rental("ml", bad));
+            assert_eq!(
+                d.denied_by().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                ["reliable-hosts"]
+            );
+        }
+        let mut on_13 = facts(Some(0.995), Some(true));
+        if let Some(h) = on_13.as_mut() {
+            h.host_id = Some("13".to_owned());
+        }
+        assert!(!policy.decide(&rental("ml", on_13)).is_allowed());
     }
 }

@@ -37,6 +37,8 @@ pub use policy::{
     TeamFromLabel,
 };
 pub use price::{GpuPrice, PriceTable};
-pub use request::{Accelerator, Autostop, Door, LaunchRequest, Principal, Quote, Resource};
+pub use request::{
+    Accelerator, Autostop, Door, HostFacts, LaunchRequest, Principal, Quote, Resource,
+};
 pub use vast::{BudgetAction, LaunchLimits, VastTeam, VastTeamSpec};
 pub use yaml_depth::{check_depth, MAX_CONFIG_DEPTH};

@@ -502,6 +502,10 @@ pub(crate) enum Action {
     AllowedClouds(Vec<String>),
     AllowedRegions(Vec<String>),
     AllowedImages(Vec<String>),
+    /// The host's reliability must be at least this (unknown: denied).
+    MinReliability(f64),
+    /// The host must be verified (unknown: denied).
+    VerifiedOnly,
 }
 
 #[derive(Debug)]
@@ -1071,6 +1075,39 @@ fn team_rules(p: &mut Problems, path: &str, name: &TeamName, t: &TeamSpec) -> Ve
             "max_hourly_usd",
             Action::MaxHourly(usd),
         );
+    }
+    // The team's marketplace options judge the host facts the Vast door
+    // fills in; they hold at that door only.
+    let vast_rule = |rule: &'static str, key: &str, action: Action| Rule {
+        name: RuleName::builtin(rule),
+        mode: t.mode,
+        controllers: false,
+        hint: Some(format!(
+            "(or ask a platform admin to change `teams.{name}.vast.{key}`)"
+        )),
+        note: None,
+        matcher: Matcher {
+            teams: Some(vec![name.clone()]),
+            doors: Some(vec![Door::Vast]),
+            ..Matcher::default()
+        },
+        action,
+    };
+    if let Some(vast) = &t.vast {
+        if let Some(min) = vast.min_reliability.filter(|r| r.is_finite()) {
+            out.push(vast_rule(
+                "team.vast.min_reliability",
+                "min_reliability",
+                Action::MinReliability(min),
+            ));
+        }
+        if vast.verified_only {
+            out.push(vast_rule(
+                "team.vast.verified_only",
+                "verified_only",
+                Action::VerifiedOnly,
+            ));
+        }
     }
     out
 }

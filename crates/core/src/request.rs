@@ -76,6 +76,21 @@ pub struct Resource {
     /// marketplace offer's `dph_total`), when it knows one: limits and the
     /// recorded cost then use it instead of the price table.
     pub quote: Option<Quote>,
+    /// What a marketplace says about the host, when the door knows it
+    /// (the Vast door fills it from the offer or the instance; CEL reads
+    /// `resource.reliability`, `resource.verified`, `resource.host_id`).
+    pub host: Option<HostFacts>,
+}
+
+/// Marketplace facts about the machine a candidate runs on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HostFacts {
+    /// The host's reliability score, 0 to 1 (Vast's `reliability2`).
+    pub reliability: Option<f64>,
+    /// Whether the marketplace verified the host.
+    pub verified: Option<bool>,
+    /// The host (provider) id.
+    pub host_id: Option<String>,
 }
 
 /// A price quoted for one node of a candidate, per hour: what this very

@@ -893,6 +893,7 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
                 image_id: image.clone(),
                 ports: ports.clone(),
                 quote: None,
+                host: None,
             });
             origins.push(Origin {
                 alt: alt.map(|(i, _)| i),

@@ -29,8 +29,8 @@
 
 use serde_json::{json, Map, Value};
 use warden_core::{
-    eval::set_path, Accelerator, Decision, Doc, Door, Effect, LaunchRequest, Mutation, Principal,
-    Quote, Reason, Resource, ResourceField, RuleName, Usd, VastTeam, Verdict,
+    eval::set_path, Accelerator, Decision, Doc, Door, HostFacts, LaunchRequest, Mutation,
+    Principal, Quote, Resource, ResourceField, Usd,
 };
 use warden_store::{AllocationName, AllocationRequest, AllocationState, Settled, UnixMicros};
 
@@ -134,6 +134,7 @@ pub fn launch_request(
         disk_size: body.get("disk").and_then(number).map(|d| d.ceil() as i64),
         image_id: body.get("image").and_then(Value::as_str).map(str::to_owned),
         quote: Some(Quote { on_demand, spot }),
+        host: Some(host_facts(offer)),
         ..Resource::default()
     }];
     req.labels = labels_of(body.get("label").and_then(Value::as_str));
@@ -142,39 +143,22 @@ pub fn launch_request(
     Ok(req)
 }
 
-/// The team's Vast options, judged on the offer, as extra denials.
-pub fn check_vast_options(v: &VastTeam, team: &str, offer: &Row, d: &mut Decision) {
-    let offer_id = offer.get("id").and_then(Value::as_u64).unwrap_or_default();
-    let mut deny = |rule: &str, message: String| {
-        if let Ok(rule) = RuleName::parse(rule) {
-            d.reasons.push(Reason {
-                rule,
-                effect: Effect::Deny,
-                message,
-            });
-        }
-    };
-    if let Some(min) = v.min_reliability {
-        let r = offer.get("reliability2").and_then(number);
-        if !r.is_some_and(|r| r >= min) {
-            deny(
-                "team.vast.min_reliability",
-                format!(
-                    "offer {offer_id}'s host reliability is {}; the minimum is {min}. Pick a more reliable offer (`vastai search offers` shows only those) (or ask a platform admin to change `teams.{team}.vast.min_reliability`)",
-                    r.map_or("unknown".to_owned(), |r| r.to_string())
-                ),
-            );
-        }
-    }
-    if v.verified_only && offer.get("verified").and_then(Value::as_bool) != Some(true) {
-        deny(
-            "team.vast.verified_only",
-            format!("offer {offer_id}'s host is not verified; the team rents from verified hosts only (or ask a platform admin to change `teams.{team}.vast.verified_only`)"),
-        );
-    }
-    if d.reasons.iter().any(|r| r.effect == Effect::Deny) {
-        d.verdict = Verdict::Deny;
-        d.mutations.clear();
+/// What an offer or an instance row says about its host, for the core to
+/// judge (`teams.<t>.vast`, CEL `resource.reliability` ...): `reliability2`,
+/// `verified` (an offer) or `verification` (an instance), `host_id`.
+pub fn host_facts(row: &Row) -> HostFacts {
+    HostFacts {
+        reliability: row.get("reliability2").and_then(number),
+        verified: row.get("verified").and_then(Value::as_bool).or_else(|| {
+            row.get("verification")
+                .and_then(Value::as_str)
+                .map(|v| v == "verified")
+        }),
+        host_id: row.get("host_id").and_then(|h| match h {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }),
     }
 }
 
@@ -392,8 +376,7 @@ pub async fn create(
         token: token.clone(),
     };
     let req = launch_request(&caller, &offer, &body, &pending.name())?;
-    let mut decision = caller.policy.decide(&req);
-    check_vast_options(&caller.team.vast, team.as_str(), &offer, &mut decision);
+    let decision = caller.policy.decide(&req);
     let mut mutated = body.clone();
     let skipped = if decision.is_allowed() {
         apply_mutations(&decision, &offer, &mut mutated)

@@ -200,6 +200,7 @@ fn restart_request(
             on_demand: hourly,
             spot: hourly,
         }),
+        host: Some(super::create::host_facts(row)),
         ..Resource::default()
     }];
     req.labels = super::create::labels_of(row.get("label").and_then(Value::as_str));
