@@ -12,6 +12,7 @@ mod admin;
 mod cases;
 mod cli;
 mod door_limits;
+mod gate;
 mod http;
 mod keys;
 mod recording;

@@ -15,13 +15,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use warden_core::{Decision, Policy};
+use warden_core::Policy;
 
 use crate::alerts::Alerter;
 use crate::config::{load_config, Settings};
 use crate::doors::skypilot::{self, Answer};
 use crate::error::DoorError;
-use crate::recorder::{self, Recorded};
 use warden_store::{Store, UnixMicros};
 
 /// The least time between two alert checks of one team triggered by grants.
@@ -350,39 +349,6 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, DoorError
     })
 }
 
-/// The decision line (`warden::decision`, see [`crate::logging::decision`]).
-fn log_decision(
-    request_id: &str,
-    door: &str,
-    request: &warden_core::LaunchRequest,
-    decision: &Decision,
-    allowed: bool,
-    started: Instant,
-) {
-    crate::logging::decision(|line| {
-        line.str("request_id", request_id);
-        line.str("door", door);
-        line.opt_str("team", decision.team.as_ref().map(|t| t.as_str()));
-        line.opt_str("user", request.principal.user.as_deref());
-        line.str("request", request.request_name.as_str());
-        line.str("verdict", if allowed { "allow" } else { "deny" });
-        line.bool("quota_denied", decision.is_allowed() && !allowed);
-        line.joined("denied", decision.denied_by().iter().map(|r| r.as_str()));
-        line.joined("warned", decision.warned_by().iter().map(|r| r.as_str()));
-        // A request that was not let through had nothing applied.
-        let mutated = if allowed {
-            decision.mutated_by()
-        } else {
-            Vec::new()
-        };
-        line.joined("mutated", mutated.iter().map(|r| r.as_str()));
-        line.u64(
-            "latency_us",
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
-    });
-}
-
 /// Logs a request answered with an error: a store failure (503, the
 /// request was not decided) as such, anything else as a malformed request.
 fn log_refusal(request_id: &str, door: &str, err: &DoorError) {
@@ -422,82 +388,73 @@ async fn skypilot_door(
 ) -> Response {
     let started = Instant::now();
     let request_id = state.request_id_given(given.as_ref());
-    // A reference to the same buffer, for the audit record's replay input.
-    let raw = body.as_ref().ok().cloned();
-    // A guard, not an `Arc` clone: no shared counter to bounce between cores.
-    let policy = state.policy.load();
-    let result = body_or_error(body).and_then(|body| skypilot::handle(&policy, &body));
-    let result = match result {
-        Ok(handled) => match &state.store {
-            None => Ok(handled),
-            Some(store) => {
-                let policy = arc_swap::Guard::into_inner(policy);
-                let now = UnixMicros::from_system_time(SystemTime::now());
-                let settings = state.settings();
-                let input = raw.as_deref().and_then(skypilot::replay_input);
-                let decided = recorder::Decided {
-                    request_id: &request_id,
-                    request: &handled.request,
-                    decision: &handled.decision,
-                    input,
-                };
-                recorder::record(store, &policy, decided, now, &settings.time_zone)
-                    .await
-                    .map(|recorded| match recorded {
-                        Recorded::Recorded => handled,
-                        Recorded::Granted => {
-                            if let Some(team) =
-                                handled.decision.team.as_ref().and_then(|t| policy.team(t))
-                            {
-                                state.alert_after_grant(store, team, now);
-                            }
-                            handled
-                        }
-                        Recorded::OverQuota(message) => skypilot::Handled {
-                            answer: Answer::Deny(message),
-                            ..handled
-                        },
-                    })
-            }
-        },
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(handled) => {
-            log_decision(
-                &request_id,
-                "skypilot",
-                &handled.request,
-                &handled.decision,
-                matches!(handled.answer, Answer::Allow(_)),
-                started,
-            );
-            let (status, content_type, body) = match handled.answer {
-                Answer::Allow(body) => (StatusCode::OK, "application/json", body),
-                Answer::Deny(message) => (
-                    StatusCode::BAD_REQUEST,
-                    "text/plain; charset=utf-8",
-                    message,
-                ),
-            };
-            (
-                status,
-                [
-                    (header::CONTENT_TYPE, content_type),
-                    (
-                        header::HeaderName::from_static(REQUEST_ID),
-                        request_id.as_str(),
-                    ),
-                ],
-                body,
-            )
-                .into_response()
+    match skypilot_admit(&state, &request_id, body, started).await {
+        Ok(Answer::Allow(body)) => {
+            skypilot_answer(StatusCode::OK, "application/json", body, &request_id)
         }
+        Ok(Answer::Deny(message)) => skypilot_answer(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            message,
+            &request_id,
+        ),
         Err(err) => {
             log_refusal(&request_id, "skypilot", &err);
             err.into_response()
         }
     }
+}
+
+/// The SkyPilot door: parse → normalize → the gate → encode.
+async fn skypilot_admit(
+    state: &AppState,
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<Answer, DoorError> {
+    let body = body_or_error(body)?;
+    let policy = state.policy();
+    let skypilot::Normalized {
+        request,
+        mut rewrite,
+    } = skypilot::normalize(&policy, skypilot::parse_body(&body)?)?;
+    let admission = crate::gate::Admission {
+        door: "skypilot",
+        request_id,
+        request: &request,
+        key: None,
+        // The audit record's replay input, only when there is a store.
+        input: state.store().and_then(|_| skypilot::replay_input(&body)),
+        started,
+    };
+    let admitted = crate::gate::admit(state, &policy, admission, |d| {
+        rewrite.apply(d).map(crate::gate::Applied::all)
+    })
+    .await?;
+    Ok(match admitted {
+        crate::gate::Admitted::Allowed {
+            applied: (task, config),
+            ..
+        } => Answer::Allow(skypilot::encode_answer(&task, &config)),
+        crate::gate::Admitted::Denied { message, .. } => Answer::Deny(message),
+    })
+}
+
+fn skypilot_answer(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+    request_id: &str,
+) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::HeaderName::from_static(REQUEST_ID), request_id),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

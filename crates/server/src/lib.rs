@@ -10,6 +10,7 @@ pub mod cases;
 pub mod config;
 pub mod doors;
 pub mod error;
+pub mod gate;
 pub mod http_client;
 mod json_text;
 pub mod logging;

@@ -99,6 +99,14 @@ struct Origin {
 pub struct Normalized {
     /// The request for the core.
     pub request: LaunchRequest,
+    /// The wire documents, to apply a decision to.
+    pub rewrite: Rewrite,
+}
+
+/// The task and config as sent and as PyYAML reads them: what the door
+/// applies an allowing decision to ([`Rewrite::apply`]).
+#[derive(Debug)]
+pub struct Rewrite {
     /// The task as PyYAML reads it.
     task: Node,
     /// The config as PyYAML reads it, when parsed.
@@ -961,12 +969,14 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
     }
     Ok(Normalized {
         request,
-        task,
-        config,
-        origins,
-        alt_key,
-        task_text: req.task,
-        config_text,
+        rewrite: Rewrite {
+            task,
+            config,
+            origins,
+            alt_key,
+            task_text: req.task,
+            config_text,
+        },
     })
 }
 
@@ -1012,7 +1022,7 @@ fn rewrite_infra(infra: &str, field: ResourceField, value: &str) -> String {
     parts.join("/")
 }
 
-impl Normalized {
+impl Rewrite {
     fn set_resource(&self, task: &mut Node, idx: usize, field: ResourceField, value: &Value) {
         let Some(origin) = self.origins.get(idx) else {
             return;
@@ -1303,30 +1313,35 @@ pub fn handle(policy: &Policy, body: &[u8]) -> Result<Handled, DoorError> {
     handle_request(policy, req)
 }
 
-/// Handles a decoded request.
+/// Handles a decoded request: normalize, then the gate's store-free
+/// decision with this door's apply step.
 pub fn handle_request(policy: &Policy, req: SkyRequest) -> Result<Handled, DoorError> {
-    let mut normalized = normalize(policy, req)?;
-    let decision = policy.decide(&normalized.request);
-    if decision.is_allowed() {
-        let (task, config) = normalized.apply(&decision)?;
-        let answer = Answer::Allow(encode_answer(&task, &config));
-        Ok(Handled {
-            request: normalized.request,
+    let Normalized {
+        request,
+        mut rewrite,
+    } = normalize(policy, req)?;
+    let (decision, applied) = crate::gate::decide(policy, &request, |d| {
+        rewrite.apply(d).map(crate::gate::Applied::all)
+    })?;
+    Ok(match applied {
+        Some(applied) => {
+            let (task, config) = applied.value;
+            Handled {
+                answer: Answer::Allow(encode_answer(&task, &config)),
+                request,
+                decision,
+                task,
+                config,
+            }
+        }
+        None => Handled {
+            answer: Answer::Deny(decision.denial_message()),
+            request,
             decision,
-            task,
-            config,
-            answer,
-        })
-    } else {
-        let message = decision.denial_message();
-        Ok(Handled {
-            request: normalized.request,
-            decision,
-            task: normalized.task_text,
-            config: normalized.config_text,
-            answer: Answer::Deny(message),
-        })
-    }
+            task: rewrite.task_text,
+            config: rewrite.config_text,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -217,34 +217,6 @@ impl Caller {
     pub fn team_name(&self) -> &TeamName {
         &self.team.name
     }
-
-    /// Records this caller's decision now (audit, and for a grant the
-    /// reservation), in the configured time zone; returns the outcome and
-    /// the instant it was recorded at.
-    pub async fn record(
-        &self,
-        state: &AppState,
-        request: &warden_core::LaunchRequest,
-        decision: &warden_core::Decision,
-        input: Value,
-    ) -> Result<(crate::recorder::Recorded, UnixMicros), VastError> {
-        let settings = state.settings();
-        let at = now();
-        let decided = crate::recorder::Decided {
-            request_id: &self.request_id,
-            request,
-            decision,
-            input: Some(input),
-        };
-        crate::recorder::record(&self.store, &self.policy, decided, at, &settings.time_zone)
-            .await
-            .map(|recorded| (recorded, at))
-            .map_err(|e| match e {
-                crate::error::DoorError::StoreFailure(msg) => VastError::StoreFailure(msg),
-                crate::error::DoorError::BadRequest(msg) => VastError::BadRequest(msg),
-                other => VastError::Internal(other.to_string()),
-            })
-    }
 }
 
 /// Now, as the store counts time.
@@ -274,26 +246,6 @@ pub fn upstream_error(e: UpstreamError) -> VastError {
             })
         }
         other => VastError::UpstreamFailed(other.to_string()),
-    }
-}
-
-/// What a create or start whose decision was recorded may go on with: only
-/// a granted reservation (`what` names the action in the internal error).
-fn require_grant(
-    recorded: &crate::recorder::Recorded,
-    decision: &warden_core::Decision,
-    what: &str,
-) -> Result<(), VastError> {
-    use crate::recorder::Recorded;
-    match recorded {
-        Recorded::Granted => Ok(()),
-        Recorded::OverQuota(msg) => Err(VastError::Denied(msg.clone())),
-        Recorded::Recorded if !decision.is_allowed() => {
-            Err(VastError::Denied(decision.denial_message()))
-        }
-        Recorded::Recorded => Err(VastError::Internal(format!(
-            "an allowed {what} was not reserved"
-        ))),
     }
 }
 

@@ -38,11 +38,9 @@ use super::instances::{CREATE_ENV, TEAM_ENV};
 use super::search::{model_of, number};
 use super::upstream::Row;
 use super::{
-    now, require_grant, settle_matches, store_error, upstream_error, Caller, Pending, VastDoor,
-    VastError,
+    now, settle_matches, store_error, upstream_error, Caller, Pending, VastDoor, VastError,
 };
 use crate::app::AppState;
-use crate::recorder::Recorded;
 use crate::redact::{redact, REDACTED};
 
 /// Disk the simulator and Vast assume when a create names none, GB.
@@ -344,6 +342,7 @@ pub async fn create(
     offer_id: u64,
     body: Value,
 ) -> Result<Value, VastError> {
+    let started = std::time::Instant::now();
     let body = super::request::create_body(body)?;
     let team = caller.team_name().clone();
     let token = token()?;
@@ -376,19 +375,29 @@ pub async fn create(
         token: token.clone(),
     };
     let req = launch_request(&caller, &offer, &body, &pending.name())?;
-    let decision = caller.policy.decide(&req);
-    let mut mutated = body.clone();
-    let skipped = if decision.is_allowed() {
-        apply_mutations(&decision, &offer, &mut mutated)
-    } else {
-        Vec::new()
+    let admission = crate::gate::Admission {
+        door: "vast",
+        request_id: &caller.request_id,
+        request: &req,
+        key: Some(caller.key.id.as_str()),
+        input: Some(replay_input(offer_id, &body)),
+        started,
     };
-    let (recorded, at) = caller
-        .record(state, &req, &decision, replay_input(offer_id, &body))
-        .await?;
-    log_decision(&caller, &req, &decision, &recorded, &skipped);
-    require_grant(&recorded, &decision, "create")?;
-    state.alert_after_grant(&caller.store, &caller.team, at);
+    let admitted = crate::gate::admit(state, &caller.policy, admission, |d| {
+        let mut mutated = body.clone();
+        let not_applicable = apply_mutations(d, &offer, &mut mutated);
+        Ok(crate::gate::Applied {
+            value: mutated,
+            not_applicable,
+        })
+    })
+    .await?;
+    let (decision, mut mutated) = match admitted {
+        crate::gate::Admitted::Allowed {
+            decision, applied, ..
+        } => (decision, applied),
+        crate::gate::Admitted::Denied { message, .. } => return Err(VastError::Denied(message)),
+    };
     tag_env(&mut mutated, team.as_str(), &token);
     let placeholder =
         AllocationName::parse(&pending.name()).map_err(|e| VastError::Internal(e.to_string()))?;
@@ -499,34 +508,6 @@ async fn settle(
             .map_err(store_error)?;
     }
     Ok(())
-}
-
-fn log_decision(
-    caller: &Caller,
-    req: &LaunchRequest,
-    d: &Decision,
-    recorded: &Recorded,
-    skipped: &[String],
-) {
-    crate::logging::decision(|line| {
-        line.str("request_id", caller.request_id.as_str());
-        line.str("door", "vast");
-        line.str("team", caller.team_name().as_str());
-        line.opt_str("user", req.principal.user.as_deref());
-        line.str("key", caller.key.id.as_str());
-        line.str("request", req.request_name.as_str());
-        line.opt_str("target_name", req.target.as_deref());
-        let granted = matches!(recorded, Recorded::Granted);
-        line.str("verdict", if granted { "allow" } else { "deny" });
-        line.bool("quota_denied", matches!(recorded, Recorded::OverQuota(_)));
-        line.joined("denied", d.denied_by().iter().map(|r| r.as_str()));
-        line.joined("warned", d.warned_by().iter().map(|r| r.as_str()));
-        // A create that was not let through had nothing applied.
-        let mutated = if granted { d.mutated_by() } else { Vec::new() };
-        line.joined("mutated", mutated.iter().map(|r| r.as_str()));
-        line.joined("not_applicable", skipped.iter().map(String::as_str));
-        line.opt_str("hourly_usd", d.hourly_usd.map(|u| u.to_string()).as_deref());
-    });
 }
 
 #[cfg(test)]

@@ -135,6 +135,20 @@ impl VastError {
     }
 }
 
+impl From<crate::error::DoorError> for VastError {
+    /// The gate's errors, in the Vast door's shape.
+    fn from(e: crate::error::DoorError) -> Self {
+        use crate::error::DoorError;
+        match e {
+            DoorError::StoreFailure(msg) => VastError::StoreFailure(msg),
+            DoorError::BadRequest(msg) => VastError::BadRequest(msg),
+            e @ DoorError::PayloadTooLarge { .. } => VastError::BadRequest(e.to_string()),
+            DoorError::Unavailable(msg) => VastError::Unavailable(msg),
+            DoorError::Internal(msg) => VastError::Internal(msg),
+        }
+    }
+}
+
 impl From<super::request::RequestError> for VastError {
     fn from(e: super::request::RequestError) -> Self {
         VastError::BadRequest(e.to_string())

@@ -28,7 +28,7 @@ use warden_store::{AllocationName, EndTarget, Write};
 use super::instances::{self, ssh_address};
 use super::search::model_of;
 use super::upstream::Row;
-use super::{now, owners, require_grant, store_error, upstream_error, Caller, VastDoor, VastError};
+use super::{now, owners, store_error, upstream_error, Caller, VastDoor, VastError};
 use crate::app::AppState;
 
 fn name(id: u64) -> Result<AllocationName, VastError> {
@@ -216,6 +216,7 @@ async fn start(
     id: u64,
     body: &Value,
 ) -> Result<Value, VastError> {
+    let started = std::time::Instant::now();
     let live = caller
         .store
         .list_live(Some(caller.team_name()))
@@ -238,12 +239,21 @@ async fn start(
             msg: format!("instance {id} no longer exists"),
         })?;
     let req = restart_request(caller, &row, id, body)?;
-    let decision = caller.policy.decide(&req);
-    let (recorded, at) = caller
-        .record(state, &req, &decision, json!({"start": id}))
-        .await?;
-    require_grant(&recorded, &decision, "start")?;
-    state.alert_after_grant(&caller.store, &caller.team, at);
+    let admission = crate::gate::Admission {
+        door: "vast",
+        request_id: &caller.request_id,
+        request: &req,
+        key: Some(caller.key.id.as_str()),
+        input: Some(json!({"start": id})),
+        started,
+    };
+    let admitted = crate::gate::admit(state, &caller.policy, admission, |_| {
+        Ok(crate::gate::Applied::all(()))
+    })
+    .await?;
+    if let crate::gate::Admitted::Denied { message, .. } = admitted {
+        return Err(VastError::Denied(message));
+    }
     match door.upstream.manage(id, body).await {
         Ok(answer) => Ok(answer),
         Err(e) if e.is_definite_refusal() => {
