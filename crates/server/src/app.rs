@@ -370,6 +370,14 @@ fn log_refusal(request_id: &str, door: &str, err: &DoorError) {
             error = %err,
             "request refused: Warden is not ready"
         ),
+        DoorError::Internal(_) => tracing::error!(
+            target: "warden::decision",
+            request_id,
+            door,
+            status,
+            error = %err,
+            "internal error: request refused undecided"
+        ),
         _ => tracing::warn!(
             target: "warden::decision",
             request_id,

@@ -286,11 +286,7 @@ fn is_launch(req: &LaunchRequest) -> bool {
 }
 
 fn store_error(e: warden_store::StoreError) -> DoorError {
-    DoorError::StoreFailure(if e.is_unreachable() {
-        format!("the request was not decided and is denied until the store is back: {e}")
-    } else {
-        format!("the decision could not be recorded ({e}); the request is denied until the store is back")
-    })
+    DoorError::store(&e)
 }
 
 /// One decision to record.

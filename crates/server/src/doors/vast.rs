@@ -32,7 +32,7 @@
 //!   supported), since a call Warden does not understand could spend money
 //!   ungoverned.
 //!
-//! Answers use Vast's error shape (see [`VastError`]); the CLI shows `msg`.
+//! Answers use Vast's error shape (see [`DoorError`]); the CLI shows `msg`.
 
 pub mod create;
 mod error;
@@ -59,7 +59,7 @@ use warden_store::{Allocation, AllocationName, KeyError, KeyPrincipal, Store, Un
 
 use crate::app::AppState;
 use crate::config::VastConfig;
-pub use error::VastError;
+pub use error::DoorError;
 use upstream::Row;
 pub use upstream::{Upstream, UpstreamError};
 
@@ -135,11 +135,11 @@ impl VastDoor {
         team: &TeamName,
         offer: u64,
         token: &str,
-    ) -> Result<CreateGuard<'_>, VastError> {
+    ) -> Result<CreateGuard<'_>, DoorError> {
         let key = (team.clone(), offer);
         let mut inflight = lock(&self.inflight);
         if inflight.contains_key(&key) {
-            return Err(VastError::Conflict(format!(
+            return Err(DoorError::Conflict(format!(
                 "a create of offer {offer} for team `{team}` is already in progress; wait for it, then `vastai show instances`"
             )));
         }
@@ -225,19 +225,19 @@ pub fn now() -> UnixMicros {
 }
 
 /// The error answered for an upstream failure.
-pub fn upstream_error(e: UpstreamError) -> VastError {
+pub fn upstream_error(e: UpstreamError) -> DoorError {
     match e {
         UpstreamError::Timeout { .. } => {
-            VastError::UpstreamTimeout(format!("{e}; nothing was changed by Warden, try again"))
+            DoorError::UpstreamTimeout(format!("{e}; nothing was changed by Warden, try again"))
         }
         UpstreamError::Status { status, body, .. } if upstream::passable(status).is_some() => {
-            VastError::UpstreamRefused { status, body }
+            DoorError::UpstreamRefused { status, body }
         }
         UpstreamError::Status {
             status, ref body, ..
         } => {
             let msg = body.get("msg").and_then(Value::as_str).unwrap_or_default();
-            VastError::UpstreamFailed(if matches!(status, 401 | 403) {
+            DoorError::UpstreamFailed(if matches!(status, 401 | 403) {
                 format!("the Vast API refused Warden's own key (HTTP {status}); a platform admin must fix Warden's `vast` key")
             } else if msg.is_empty() {
                 e.to_string()
@@ -245,12 +245,12 @@ pub fn upstream_error(e: UpstreamError) -> VastError {
                 format!("{e}: {msg}")
             })
         }
-        other => VastError::UpstreamFailed(other.to_string()),
+        other => DoorError::UpstreamFailed(other.to_string()),
     }
 }
 
-fn store_error(e: warden_store::StoreError) -> VastError {
-    VastError::store(&e)
+fn store_error(e: warden_store::StoreError) -> DoorError {
+    DoorError::store(&e)
 }
 
 /// Checks the caller's key, and that its team is still configured.
@@ -259,7 +259,7 @@ async fn authenticate(
     store: &Store,
     headers: &HeaderMap,
     request_id: &str,
-) -> Result<Caller, VastError> {
+) -> Result<Caller, DoorError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -267,18 +267,18 @@ async fn authenticate(
         .map(str::trim)
         .filter(|k| !k.is_empty());
     let Some(presented) = presented else {
-        return Err(VastError::Unauthorized(
+        return Err(DoorError::Unauthorized(
             "no API key: Warden's Vast door needs your team's Warden key (`vastai --api-key wdn_...`, or `vastai set api-key wdn_...`); a platform admin creates one with `warden keys create --team TEAM`".to_owned(),
         ));
     };
     let key = match store.authenticate(presented, now()).await {
         Ok(key) => key,
         Err(KeyError::Store(e)) => return Err(store_error(e)),
-        Err(e) => return Err(VastError::Unauthorized(e.to_string())),
+        Err(e) => return Err(DoorError::Unauthorized(e.to_string())),
     };
     let policy = state.policy();
     let Some(team) = policy.team(&key.team).cloned() else {
-        return Err(VastError::Unauthorized(format!(
+        return Err(DoorError::Unauthorized(format!(
             "API key `{}` belongs to team `{}`, which is no longer in Warden's config; ask a platform admin",
             key.id, key.team
         )));
@@ -294,7 +294,7 @@ async fn authenticate(
 
 /// The owning team of each instance id, from Warden's allocations (live
 /// or ended; the latest wins). Instances with no allocation are absent.
-pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, TeamName>, VastError> {
+pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, TeamName>, DoorError> {
     let names: Vec<AllocationName> = ids
         .iter()
         .filter_map(|id| AllocationName::parse(&id.to_string()).ok())
@@ -314,12 +314,12 @@ pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, TeamName>
 
 /// Refuses unless `id` is one of the caller's instances (another team's
 /// instance is answered like a missing one).
-async fn require_own(caller: &Caller, id: u64) -> Result<(), VastError> {
+async fn require_own(caller: &Caller, id: u64) -> Result<(), DoorError> {
     let owners = owners(&caller.store, &[id]).await?;
     if owners.get(&id) == Some(caller.team_name()) {
         Ok(())
     } else {
-        Err(VastError::NotFound {
+        Err(DoorError::NotFound {
             code: "no_such_instance",
             msg: format!(
                 "instance {id} does not exist or is not one of team `{}`'s instances (`vastai show instances` lists yours)",
@@ -338,7 +338,7 @@ async fn settle_matches(
     live: &[Allocation],
     rows: &[Row],
     source: &str,
-) -> Result<Vec<(Allocation, u64)>, VastError> {
+) -> Result<Vec<(Allocation, u64)>, DoorError> {
     let mut settled = Vec::new();
     for a in live.iter().filter(|a| a.door == Door::Vast) {
         let Some(p) = Pending::parse(a.name.as_str()) else {
@@ -357,7 +357,7 @@ async fn settle_matches(
             continue;
         };
         let to = AllocationName::parse(&id.to_string())
-            .map_err(|e| VastError::Internal(e.to_string()))?;
+            .map_err(|e| DoorError::Internal(e.to_string()))?;
         let outcome = store
             .settle(Door::Vast, &a.team, &a.name, &to, now())
             .await
@@ -384,7 +384,7 @@ async fn own_rows(
     caller: &Caller,
     select_filters: Option<&Value>,
     order_by: Option<&Value>,
-) -> Result<Vec<Row>, VastError> {
+) -> Result<Vec<Row>, DoorError> {
     let rows = door
         .upstream
         .instances(select_filters, order_by)
@@ -498,11 +498,11 @@ impl Call {
     }
 }
 
-fn json_body(body: &Bytes) -> Result<Value, VastError> {
+fn json_body(body: &Bytes) -> Result<Value, DoorError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| VastError::bad(format!("the body is not JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| DoorError::bad(format!("the body is not JSON: {e}")))
 }
 
 /// Query parameters, decoded as form data (the CLI sends
@@ -513,11 +513,11 @@ fn query_param(uri: &Uri, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn query_json(uri: &Uri, name: &str) -> Result<Option<Value>, VastError> {
+fn query_json(uri: &Uri, name: &str) -> Result<Option<Value>, DoorError> {
     query_param(uri, name)
         .map(|t| {
             serde_json::from_str(&t)
-                .map_err(|e| VastError::bad(format!("query parameter `{name}` is not JSON: {e}")))
+                .map_err(|e| DoorError::bad(format!("query parameter `{name}` is not JSON: {e}")))
         })
         .transpose()
 }
@@ -540,7 +540,7 @@ pub async fn route(
     let call = Call::parse(&method, &path);
     let result = match body {
         Ok(body) => serve(&state, &call, &uri, &headers, body, &request_id).await,
-        Err(rejection) => Err(VastError::bad(format!(
+        Err(rejection) => Err(DoorError::bad(format!(
             "cannot read the request body: {rejection}"
         ))),
     };
@@ -557,7 +557,7 @@ pub async fn route(
             )
                 .into_response(),
         ),
-        Err(e) => (e.status_code(), e.into_response()),
+        Err(e) => (e.status_code(), error::vast_response(e)),
     };
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     if call.changes_something() || !status.is_success() {
@@ -585,9 +585,9 @@ async fn serve(
     headers: &HeaderMap,
     body: Bytes,
     request_id: &str,
-) -> Result<Answer, VastError> {
+) -> Result<Answer, DoorError> {
     let Some(door) = state.vast() else {
-        return Err(VastError::NotSupported(
+        return Err(DoorError::NotSupported(
             "Warden's Vast door is off on this server (it needs a store: `storage` must not be `none`)".to_owned(),
         ));
     };
@@ -596,7 +596,7 @@ async fn serve(
         return Ok(Answer::Json(json!({"gpu_names": *names})));
     }
     let Some(store) = state.store() else {
-        return Err(VastError::Unavailable("Warden has no store".to_owned()));
+        return Err(DoorError::Unavailable("Warden has no store".to_owned()));
     };
     let caller = authenticate(state, store, headers, request_id).await?;
     let value = match call {
@@ -619,7 +619,7 @@ async fn serve(
             let offer = *offer;
             tokio::spawn(async move { create::create(&door, &state, caller, offer, body).await })
                 .await
-                .map_err(|e| VastError::Internal(format!("the create task failed: {e}")))?
+                .map_err(|e| DoorError::Internal(format!("the create task failed: {e}")))?
         }
         Call::ListV1 => {
             let filters = query_json(uri, "select_filters")?;
@@ -628,7 +628,7 @@ async fn serve(
                 None => Ok(default),
                 Some(n) if n.is_empty() || n == "null" => Ok(default),
                 Some(n) => n.trim_matches('"').parse::<usize>().map_err(|_| {
-                    VastError::bad(format!("`{name}` must be a whole number, not `{n}`"))
+                    DoorError::bad(format!("`{name}` must be a whole number, not `{n}`"))
                 }),
             };
             let limit = number("limit", 25)?;
@@ -660,7 +660,7 @@ async fn serve(
             let (door, state, id) = (Arc::clone(door), Arc::clone(state), *id);
             tokio::spawn(async move { manage::manage(&door, &state, &caller, &[id], &body).await })
                 .await
-                .map_err(|e| VastError::Internal(format!("the task failed: {e}")))?
+                .map_err(|e| DoorError::Internal(format!("the task failed: {e}")))?
         }
         Call::ManageBulk => {
             let body = json_body(&body)?;
@@ -668,32 +668,32 @@ async fn serve(
             let (door, state) = (Arc::clone(door), Arc::clone(state));
             tokio::spawn(async move { manage::manage(&door, &state, &caller, &ids, &body).await })
                 .await
-                .map_err(|e| VastError::Internal(format!("the task failed: {e}")))?
+                .map_err(|e| DoorError::Internal(format!("the task failed: {e}")))?
         }
         Call::Destroy(id) => {
             let (door, id) = (Arc::clone(door), *id);
             tokio::spawn(async move { manage::destroy(&door, &caller, &[id]).await })
                 .await
-                .map_err(|e| VastError::Internal(format!("the task failed: {e}")))?
+                .map_err(|e| DoorError::Internal(format!("the task failed: {e}")))?
         }
         Call::DestroyBulk => {
             let ids = ids(&json_body(&body)?, "instance_ids")?;
             let door = Arc::clone(door);
             tokio::spawn(async move { manage::destroy(&door, &caller, &ids).await })
                 .await
-                .map_err(|e| VastError::Internal(format!("the task failed: {e}")))?
+                .map_err(|e| DoorError::Internal(format!("the task failed: {e}")))?
         }
-        Call::Refused(msg) => Err(VastError::NotSupported(msg.clone())),
+        Call::Refused(msg) => Err(DoorError::NotSupported(msg.clone())),
     };
     value.map(Answer::Json)
 }
 
-fn ids(body: &Value, key: &str) -> Result<Vec<u64>, VastError> {
+fn ids(body: &Value, key: &str) -> Result<Vec<u64>, DoorError> {
     body.get(key)
         .and_then(Value::as_array)
         .and_then(|ids| ids.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
         .filter(|ids| !ids.is_empty())
-        .ok_or_else(|| VastError::bad(format!("`{key}` must be a non-empty list of instance ids")))
+        .ok_or_else(|| DoorError::bad(format!("`{key}` must be a non-empty list of instance ids")))
 }
 
 /// `users/current`, made by Warden: who the key is, never an upstream key.
@@ -737,9 +737,9 @@ async fn search_offers(
     door: &VastDoor,
     caller: &Caller,
     query: Value,
-) -> Result<String, VastError> {
+) -> Result<String, DoorError> {
     let Value::Object(mut query) = query else {
-        return Err(VastError::bad(
+        return Err(DoorError::bad(
             "the search query must be a JSON object of field conditions",
         ));
     };
@@ -756,7 +756,7 @@ async fn search_offers(
             tracing::info!(target: "warden::vast", team = caller.team_name().as_str(), reason = why.as_str(), "search matches nothing the team may rent");
             return Ok(json!({"offers": [], "warden": {"empty_because": why}}).to_string());
         }
-        Err(search::QueryError::Unreadable(why)) => return Err(VastError::BadRequest(why)),
+        Err(search::QueryError::Unreadable(why)) => return Err(DoorError::BadRequest(why)),
     }
     let raw = door
         .upstream
@@ -808,7 +808,7 @@ pub async fn start(config: &VastConfig) -> Result<(VastDoor, Option<EmbeddedSim>
     }
     let key = [create::token(), create::token()]
         .into_iter()
-        .collect::<Result<String, VastError>>()
+        .collect::<Result<String, DoorError>>()
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

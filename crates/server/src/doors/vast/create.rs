@@ -38,7 +38,7 @@ use super::instances::{CREATE_ENV, TEAM_ENV};
 use super::search::{model_of, number};
 use super::upstream::Row;
 use super::{
-    now, settle_matches, store_error, upstream_error, Caller, Pending, VastDoor, VastError,
+    now, settle_matches, store_error, upstream_error, Caller, DoorError, Pending, VastDoor,
 };
 use crate::app::AppState;
 use crate::redact::{redact, REDACTED};
@@ -46,10 +46,10 @@ use crate::redact::{redact, REDACTED};
 /// Disk the simulator and Vast assume when a create names none, GB.
 pub const DEFAULT_DISK_GB: f64 = 10.0;
 
-pub(super) fn token() -> Result<String, VastError> {
+pub(super) fn token() -> Result<String, DoorError> {
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes)
-        .map_err(|e| VastError::Internal(format!("no OS randomness: {e}")))?;
+        .map_err(|e| DoorError::Internal(format!("no OS randomness: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -76,10 +76,10 @@ pub fn launch_request(
     offer: &Row,
     body: &Map<String, Value>,
     target: &str,
-) -> Result<LaunchRequest, VastError> {
+) -> Result<LaunchRequest, DoorError> {
     let offer_id = offer.get("id").and_then(Value::as_u64).unwrap_or_default();
     let bad_offer = |what: &str| {
-        VastError::UpstreamFailed(format!(
+        DoorError::UpstreamFailed(format!(
             "offer {offer_id} as the Vast API describes it has no usable `{what}`; it cannot be judged, so it is not rented"
         ))
     };
@@ -106,7 +106,7 @@ pub fn launch_request(
                 .filter(|p| *p > 0.0)
                 .and_then(|p| Usd::from_dollars(p).ok())
                 .ok_or_else(|| {
-                    VastError::bad(format!("`price` must be a positive bid in $/hour, not {p}"))
+                    DoorError::bad(format!("`price` must be a positive bid in $/hour, not {p}"))
                 })?,
         ),
     };
@@ -272,7 +272,7 @@ fn replay_input(offer: u64, body: &Map<String, Value>) -> Value {
 
 /// An earlier, unanswered create of `offer` by the caller's team: settled
 /// if its instance exists (its id returned), voided if not.
-async fn recover(door: &VastDoor, caller: &Caller, offer: u64) -> Result<Option<u64>, VastError> {
+async fn recover(door: &VastDoor, caller: &Caller, offer: u64) -> Result<Option<u64>, DoorError> {
     let live = caller
         .store
         .list_live(Some(caller.team_name()))
@@ -319,7 +319,7 @@ pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(360
 /// The instance of an earlier create of `offer` by the caller's team that
 /// was settled within [`RETRY_WINDOW`] (by this door, by a listing or by
 /// the reconciler, after its answer was lost) and still runs.
-async fn recently_settled(caller: &Caller, offer: u64) -> Result<Option<u64>, VastError> {
+async fn recently_settled(caller: &Caller, offer: u64) -> Result<Option<u64>, DoorError> {
     let window = i64::try_from(RETRY_WINDOW.as_micros()).unwrap_or(i64::MAX);
     let since = UnixMicros::from_micros(now().micros().saturating_sub(window));
     let prefix = format!("{}{offer}:", Pending::PREFIX);
@@ -341,7 +341,7 @@ pub async fn create(
     caller: Caller,
     offer_id: u64,
     body: Value,
-) -> Result<Value, VastError> {
+) -> Result<Value, DoorError> {
     let started = std::time::Instant::now();
     let body = super::request::create_body(body)?;
     let team = caller.team_name().clone();
@@ -366,7 +366,7 @@ pub async fn create(
         .await
         .map_err(upstream_error)?
         .filter(|o| o.get("rentable").and_then(Value::as_bool) != Some(false))
-        .ok_or_else(|| VastError::NotFound {
+        .ok_or_else(|| DoorError::NotFound {
             code: "no_such_ask",
             msg: format!("offer {offer_id} is not available (unknown, or rented already); run `vastai search offers` again"),
         })?;
@@ -396,11 +396,11 @@ pub async fn create(
         crate::gate::Admitted::Allowed {
             decision, applied, ..
         } => (decision, applied),
-        crate::gate::Admitted::Denied { message, .. } => return Err(VastError::Denied(message)),
+        crate::gate::Admitted::Denied { message, .. } => return Err(DoorError::Denied(message)),
     };
     tag_env(&mut mutated, team.as_str(), &token);
     let placeholder =
-        AllocationName::parse(&pending.name()).map_err(|e| VastError::Internal(e.to_string()))?;
+        AllocationName::parse(&pending.name()).map_err(|e| DoorError::Internal(e.to_string()))?;
     match door
         .upstream
         .create(offer_id, &Value::Object(mutated))
@@ -416,12 +416,12 @@ pub async fn create(
                 }
                 _ if refused => {
                     void(&caller, &placeholder, "the Vast API refused the create").await?;
-                    Err(VastError::UpstreamRefused {
+                    Err(DoorError::UpstreamRefused {
                         status: 400,
                         body: answer,
                     })
                 }
-                _ => Err(VastError::UpstreamFailed(format!(
+                _ => Err(DoorError::UpstreamFailed(format!(
                     "the Vast API accepted the create of offer {offer_id} without naming the instance; Warden keeps the reservation until the instance shows up (`vastai show instances`)"
                 ))),
             }
@@ -439,8 +439,8 @@ pub async fn create(
             tracing::warn!(target: "warden::vast", team = team.as_str(), offer = offer_id, placeholder = placeholder.as_str(), error = %e, "create outcome unknown; the placeholder stays for the reconciler");
             let hint = "; the instance may or may not exist: Warden keeps the reservation until it knows, and a retry of the same create finds it";
             Err(match upstream_error(e) {
-                VastError::UpstreamTimeout(m) => VastError::UpstreamTimeout(format!("{m}{hint}")),
-                VastError::UpstreamFailed(m) => VastError::UpstreamFailed(format!("{m}{hint}")),
+                DoorError::UpstreamTimeout(m) => DoorError::UpstreamTimeout(format!("{m}{hint}")),
+                DoorError::UpstreamFailed(m) => DoorError::UpstreamFailed(format!("{m}{hint}")),
                 other => other,
             })
         }
@@ -451,7 +451,7 @@ async fn void(
     caller: &Caller,
     placeholder: &AllocationName,
     reason: &str,
-) -> Result<(), VastError> {
+) -> Result<(), DoorError> {
     let live = caller
         .store
         .list_live(Some(caller.team_name()))
@@ -478,9 +478,9 @@ async fn settle(
     decision: &Decision,
     placeholder: &AllocationName,
     id: u64,
-) -> Result<(), VastError> {
+) -> Result<(), DoorError> {
     let name =
-        AllocationName::parse(&id.to_string()).map_err(|e| VastError::Internal(e.to_string()))?;
+        AllocationName::parse(&id.to_string()).map_err(|e| DoorError::Internal(e.to_string()))?;
     let team = caller.team_name();
     let outcome = caller
         .store

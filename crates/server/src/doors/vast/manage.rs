@@ -28,15 +28,15 @@ use warden_store::{AllocationName, EndTarget, Write};
 use super::instances::{self, ssh_address};
 use super::search::model_of;
 use super::upstream::Row;
-use super::{now, owners, store_error, upstream_error, Caller, VastDoor, VastError};
+use super::{now, owners, store_error, upstream_error, Caller, DoorError, VastDoor};
 use crate::app::AppState;
 
-fn name(id: u64) -> Result<AllocationName, VastError> {
-    AllocationName::parse(&id.to_string()).map_err(|e| VastError::Internal(e.to_string()))
+fn name(id: u64) -> Result<AllocationName, DoorError> {
+    AllocationName::parse(&id.to_string()).map_err(|e| DoorError::Internal(e.to_string()))
 }
 
 /// Refuses unless every id is the caller's.
-async fn require_all_own(caller: &Caller, ids: &[u64]) -> Result<(), VastError> {
+async fn require_all_own(caller: &Caller, ids: &[u64]) -> Result<(), DoorError> {
     let owners = owners(&caller.store, ids).await?;
     let foreign: Vec<String> = ids
         .iter()
@@ -46,7 +46,7 @@ async fn require_all_own(caller: &Caller, ids: &[u64]) -> Result<(), VastError> 
     if foreign.is_empty() {
         Ok(())
     } else {
-        Err(VastError::NotFound {
+        Err(DoorError::NotFound {
             code: "no_such_instance",
             msg: format!(
                 "instance(s) {} do not exist or are not team `{}`'s (`vastai show instances` lists yours); nothing was changed",
@@ -57,7 +57,7 @@ async fn require_all_own(caller: &Caller, ids: &[u64]) -> Result<(), VastError> 
     }
 }
 
-async fn audit(caller: &Caller, kind: &str, payload: Value) -> Result<(), VastError> {
+async fn audit(caller: &Caller, kind: &str, payload: Value) -> Result<(), DoorError> {
     let write = Write::Audit {
         kind: kind.to_owned(),
         payload,
@@ -77,21 +77,21 @@ pub async fn manage(
     caller: &Caller,
     ids: &[u64],
     body: &Value,
-) -> Result<Value, VastError> {
+) -> Result<Value, DoorError> {
     super::request::manage_body(body)?;
     let running = match body.get("state") {
         None => None,
         Some(s) if s == "running" => Some(true),
         Some(s) if s == "stopped" => Some(false),
         Some(other) => {
-            return Err(VastError::bad(format!(
+            return Err(DoorError::bad(format!(
                 "`state` must be \"running\" or \"stopped\", not {other}"
             )))
         }
     };
     let label = body.get("label");
     if running.is_none() && label.is_none() {
-        return Err(VastError::bad(
+        return Err(DoorError::bad(
             "nothing to change: send {\"state\": \"running\"|\"stopped\"} and/or {\"label\": \"...\"}",
         ));
     }
@@ -136,7 +136,7 @@ pub async fn manage(
     })
 }
 
-async fn stop(door: &VastDoor, caller: &Caller, id: u64, body: &Value) -> Result<Value, VastError> {
+async fn stop(door: &VastDoor, caller: &Caller, id: u64, body: &Value) -> Result<Value, DoorError> {
     let answer = door
         .upstream
         .manage(id, body)
@@ -160,7 +160,7 @@ fn restart_request(
     row: &Row,
     id: u64,
     body: &Value,
-) -> Result<LaunchRequest, VastError> {
+) -> Result<LaunchRequest, DoorError> {
     let gpu = row
         .get("gpu_name")
         .and_then(Value::as_str)
@@ -171,7 +171,7 @@ fn restart_request(
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0);
     let hourly = instances::dph_total(row).ok_or_else(|| {
-        VastError::UpstreamFailed(format!(
+        DoorError::UpstreamFailed(format!(
             "instance {id} as the Vast API describes it has no `dph_total`; it cannot be judged, so it is not started"
         ))
     })?;
@@ -215,7 +215,7 @@ async fn start(
     caller: &Caller,
     id: u64,
     body: &Value,
-) -> Result<Value, VastError> {
+) -> Result<Value, DoorError> {
     let started = std::time::Instant::now();
     let live = caller
         .store
@@ -234,7 +234,7 @@ async fn start(
         .instance(id)
         .await
         .map_err(upstream_error)?
-        .ok_or_else(|| VastError::NotFound {
+        .ok_or_else(|| DoorError::NotFound {
             code: "no_such_instance",
             msg: format!("instance {id} no longer exists"),
         })?;
@@ -252,7 +252,7 @@ async fn start(
     })
     .await?;
     if let crate::gate::Admitted::Denied { message, .. } = admitted {
-        return Err(VastError::Denied(message));
+        return Err(DoorError::Denied(message));
     }
     match door.upstream.manage(id, body).await {
         Ok(answer) => Ok(answer),
@@ -279,7 +279,7 @@ async fn start(
 }
 
 /// `DELETE /instances/{id}/` and its bulk form.
-pub async fn destroy(door: &VastDoor, caller: &Caller, ids: &[u64]) -> Result<Value, VastError> {
+pub async fn destroy(door: &VastDoor, caller: &Caller, ids: &[u64]) -> Result<Value, DoorError> {
     require_all_own(caller, ids).await?;
     let mut last = json!({"success": true});
     for &id in ids {
@@ -339,7 +339,7 @@ async fn pre_destroy(
     caller: &Caller,
     id: u64,
     settings: &crate::config::PreDestroy,
-) -> Result<Value, VastError> {
+) -> Result<Value, DoorError> {
     let command = settings.command.as_str();
     let timeout = settings.timeout;
     let row = door.upstream.instance(id).await.map_err(upstream_error)?;

@@ -43,7 +43,7 @@ use super::instances;
 use super::search::model_of;
 use super::upstream::Row;
 use super::{
-    lock, now, owners, settle_matches, store_error, upstream_error, Pending, VastDoor, VastError,
+    lock, now, owners, settle_matches, store_error, upstream_error, DoorError, Pending, VastDoor,
 };
 use crate::app::AppState;
 
@@ -92,7 +92,7 @@ async fn budget_exhausted(
     team: &warden_core::Team,
     tz: &TimeZone,
     at: UnixMicros,
-) -> Result<Option<&'static str>, VastError> {
+) -> Result<Option<&'static str>, DoorError> {
     if team.budgets.mode != BudgetMode::Hard {
         return Ok(None);
     }
@@ -113,7 +113,7 @@ async fn budget_exhausted(
     Ok(None)
 }
 
-async fn audit(store: &Store, kind: &str, payload: Value) -> Result<(), VastError> {
+async fn audit(store: &Store, kind: &str, payload: Value) -> Result<(), DoorError> {
     store
         .write(
             Write::Audit {
@@ -135,7 +135,7 @@ pub async fn reconcile(
     store: &Store,
     policy: &Policy,
     tz: &TimeZone,
-) -> Result<ReconcileReport, VastError> {
+) -> Result<ReconcileReport, DoorError> {
     let rows = door
         .upstream
         .instances(None, None)
@@ -281,13 +281,13 @@ async fn adopt(
     id: u64,
     row: &Row,
     at: UnixMicros,
-) -> Result<(), VastError> {
+) -> Result<(), DoorError> {
     let request = AllocationRequest {
         door: Door::Vast,
         team: team.clone(),
         user: None,
         name: AllocationName::parse(&id.to_string())
-            .map_err(|e| VastError::Internal(e.to_string()))?,
+            .map_err(|e| DoorError::Internal(e.to_string()))?,
         gpu_model: row
             .get("gpu_name")
             .and_then(Value::as_str)
@@ -315,13 +315,13 @@ async fn budget_stop(
     team: &TeamName,
     id: u64,
     period: &str,
-) -> Result<(), VastError> {
+) -> Result<(), DoorError> {
     door.upstream
         .manage(id, &json!({"state": "stopped"}))
         .await
         .map_err(upstream_error)?;
     let name =
-        AllocationName::parse(&id.to_string()).map_err(|e| VastError::Internal(e.to_string()))?;
+        AllocationName::parse(&id.to_string()).map_err(|e| DoorError::Internal(e.to_string()))?;
     store
         .end(
             &EndTarget::Name {
@@ -341,7 +341,7 @@ async fn budget_stop(
     .await
 }
 
-fn log_pass(result: &Result<ReconcileReport, VastError>, started: Instant) {
+fn log_pass(result: &Result<ReconcileReport, DoorError>, started: Instant) {
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match result {
         Ok(r) if r.changed() || !r.errors.is_empty() => tracing::info!(
@@ -367,9 +367,9 @@ fn log_pass(result: &Result<ReconcileReport, VastError>, started: Instant) {
 }
 
 /// One pass with the state's door, store, policy and time zone.
-pub async fn reconcile_state(state: &AppState) -> Result<ReconcileReport, VastError> {
+pub async fn reconcile_state(state: &AppState) -> Result<ReconcileReport, DoorError> {
     let (Some(door), Some(store)) = (state.vast(), state.store()) else {
-        return Err(VastError::NotSupported("the Vast door is off".to_owned()));
+        return Err(DoorError::NotSupported("the Vast door is off".to_owned()));
     };
     let settings = state.settings();
     reconcile(door, store, &state.policy(), &settings.time_zone).await
