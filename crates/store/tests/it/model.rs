@@ -1,7 +1,7 @@
 //! The store's maintained summaries (live usage, budget states, launch
 //! buckets) against a
 //! model that recomputes every answer from scratch, straight from the rules
-//! in `src/allocations.rs` and `src/spend.rs`: a seeded random sequence of
+//! in `src/allocations/` and `src/spend.rs`: a seeded random sequence of
 //! reservations (alone and in group-commit batches, through two replicas,
 //! with clocks that step back as well as forward), ends (by id and by
 //! name) and dropped budget states must get exactly the model's answers.

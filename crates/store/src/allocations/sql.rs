@@ -1,0 +1,368 @@
+//! The SQL of allocations: the row columns and their parsing, the lookup
+//! of live allocations by key, the batch insert (one statement per batch
+//! on PostgreSQL, chunked on SQLite), the updates that end them, and
+//! [`Store::list_live`].
+
+use std::collections::HashMap;
+
+use warden_core::{Door, GpuModel, TeamName, Usd};
+
+use super::limits::reserved_micros;
+use super::reserve::{LiveKey, Reservation};
+use super::{Allocation, AllocationId, AllocationName, AllocationState, EndTarget};
+use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
+use crate::error::StoreError;
+use crate::time::UnixMicros;
+use crate::Store;
+
+/// The columns of an allocation row, in [`AllocationRow`] order.
+macro_rules! allocation_columns {
+    () => {
+        "id, door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+         started_us, ended_us, state"
+    };
+}
+
+pub(crate) use allocation_columns;
+
+/// An allocation row as read with [`allocation_columns`].
+pub(crate) type AllocationRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    String,
+);
+
+/// Parses a row read with [`allocation_columns`].
+pub(crate) fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
+    let (id, door, team, user, name, gpu_model, gpus, hourly, started, ended, state) = row;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: format!("allocation `{id}`"),
+        detail,
+    };
+    let door = match door.as_str() {
+        "skypilot" => Door::Skypilot,
+        "vast" => Door::Vast,
+        "kubernetes" => Door::Kubernetes,
+        other => return Err(corrupt(format!("unknown door `{other}`"))),
+    };
+    let state = match state.as_str() {
+        "live" => AllocationState::Live,
+        "ended" => AllocationState::Ended,
+        other => return Err(corrupt(format!("unknown state `{other}`"))),
+    };
+    Ok(Allocation {
+        id: AllocationId(id),
+        door,
+        team: TeamName::parse(&team).map_err(|e| corrupt(e.to_string()))?,
+        user,
+        name: AllocationName::parse(&name).map_err(|e| corrupt(e.to_string()))?,
+        gpu_model: gpu_model
+            .map(|m| GpuModel::parse(&m))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        gpus: u32::try_from(gpus).map_err(|_| corrupt(format!("gpus `{gpus}` out of range")))?,
+        hourly: Usd::from_micros(hourly),
+        started: UnixMicros::from_micros(started),
+        ended: ended.map(UnixMicros::from_micros),
+        state,
+    })
+}
+
+/// Columns of the key-returning statements: id, door, team, name.
+pub(super) type KeyRow = (i64, String, String, String);
+
+impl Tx {
+    /// The live allocations with these keys: `(id, door, team, name)`.
+    pub(super) async fn live_ids(
+        &mut self,
+        keys: &[LiveKey<'_>],
+    ) -> Result<Vec<KeyRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Tx::Postgres { tx } => {
+                let doors: Vec<&str> = keys.iter().map(|k| k.0).collect();
+                let teams: Vec<&str> = keys.iter().map(|k| k.1).collect();
+                let names: Vec<&str> = keys.iter().map(|k| k.2).collect();
+                // One index probe per key, whatever the planner thinks of
+                // the table's size: a LATERAL subquery with LIMIT cannot
+                // become a hash join over a scan of every allocation (which
+                // stale statistics on a fast-growing table can pick).
+                Ok(sqlx::query_as(
+                    "SELECT a.id, a.door, a.team, a.name \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(door, team, name) \
+                     CROSS JOIN LATERAL ( \
+                       SELECT id, door, team, name FROM allocations \
+                       WHERE door = k.door AND team = k.team AND name = k.name \
+                         AND state = 'live' \
+                       LIMIT 1) a",
+                )
+                .bind(doors)
+                .bind(teams)
+                .bind(names)
+                .fetch_all(&mut **tx)
+                .await?)
+            }
+            Tx::Sqlite { tx, .. } => {
+                let mut rows = Vec::new();
+                for range in sqlite_chunks(keys.len()) {
+                    let chunk = keys.get(range).unwrap_or_default();
+                    // A join, not `(door, team, name) IN (VALUES ...)`:
+                    // SQLite plans that as a scan of every live row.
+                    let sql = format!(
+                        "SELECT a.id, a.door, a.team, a.name FROM (VALUES {}) AS k \
+                         CROSS JOIN allocations a \
+                           ON a.door = k.column1 AND a.team = k.column2 \
+                          AND a.name = k.column3 \
+                         WHERE a.state = 'live'",
+                        values_params(chunk.len(), 3)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for (door, team, name) in chunk {
+                        query = query.bind(*door).bind(*team).bind(*name);
+                    }
+                    rows.extend(query.fetch_all(&mut **tx).await?);
+                }
+                Ok(rows)
+            }
+        }
+    }
+
+    /// Inserts `fresh` as live allocations, each started at its `now`, and
+    /// returns their ids in the same order.
+    pub(super) async fn insert_allocations(
+        &mut self,
+        fresh: &[&Reservation<'_>],
+    ) -> Result<Vec<AllocationId>, StoreError> {
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut returned: Vec<KeyRow> = Vec::with_capacity(fresh.len());
+        match self {
+            Tx::Postgres { tx } => {
+                let reqs = || fresh.iter().map(|r| r.request);
+                returned = sqlx::query_as(
+                    "INSERT INTO allocations \
+                       (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                        started_us, ended_us, state, reserved_micros, held_until_us) \
+                     SELECT door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                        started_us, NULL, 'live', reserved_micros, held_until_us \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+                                 $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], \
+                                 $10::BIGINT[]) \
+                       AS x(door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                            started_us, reserved_micros, held_until_us) \
+                     RETURNING id, door, team, name",
+                )
+                .bind(reqs().map(|q| q.door.as_str()).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.team.as_str()).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.user.as_deref()).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.name.as_str()).collect::<Vec<_>>())
+                .bind(
+                    reqs()
+                        .map(|q| q.gpu_model.as_ref().map(GpuModel::as_str))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(reqs().map(|q| i64::from(q.gpus)).collect::<Vec<_>>())
+                .bind(reqs().map(|q| q.hourly.micros()).collect::<Vec<_>>())
+                .bind(fresh.iter().map(|r| r.now.micros()).collect::<Vec<_>>())
+                .bind(
+                    fresh
+                        .iter()
+                        .map(|r| reserved_micros(r.limits))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(fresh.iter().map(|r| r.held_until()).collect::<Vec<_>>())
+                .fetch_all(&mut **tx)
+                .await?;
+            }
+            Tx::Sqlite { tx, .. } => {
+                for range in sqlite_chunks(fresh.len()) {
+                    let chunk = fresh.get(range).unwrap_or_default();
+                    let sql = format!(
+                        "INSERT INTO allocations \
+                           (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                            started_us, ended_us, state, reserved_micros, held_until_us) \
+                         VALUES {} RETURNING id, door, team, name",
+                        values_params(chunk.len(), 12)
+                    );
+                    let mut query = sqlx::query_as(&sql);
+                    for r in chunk {
+                        let q = r.request;
+                        query = query
+                            .bind(q.door.as_str())
+                            .bind(q.team.as_str())
+                            .bind(q.user.as_deref())
+                            .bind(q.name.as_str())
+                            .bind(q.gpu_model.as_ref().map(GpuModel::as_str))
+                            .bind(i64::from(q.gpus))
+                            .bind(q.hourly.micros())
+                            .bind(r.now.micros())
+                            .bind(None::<i64>)
+                            .bind("live")
+                            .bind(reserved_micros(r.limits))
+                            .bind(r.held_until());
+                    }
+                    returned.extend(query.fetch_all(&mut **tx).await?);
+                }
+            }
+        }
+        // RETURNING order is unspecified (SQLite says so): match by key,
+        // which is unique among live rows.
+        let ids: HashMap<LiveKey<'_>, i64> = returned
+            .iter()
+            .map(|(id, door, team, name)| ((door.as_str(), team.as_str(), name.as_str()), *id))
+            .collect();
+        fresh
+            .iter()
+            .map(|r| {
+                ids.get(&r.key())
+                    .map(|&id| AllocationId(id))
+                    .ok_or_else(|| sqlx::Error::RowNotFound.into())
+            })
+            .collect()
+    }
+
+    /// Teams of the live allocations `target` names, for locking.
+    pub(super) async fn target_teams(
+        &mut self,
+        target: &EndTarget,
+    ) -> Result<Vec<TeamName>, StoreError> {
+        let rows: Vec<(String,)> = on_tx!(self, |conn| match target {
+            EndTarget::Id(id) => {
+                sqlx::query_as("SELECT team FROM allocations WHERE id = $1 AND state = 'live'")
+                    .bind(id.get())
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            EndTarget::Name { door, name } => {
+                sqlx::query_as(
+                    "SELECT DISTINCT team FROM allocations \
+                     WHERE door = $1 AND name = $2 AND state = 'live'",
+                )
+                .bind(door.as_str())
+                .bind(name.as_str())
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        });
+        rows.into_iter()
+            .map(|(team,)| {
+                TeamName::parse(&team).map_err(|e| StoreError::Corrupt {
+                    what: "allocation team".to_owned(),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Ends the live allocations of `target` within `team`; returns each
+    /// with what it reserved.
+    /// With `void`, each row ends at its own start instead of `now`: it
+    /// never ran, so it costs nothing.
+    pub(super) async fn end_in_team(
+        &mut self,
+        target: &EndTarget,
+        team: &TeamName,
+        now: UnixMicros,
+        void: bool,
+    ) -> Result<Vec<(Allocation, i64)>, StoreError> {
+        type EndedRow = (
+            i64,
+            String,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            String,
+            i64,
+        );
+        let rows: Vec<EndedRow> = on_tx!(self, |conn| match target {
+            EndTarget::Id(id) => {
+                sqlx::query_as(concat!(
+                    "UPDATE allocations SET state = 'ended', \
+                       ended_us = CASE WHEN $4 THEN started_us ELSE $1 END \
+                     WHERE id = $2 AND team = $3 AND state = 'live' RETURNING ",
+                    allocation_columns!(),
+                    ", reserved_micros"
+                ))
+                .bind(now.micros())
+                .bind(id.get())
+                .bind(team.as_str())
+                .bind(void)
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            EndTarget::Name { door, name } => {
+                sqlx::query_as(concat!(
+                    "UPDATE allocations SET state = 'ended', \
+                       ended_us = CASE WHEN $5 THEN started_us ELSE $1 END \
+                     WHERE door = $2 AND name = $3 AND team = $4 AND state = 'live' RETURNING ",
+                    allocation_columns!(),
+                    ", reserved_micros"
+                ))
+                .bind(now.micros())
+                .bind(door.as_str())
+                .bind(name.as_str())
+                .bind(team.as_str())
+                .bind(void)
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        });
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    door,
+                    team,
+                    user,
+                    name,
+                    model,
+                    gpus,
+                    hourly,
+                    started,
+                    ended,
+                    state,
+                    reserved,
+                )| {
+                    let row = (
+                        id, door, team, user, name, model, gpus, hourly, started, ended, state,
+                    );
+                    Ok((allocation(row)?, reserved))
+                },
+            )
+            .collect()
+    }
+}
+
+impl Store {
+    /// Live allocations, of one team or of all, oldest first.
+    pub async fn list_live(&self, team: Option<&TeamName>) -> Result<Vec<Allocation>, StoreError> {
+        let rows: Vec<AllocationRow> = on_pool!(self, |pool| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                allocation_columns!(),
+                " FROM allocations WHERE state = 'live' \
+                 AND ($1 IS NULL OR team = $1) ORDER BY id"
+            ))
+            .bind(team.map(TeamName::as_str))
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter().map(allocation).collect()
+    }
+}
