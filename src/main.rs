@@ -70,12 +70,15 @@ enum Command {
         cases: Vec<PathBuf>,
     },
     /// Print the decision and the mutated task/config for one captured
-    /// SkyPilot request body.
+    /// SkyPilot request body, or the decision and create body for a Vast
+    /// request (`{"vast": {team, offer, offer_facts, body}}`, the shape the
+    /// audit record keeps).
     Decide {
         /// Policy/config file (YAML).
         #[arg(long)]
         config: PathBuf,
-        /// A request body as SkyPilot sends it (JSON string literal or object).
+        /// A request body as SkyPilot sends it (JSON string literal or
+        /// object), or a JSON object `{"vast": {...}}`.
         request: PathBuf,
     },
     /// The audit chain in the store named by the config (`storage`).
@@ -443,10 +446,55 @@ fn test(config: Option<PathBuf>, inputs: &[PathBuf]) -> anyhow::Result<ExitCode>
     })
 }
 
+/// `warden decide` of a Vast request (`{"vast": {team, user, offer,
+/// offer_facts, body}}` or `{"vast": {team, start, instance_facts}}`).
+fn decide_vast(
+    policy: &warden_core::Policy,
+    request: &std::path::Path,
+    vast: &serde_json::Value,
+) -> anyhow::Result<ExitCode> {
+    let Some(team) = vast.get("team").and_then(serde_json::Value::as_str) else {
+        eprintln!(
+            "{}: vast.team: name the team whose key makes the request",
+            request.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let user = vast.get("user").and_then(serde_json::Value::as_str);
+    match warden_server::doors::vast::offline::decide(policy, team, user, vast) {
+        Ok(d) => {
+            let status = if d.decision.is_allowed() { 200 } else { 403 };
+            let message = (!d.decision.is_allowed()).then(|| d.decision.denial_message());
+            let out = serde_json::json!({
+                "status": status,
+                "decision": d.decision,
+                "message": message,
+                "body": d.body,
+            });
+            say!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: the door would answer {}: {e}",
+                request.display(),
+                e.status_code()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn decide(config: &std::path::Path, request: &std::path::Path) -> anyhow::Result<ExitCode> {
     let policy = load_policy(config).map_err(anyhow::Error::msg)?;
     let body =
         std::fs::read(request).with_context(|| format!("cannot read {}", request.display()))?;
+    // A Vast request as the audit record keeps it: `{"vast": {...}}`.
+    if let Ok(serde_json::Value::Object(top)) = serde_json::from_slice(&body) {
+        if let Some(vast) = top.get("vast") {
+            return decide_vast(&policy, request, vast);
+        }
+    }
     let handled = match skypilot::handle(&policy, &body) {
         Ok(h) => h,
         Err(e) => {

@@ -357,3 +357,47 @@ fn a_burst_of_connections_is_queued_not_reset() {
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     }
 }
+
+/// `warden decide` judges a Vast request (the shape its audit record
+/// keeps) on its host facts, as the door would.
+#[test]
+fn decide_judges_a_vast_request_on_its_host() {
+    let dir = TempDir::new("warden-decide-vast");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        "storage: none\nteams:\n  sure: {vast: {min_reliability: 0.98}}\nrules:\n  - {name: no-host-13, match: {doors: [vast], resource: 'resource.host_id == \"13\"'}, deny: drained}\n",
+    )
+    .unwrap();
+    let request = dir.0.join("vast.json");
+    let write = |reliability: f64, host: u64| {
+        std::fs::write(
+            &request,
+            serde_json::json!({"vast": {"team": "sure", "offer": 7, "offer_facts": {"gpu_name": "RTX 4090", "num_gpus": 1, "dph_total": 0.5, "reliability2": reliability, "verified": true, "host_id": host}, "body": {"image": "x"}}}).to_string(),
+        )
+        .unwrap();
+    };
+    let run = || {
+        warden(&[
+            "decide",
+            "--config",
+            config.to_str().unwrap(),
+            request.to_str().unwrap(),
+        ])
+    };
+    write(0.99, 12);
+    let (code, out, err) = run();
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 200, "{out}");
+    assert_eq!(v["body"]["image"], "x", "{out}");
+    write(0.9, 13);
+    let (_, out, _) = run();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 403, "{out}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("[team.vast.min_reliability]") && msg.contains("[no-host-13]"),
+        "{msg}"
+    );
+}

@@ -1941,3 +1941,54 @@ rules:
         "{reasons}"
     );
 }
+
+/// Issue 11: Vast creates and starts are replayed from what the audit
+/// record kept (the offer's or instance's facts, the body), so a rule on
+/// `resource.reliability` is judged by `warden replay` as by the door.
+#[tokio::test]
+async fn vast_decisions_replay_on_their_recorded_host_facts() {
+    let h = harness_with("teams: {cv: {}}\n", None, quick_config()).await;
+    let cv = h.key("cv").await;
+    let (status, body) = h.create(&cv, h.offer("RTX 3090", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["new_contract"].as_u64().unwrap();
+    let path = format!("/vast/api/v0/instances/{id}/");
+    for state in ["stopped", "running"] {
+        let (status, body) = h
+            .call(Method::PUT, &path, Some(&cv), Some(json!({"state": state})))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let records = h
+        .store
+        .export_audit(UnixMicros::from_micros(0), now())
+        .await
+        .unwrap();
+    // Nothing kept a token or a connection detail of the instance.
+    for r in &records {
+        assert!(
+            !r.payload.contains("ssh_host") && !r.payload.contains("jupyter_token"),
+            "{}",
+            r.payload
+        );
+    }
+
+    // The same policy: nothing changes.
+    let same = Policy::from_yaml("teams: {cv: {}}\n").unwrap();
+    let report = warden_server::replay::replay(&same, &records);
+    assert_eq!(report.teams["cv"].replayed, 2, "{report:?}");
+    assert!(report.changes.is_empty(), "{report:?}");
+    assert_eq!(report.skipped(), 0, "{report:?}");
+
+    // A policy that wants near-perfect hosts: both become newly denied,
+    // judged on the reliability the offer and the instance had.
+    let strict = Policy::from_yaml(
+        "teams: {cv: {}}\nrules:\n  - {name: perfect-hosts, match: {doors: [vast], resource: 'resource.reliability > 1.0 || !resource.verified'}, deny: no}\n  - {name: perfect-hosts-2, match: {doors: [vast], resource: 'resource.reliability <= 1.0'}, deny: not perfect}\n",
+    )
+    .unwrap();
+    let report = warden_server::replay::replay(&strict, &records);
+    assert_eq!(report.changes.len(), 2, "{report:?}");
+    for c in &report.changes {
+        assert_eq!(c.after_rules, ["perfect-hosts-2"], "{c:?}");
+    }
+}

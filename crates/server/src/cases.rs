@@ -14,6 +14,12 @@
 //!       request_options: { idle_minutes_to_autostop: 30 }
 //!       client_api_version: 62
 //!       # or: body: path/to/captured.json (relative to this file)
+//!       # or, at the Vast door, what its audit record keeps, with the team:
+//!       # vast: {team: ml, user: alice, offer: 1033,
+//!       #        offer_facts: {gpu_name: RTX 4090, num_gpus: 1, dph_total: 0.5,
+//!       #                      reliability2: 0.99, verified: true, host_id: 12},
+//!       #        body: {image: pytorch/pytorch, disk: 20}}
+//!       # (or start: ID with instance_facts: {...} for a restart)
 //!     want:
 //!       verdict: allow                     # allow | deny
 //!       team: ml                           # or null
@@ -22,6 +28,7 @@
 //!       mutated: [rule, ...]
 //!       message: [substring, ...]          # in the denial message
 //!       task: { resources: { use_spot: true } }   # subset of the returned task
+//!                                          # (Vast: of the create body sent upstream)
 //!       config: { ... }                    # subset of the returned config
 //! ```
 
@@ -31,7 +38,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use warden_core::{Policy, PolicySpec};
 
-use crate::doors::skypilot::{self, Handled, RequestOptions, SkyRequest};
+use crate::doors::skypilot::{self, RequestOptions, SkyRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +63,8 @@ struct Case {
 struct CaseRequest {
     #[serde(default)]
     body: Option<PathBuf>,
+    #[serde(default)]
+    vast: Option<Value>,
     #[serde(default)]
     request_name: Option<String>,
     #[serde(default)]
@@ -195,9 +204,25 @@ fn subset(path: &str, want: &Value, got: Option<&Value>, out: &mut Vec<String>) 
     }
 }
 
-fn check(want: &Want, h: &Handled) -> Vec<String> {
+/// A Vast case: its decision, and the create body as the door would send
+/// it upstream (YAML text, empty when nothing would be sent).
+fn vast_case(policy: &Policy, vast: &Value) -> Result<(warden_core::Decision, String), String> {
+    let team = vast
+        .get("team")
+        .and_then(Value::as_str)
+        .ok_or("request.vast.team: name the team whose key makes the request")?;
+    let user = vast.get("user").and_then(Value::as_str);
+    let decided = crate::doors::vast::offline::decide(policy, team, user, vast)
+        .map_err(|e| format!("the door rejected the request: {e}"))?;
+    let body = match &decided.body {
+        Some(b) => yaml_text(b)?,
+        None => String::new(),
+    };
+    Ok((decided.decision, body))
+}
+
+fn check(want: &Want, d: &warden_core::Decision, task: &str, config: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let d = &h.decision;
     let reasons = || {
         d.reasons
             .iter()
@@ -244,10 +269,7 @@ fn check(want: &Want, h: &Handled) -> Vec<String> {
             }
         }
     }
-    for (what, want_doc, text) in [
-        ("task", &want.task, &h.task),
-        ("config", &want.config, &h.config),
-    ] {
+    for (what, want_doc, text) in [("task", &want.task, task), ("config", &want.config, config)] {
         if let Some(w) = want_doc {
             // Read as SkyPilot reads it (PyYAML, YAML 1.1).
             match crate::yaml::parse(text).map(|n| n.map_or(Value::Null, |n| n.to_json())) {
@@ -305,12 +327,18 @@ pub fn run_file(path: &Path, default_policy: Option<&Policy>) -> Result<Vec<Case
             });
             continue;
         };
-        let failures = match build_request(dir, &case.request).and_then(|req| {
-            skypilot::handle_request(policy, req)
-                .map_err(|e| format!("the door rejected the request: {e}"))
-        }) {
-            Ok(handled) => check(&case.want, &handled),
-            Err(e) => vec![e],
+        let failures = match &case.request.vast {
+            Some(vast) => match vast_case(policy, vast) {
+                Ok((decision, body)) => check(&case.want, &decision, &body, ""),
+                Err(e) => vec![e],
+            },
+            None => match build_request(dir, &case.request).and_then(|req| {
+                skypilot::handle_request(policy, req)
+                    .map_err(|e| format!("the door rejected the request: {e}"))
+            }) {
+                Ok(h) => check(&case.want, &h.decision, &h.task, &h.config),
+                Err(e) => vec![e],
+            },
         };
         results.push(CaseResult { name, failures });
     }

@@ -159,25 +159,40 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
             report.skipped_without_input += 1;
             continue;
         };
-        let handled = match door {
+        let decided = match door {
             "skypilot" => skypilot::replay_body(input)
                 .ok()
-                .and_then(|body| skypilot::handle(policy, &body).ok()),
+                .and_then(|body| skypilot::handle(policy, &body).ok())
+                .map(|h| h.decision),
+            "vast" => {
+                // Records written before Warden kept the offer's facts
+                // cannot be judged again.
+                if input.get("offer_facts").is_none() && input.get("instance_facts").is_none() {
+                    report.skip("without_input");
+                    report.skipped_without_input += 1;
+                    continue;
+                }
+                let team = old.get("team").and_then(Value::as_str).unwrap_or_default();
+                let user = old.get("user").and_then(Value::as_str);
+                crate::doors::vast::offline::decide(policy, team, user, input)
+                    .ok()
+                    .map(|d| d.decision)
+            }
             other => {
                 report.skip(&format!("door:{other}"));
                 *report.skipped_doors.entry(other.to_owned()).or_default() += 1;
                 continue;
             }
         };
-        let Some(new) = handled else {
+        let Some(new_decision) = decided else {
             report.failed += 1;
             continue;
         };
-        let new_reasons = serde_json::to_value(&new.decision.reasons).unwrap_or(Value::Null);
-        let new_mutations = serde_json::to_value(&new.decision.mutations).unwrap_or(Value::Null);
+        let new_reasons = serde_json::to_value(&new_decision.reasons).unwrap_or(Value::Null);
+        let new_mutations = serde_json::to_value(&new_decision.mutations).unwrap_or(Value::Null);
         let old_reasons = old.get("reasons").cloned().unwrap_or(Value::Null);
         let old_allowed = old.get("verdict").and_then(Value::as_str) == Some("allow");
-        let new_allowed = new.decision.is_allowed();
+        let new_allowed = new_decision.is_allowed();
         let old_mutations = old
             .get("mutations")
             .cloned()
@@ -188,8 +203,7 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
             (true, true) if old_mutations != new_mutations => Some(ChangeKind::MutationsChanged),
             _ => None,
         };
-        let team = new
-            .decision
+        let team = new_decision
             .team
             .as_ref()
             .map(ToString::to_string)
@@ -216,7 +230,7 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
             target: text(old.get("target")),
             before_rules: rules_of(&old_reasons, &["deny", "mutate"]),
             after_rules: rules_of(&new_reasons, &["deny", "mutate"]),
-            message: (kind == ChangeKind::NewlyDenied).then(|| new.decision.denial_message()),
+            message: (kind == ChangeKind::NewlyDenied).then(|| new_decision.denial_message()),
         });
     }
     report
@@ -264,14 +278,14 @@ mod tests {
         let report = replay(&policy, &records);
         assert_eq!(report.records, 4);
         assert_eq!(report.skipped_truncated, 2);
-        assert_eq!(report.skipped_without_input, 1);
-        assert_eq!(report.skipped_doors.get("vast"), Some(&1));
+        // A Vast record from before Warden kept the offer's facts.
+        assert_eq!(report.skipped_without_input, 2);
+        assert!(report.skipped_doors.is_empty());
         assert_eq!(
             report.skipped_reasons,
             BTreeMap::from([
-                ("door:vast".to_owned(), 1),
                 ("input_truncated".to_owned(), 2),
-                ("without_input".to_owned(), 1),
+                ("without_input".to_owned(), 2),
             ])
         );
         assert_eq!(report.skipped(), 4);

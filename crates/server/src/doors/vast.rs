@@ -38,6 +38,7 @@ pub mod create;
 mod error;
 pub mod instances;
 mod manage;
+pub mod offline;
 pub mod reconcile;
 pub mod request;
 pub mod search;
@@ -216,6 +217,15 @@ impl Caller {
     /// The team's name.
     pub fn team_name(&self) -> &TeamName {
         &self.team.name
+    }
+
+    /// Who asks, for the core: the key's user and team.
+    pub fn principal(&self) -> warden_core::Principal {
+        warden_core::Principal {
+            user: self.key.user.as_ref().map(|u| u.as_str().to_owned()),
+            team: Some(self.team_name().to_string()),
+            workspace: None,
+        }
     }
 }
 

@@ -72,7 +72,7 @@ pub fn labels_of(label: Option<&str>) -> std::collections::BTreeMap<String, Stri
 /// The normalized request for renting `offer` with `body`, quoting the
 /// offer's own prices.
 pub fn launch_request(
-    caller: &Caller,
+    principal: Principal,
     offer: &Row,
     body: &Map<String, Value>,
     target: &str,
@@ -116,11 +116,7 @@ pub fn launch_request(
     });
     let mut req = LaunchRequest::new(Door::Vast, "launch");
     req.target = Some(target.to_owned());
-    req.principal = Principal {
-        user: caller.key.user.as_ref().map(|u| u.as_str().to_owned()),
-        team: Some(caller.team_name().to_string()),
-        workspace: None,
-    };
+    req.principal = principal;
     req.resources = vec![Resource {
         accelerator: (count > 0).then_some(Accelerator { model, count }),
         cloud: Some("vast".to_owned()),
@@ -259,7 +255,7 @@ const REDACTED_FIELDS: &[&str] = &[
 
 /// The body as the audit chain keeps it (for `warden replay`): env values,
 /// registry logins, start-up commands and arguments redacted.
-fn replay_input(offer: u64, body: &Map<String, Value>) -> Value {
+fn replay_input(offer: u64, row: &Row, body: &Map<String, Value>) -> Value {
     let mut body = Value::Object(body.clone());
     redact(&mut body);
     for field in REDACTED_FIELDS {
@@ -267,7 +263,7 @@ fn replay_input(offer: u64, body: &Map<String, Value>) -> Value {
             *v = json!(REDACTED);
         }
     }
-    json!({"offer": offer, "body": body})
+    json!({"offer": offer, "offer_facts": super::offline::decision_facts(row), "body": body})
 }
 
 /// An earlier, unanswered create of `offer` by the caller's team: settled
@@ -374,13 +370,13 @@ pub async fn create(
         offer: offer_id,
         token: token.clone(),
     };
-    let req = launch_request(&caller, &offer, &body, &pending.name())?;
+    let req = launch_request(caller.principal(), &offer, &body, &pending.name())?;
     let admission = crate::gate::Admission {
         door: "vast",
         request_id: &caller.request_id,
         request: &req,
         key: Some(caller.key.id.as_str()),
-        input: Some(replay_input(offer_id, &body)),
+        input: Some(replay_input(offer_id, &offer, &body)),
         started,
     };
     let admitted = crate::gate::admit(state, &caller.policy, admission, |d| {
@@ -557,7 +553,7 @@ rules:
         let body = row(
             json!({"env": {"HF_TOKEN": "hf_secret"}, "image_login": "-u a -p pass", "image": "x"}),
         );
-        let input = replay_input(7, &body);
+        let input = replay_input(7, &Map::new(), &body);
         let text = input.to_string();
         assert!(
             !text.contains("hf_secret") && !text.contains("pass"),
@@ -576,7 +572,7 @@ rules:
             "runtype": "args",
             "label": "run=7",
         }));
-        let input = replay_input(7, &body);
+        let input = replay_input(7, &Map::new(), &body);
         let text = input.to_string();
         for secret in ["hf_onstart", "wb_cmd", "ep_secret", "args_secret"] {
             assert!(!text.contains(secret), "{secret} left in {text}");
@@ -586,7 +582,7 @@ rules:
         }
         assert_eq!(input["body"]["runtype"], "args");
         assert_eq!(input["body"]["label"], "run=7");
-        let none = replay_input(7, &row(json!({"onstart": null})));
+        let none = replay_input(7, &Map::new(), &row(json!({"onstart": null})));
         assert_eq!(none["body"]["onstart"], Value::Null);
     }
 }

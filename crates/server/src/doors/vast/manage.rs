@@ -155,8 +155,8 @@ async fn stop(door: &VastDoor, caller: &Caller, id: u64, body: &Value) -> Result
 }
 
 /// The request to run `row` again.
-fn restart_request(
-    caller: &Caller,
+pub(super) fn restart_request(
+    principal: Principal,
     row: &Row,
     id: u64,
     body: &Value,
@@ -177,11 +177,7 @@ fn restart_request(
     })?;
     let mut req = LaunchRequest::new(Door::Vast, "launch");
     req.target = Some(id.to_string());
-    req.principal = Principal {
-        user: caller.key.user.as_ref().map(|u| u.as_str().to_owned()),
-        team: Some(caller.team_name().to_string()),
-        workspace: None,
-    };
+    req.principal = principal;
     req.resources = vec![Resource {
         accelerator: gpu
             .filter(|_| count > 0)
@@ -238,13 +234,15 @@ async fn start(
             code: "no_such_instance",
             msg: format!("instance {id} no longer exists"),
         })?;
-    let req = restart_request(caller, &row, id, body)?;
+    let req = restart_request(caller.principal(), &row, id, body)?;
     let admission = crate::gate::Admission {
         door: "vast",
         request_id: &caller.request_id,
         request: &req,
         key: Some(caller.key.id.as_str()),
-        input: Some(json!({"start": id})),
+        input: Some(
+            json!({"start": id, "instance_facts": super::offline::decision_facts(&row), "body": body}),
+        ),
         started,
     };
     let admitted = crate::gate::admit(state, &caller.policy, admission, |_| {
