@@ -164,23 +164,15 @@ fn decide_prints_the_decision_and_mutated_documents() {
 }
 
 pub(crate) fn post(addr: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /skypilot HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    crate::wire::exchange(
+        addr,
+        "POST",
+        "/skypilot",
+        &[],
+        body,
+        Duration::from_secs(10),
     )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    .unwrap()
 }
 
 fn wait_for_log(server: &Server, needle: &str) -> String {

@@ -5,8 +5,6 @@
 //! record, and the lines carry the same fields at every door.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,7 +25,7 @@ rules:
     deny: blocked instances may not run
 "#;
 
-/// One exchange with `X-Request-Id: id`; (status, body).
+/// One exchange with `X-Request-Id: id` (and the key); (status, body).
 fn exchange(
     addr: &str,
     id: &str,
@@ -36,26 +34,12 @@ fn exchange(
     key: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Request-Id: {id}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("X-Request-Id", id)];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
+    }
+    crate::wire::exchange(addr, method, path, &headers, body, Duration::from_secs(20)).unwrap()
 }
 
 /// A captured SkyPilot request body with another request name.

@@ -24,4 +24,5 @@ mod skypilot_sync;
 mod store_outage;
 mod vast;
 mod vast_client;
+mod wire;
 mod yaml_contract;

@@ -114,28 +114,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 /// One HTTP exchange, waiting at most [`CLIENT_WAIT`] for the answer.
 fn exchange(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(CLIENT_WAIT)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .map_err(|e| format!("no answer within {CLIENT_WAIT:?}: {e}"))?;
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {resp:?}"))?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    crate::wire::exchange(addr, method, path, &[], body, CLIENT_WAIT)
 }
 
 #[test]
@@ -250,28 +229,15 @@ fn exchange_with_key(
     key: &str,
     body: &[u8],
 ) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(CLIENT_WAIT)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let auth = format!("Bearer {key}");
+    crate::wire::exchange(
+        addr,
+        method,
+        path,
+        &[("Authorization", &auth)],
+        body,
+        CLIENT_WAIT,
     )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .map_err(|e| format!("no answer within {CLIENT_WAIT:?}: {e}"))?;
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {resp:?}"))?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// The Vast door in a store outage: refused in time with a 503 that says
