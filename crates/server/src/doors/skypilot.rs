@@ -9,9 +9,11 @@
 //! Documents are passed back byte-for-byte when no rule changed them; a
 //! changed document is written as flow YAML that SkyPilot's loader (PyYAML,
 //! YAML 1.1) reads back as the user's document plus Warden's changes
-//! ([`crate::yaml`]). Governed fields of the wrong type or value are refused
+//! ([`yaml`]). Governed fields of the wrong type or value are refused
 //! with a 400 naming the field; both JSON layers and every YAML document
 //! have a nesting bound.
+
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -25,7 +27,7 @@ use warden_core::{
 
 use crate::error::DoorError;
 use crate::json_text::{needs_escape as ends_run, Times};
-use crate::yaml::{self, map_get, Kind, Node};
+use yaml::{map_get, Kind, Node};
 
 /// The decoded request body.
 #[derive(Debug, Clone, Deserialize)]
