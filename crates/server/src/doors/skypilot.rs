@@ -13,6 +13,7 @@
 //! with a 400 naming the field; both JSON layers and every YAML document
 //! have a nesting bound.
 
+pub mod sync;
 pub mod yaml;
 
 use std::collections::BTreeMap;
