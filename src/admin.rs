@@ -254,7 +254,7 @@ pub fn allocations_end(
 /// `warden sync skypilot`: one poll and reconcile; prints the report as JSON.
 /// Exit 0 when everything was done, 1 when something could not be.
 pub fn sync_skypilot(config: &Path) -> anyhow::Result<ExitCode> {
-    use warden_server::sync::{self, skypilot::SkypilotClient, ReconcileOptions};
+    use warden_server::doors::skypilot::sync::{self, client::SkypilotClient, ReconcileOptions};
     let cfg = load_config(config).map_err(anyhow::Error::msg)?;
     let Some(api) = cfg.skypilot_api else {
         anyhow::bail!(

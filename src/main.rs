@@ -508,7 +508,7 @@ fn decide(config: &std::path::Path, request: &std::path::Path) -> anyhow::Result
     };
     let doc = |text: &str| -> serde_json::Value {
         // What SkyPilot's YAML loader reads (YAML 1.1), shown as JSON.
-        match warden_server::yaml::parse(text) {
+        match warden_server::doors::skypilot::yaml::parse(text) {
             Ok(Some(node)) => node.to_json(),
             Ok(None) => serde_json::Value::Null,
             Err(_) => serde_json::Value::String(text.to_owned()),

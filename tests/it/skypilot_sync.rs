@@ -28,9 +28,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use warden_core::{Door, GpuModel, Policy, TeamName, Usd};
 use warden_server::config::SkypilotApi;
+use warden_server::doors::skypilot::sync::client::{ApiUrl, SkypilotClient, Token};
+use warden_server::doors::skypilot::sync::{
+    self, EndReason, KeptReason, ReconcileOptions, ReconcileReport,
+};
 use warden_server::secret::{SecretError, SecretSource};
-use warden_server::sync::skypilot::{ApiUrl, SkypilotClient, Token};
-use warden_server::sync::{self, EndReason, KeptReason, ReconcileOptions, ReconcileReport};
 use warden_store::{AllocationName, AllocationRequest, ReserveOutcome, Store, UnixMicros};
 
 use crate::skypilot_client::{Server, TempDir};
@@ -999,7 +1001,7 @@ impl SkyApiServer {
     }
 
     /// Waits until `/api/health` answers, through Warden's client.
-    async fn wait_healthy(&mut self) -> warden_server::sync::skypilot::Health {
+    async fn wait_healthy(&mut self) -> warden_server::doors::skypilot::sync::client::Health {
         let client = SkypilotClient::new(
             ApiUrl::parse(&self.url()).unwrap(),
             None,

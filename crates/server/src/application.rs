@@ -40,7 +40,7 @@ pub enum StartError {
         config: PathBuf,
         /// Why.
         #[source]
-        source: crate::sync::skypilot::ClientError,
+        source: crate::doors::skypilot::sync::client::ClientError,
     },
     /// The Vast door cannot start (upstream key, upstream URL, simulator).
     #[error("{}: cannot start the Vast door: {reason}", config.display())]
@@ -105,11 +105,13 @@ impl Application {
         // Budget alerts for spend that accrues between launches.
         crate::alerts::spawn_watch(Arc::clone(&state));
         // The usage sync with SkyPilot's API server: a background task, off
-        // the decision path (`crate::sync`).
+        // the decision path (`crate::doors::skypilot::sync`).
         if let Some(api) = &skypilot_api {
-            crate::sync::spawn_skypilot(&state, api).map_err(|source| StartError::Sync {
-                config: config_path.to_path_buf(),
-                source,
+            crate::doors::skypilot::sync::spawn_skypilot(&state, api).map_err(|source| {
+                StartError::Sync {
+                    config: config_path.to_path_buf(),
+                    source,
+                }
             })?;
         }
         // The Vast door, in front of Vast.ai or the embedded simulator.

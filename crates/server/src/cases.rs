@@ -272,7 +272,7 @@ fn check(want: &Want, d: &warden_core::Decision, task: &str, config: &str) -> Ve
     for (what, want_doc, text) in [("task", &want.task, task), ("config", &want.config, config)] {
         if let Some(w) = want_doc {
             // Read as SkyPilot reads it (PyYAML, YAML 1.1).
-            match crate::yaml::parse(text).map(|n| n.map_or(Value::Null, |n| n.to_json())) {
+            match skypilot::yaml::parse(text).map(|n| n.map_or(Value::Null, |n| n.to_json())) {
                 Ok(got) => subset(what, w, Some(&got), &mut out),
                 Err(e) => out.push(format!("{what}: the returned document does not parse: {e}")),
             }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use warden_core::policy::{PriceSpec, RuleSpec, TeamFromLabel, TeamSpec};
 use warden_core::{Policy, PolicySpec};
 
+use crate::doors::skypilot::sync::client::{ApiUrl, SKYPILOT_TOKEN};
 use crate::secret::SecretSource;
-use crate::sync::skypilot::{ApiUrl, SKYPILOT_TOKEN};
 
 mod problems;
 mod vast;
@@ -558,12 +558,12 @@ pub fn secret_file_problems(config: &Config) -> Vec<String> {
     }
     if let Some(api) = &config.skypilot_api {
         if let Some(source @ SecretSource::File(_)) = &api.token {
-            if let Err(e) = crate::sync::skypilot::Token::read(source) {
+            if let Err(e) = crate::doors::skypilot::sync::client::Token::read(source) {
                 problems.push(format!("skypilot_api.token_file: {e}"));
             }
         }
         if let Some(path) = &api.ca_file {
-            if let Err(e) = crate::sync::skypilot::read_ca_file(path) {
+            if let Err(e) = crate::doors::skypilot::sync::client::read_ca_file(path) {
                 problems.push(e.to_string());
             }
         }

@@ -19,8 +19,6 @@ pub mod redact;
 pub mod replay;
 pub mod reports;
 pub mod secret;
-pub mod sync;
-pub mod yaml;
 
 pub use app::{router, AppState};
 pub use application::{Application, StartError};

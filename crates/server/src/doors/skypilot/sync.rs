@@ -3,7 +3,7 @@
 //! really runs.
 //!
 //! A background task ([`spawn_skypilot`]) polls the SkyPilot API server's
-//! cluster list ([`skypilot::SkypilotClient::status`]) every
+//! cluster list ([`client::SkypilotClient::status`]) every
 //! `skypilot_api.interval_seconds` and [`reconcile`]s the store with it. It
 //! never runs on the decision path: decisions read only Warden's own tables,
 //! and a slow or failing API server only delays the next reconcile (the poll
@@ -37,7 +37,7 @@
 //! services are not listed, and a cluster whose owner has no user record on
 //! the API server is silently dropped from the list.
 
-pub mod skypilot;
+pub mod client;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ use warden_store::{
 
 use crate::app::AppState;
 use crate::config::{SkypilotApi, DEFAULT_SYNC_GRACE_SECONDS};
-use skypilot::{parse_accelerators, ApiError, ClientError, Cluster, SkypilotClient};
+use client::{parse_accelerators, ApiError, ClientError, Cluster, SkypilotClient};
 
 /// The `source` written into the audit context of what the sync records.
 pub const SOURCE: &str = "skypilot-sync";
@@ -603,7 +603,7 @@ pub fn spawn_skypilot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skypilot::ClusterStatus;
+    use client::ClusterStatus;
 
     fn cluster(accelerators: Option<&str>, nodes: Option<u64>) -> Cluster {
         Cluster {
