@@ -171,15 +171,32 @@ pub const INPUT_KEY: &str = "input";
 /// The payload key of an input too large to keep: `{sha256, bytes, prefix}`.
 pub const INPUT_TRUNCATED_KEY: &str = "input_truncated";
 
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `input` as an audit record keeps it: the value itself under
 /// [`INPUT_KEY`], or, when its JSON text is over [`MAX_AUDIT_INPUT_BYTES`],
 /// its digest, size and prefix under [`INPUT_TRUNCATED_KEY`].
 pub fn kept_input(input: serde_json::Value) -> (&'static str, serde_json::Value) {
     use sha2::{Digest, Sha256};
-    let text = input.to_string();
-    if text.len() <= MAX_AUDIT_INPUT_BYTES {
+    // Measured without building the text: the common, small input is
+    // kept as it is.
+    let mut size = ByteCount(0);
+    if serde_json::to_writer(&mut size, &input).is_ok() && size.0 <= MAX_AUDIT_INPUT_BYTES {
         return (INPUT_KEY, input);
     }
+    let text = input.to_string();
     let mut end = TRUNCATED_PREFIX_BYTES.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
