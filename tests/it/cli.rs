@@ -393,3 +393,49 @@ fn decide_judges_a_vast_request_on_its_host() {
         "{msg}"
     );
 }
+
+/// Issue 12, point 2: `warden check` validates `role_bindings` (unknown
+/// team or role, both or neither of group/user, duplicates), each problem
+/// with its path and line.
+#[test]
+fn check_validates_role_bindings() {
+    let dir = TempDir::new("warden-check-bindings");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        r#"storage: none
+teams: {ml-research: {}, cv: {}}
+role_bindings:
+  - {group: ml-research-leads, role: team-lead, team: ml-research}
+  - {group: finance, role: viewer, teams: "*"}
+  - {user: alice, role: ml-engineer, team: ml-research}
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = warden(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    std::fs::write(
+        &config,
+        r#"storage: none
+teams: {ml: {}}
+role_bindings:
+  - {group: leads, role: owner, team: ml}
+  - {group: leads, role: viewer, team: nlp}
+  - {user: bob, role: viewer, team: ml}
+  - {user: bob, role: viewer, team: ml}
+  - {role: viewer, team: ml}
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = warden(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "role_bindings[0].role: `owner` is not a role; use one of `admin`, `team-lead`, `ml-engineer`, `inference-operator`, `viewer`",
+        "role_bindings[1].team: team `nlp` is not defined under `teams`",
+        "role_bindings[3]: the same binding as role_bindings[2]",
+        "role_bindings[4]: name who the role is for",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

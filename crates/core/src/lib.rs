@@ -13,6 +13,7 @@
 //! assert_eq!(d.denied_by()[0].as_str(), "team.max_nodes");
 //! ```
 
+pub mod access;
 pub mod decision;
 pub mod error;
 pub mod eval;

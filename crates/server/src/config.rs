@@ -55,6 +55,8 @@ struct ConfigFile {
     #[serde(default)]
     rules: Vec<RuleSpec>,
     #[serde(default)]
+    role_bindings: Vec<warden_core::access::RoleBindingSpec>,
+    #[serde(default)]
     skypilot_api: Option<SkypilotApiFile>,
     #[serde(default)]
     time_zone: Option<String>,
@@ -474,6 +476,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         teams: file.teams,
         prices: file.prices,
         rules: file.rules,
+        role_bindings: file.role_bindings,
     };
     match (Policy::compile(spec), storage, api, vast) {
         (Ok(policy), Ok(storage), Ok(skypilot_api), Ok(vast)) if settings_problems.is_empty() => {

@@ -184,6 +184,10 @@ impl Policy {
             }
         }
 
+        let (bindings, problems) =
+            crate::access::compile(&spec.role_bindings, |t| by_name.contains_key(t));
+        problems.into_iter().for_each(|(at, msg)| p.add(at, msg));
+
         if !p.0.is_empty() {
             return Err(PolicyError { problems: p.0 });
         }
@@ -224,6 +228,7 @@ impl Policy {
             env: Arc::new(cel::Env::stdlib()),
             uses,
             cel_fields,
+            access: crate::access::Access::new(bindings),
         })
     }
 }

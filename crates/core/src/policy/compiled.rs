@@ -221,6 +221,8 @@ pub struct Policy {
     /// The fields of `request`/`resource` worth building: those some CEL
     /// expression names (see `eval::field_mask`).
     pub(crate) cel_fields: u64,
+    /// Who may do what (`role_bindings`).
+    pub(crate) access: crate::access::Access,
 }
 
 impl std::fmt::Debug for Policy {
@@ -233,6 +235,12 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// Who may do what: the compiled `role_bindings`, asked by every door,
+    /// endpoint and command ([`crate::access::Access::review`]).
+    pub fn access(&self) -> &crate::access::Access {
+        &self.access
+    }
+
     /// A team by name.
     pub fn team(&self, name: &TeamName) -> Option<&Team> {
         self.by_name.get(name).and_then(|i| self.teams.get(*i))

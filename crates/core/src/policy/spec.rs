@@ -27,6 +27,9 @@ pub struct PolicySpec {
     /// Rules, evaluated in order after the team limits.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Roles of groups and users in teams ([`crate::access`]).
+    #[serde(default)]
+    pub role_bindings: Vec<crate::access::RoleBindingSpec>,
 }
 
 /// A team as written.

@@ -26,6 +26,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "teams",
     "prices",
     "rules",
+    "role_bindings",
     "skypilot_api",
     "time_zone",
     "budget_alerts",
@@ -65,6 +66,9 @@ pub(super) fn parse_problems(text: &str) -> Vec<String> {
             "teams" => entries::<TeamSpec>("teams", value, &mut found),
             "prices" => entries::<PriceSpec>("prices", value, &mut found),
             "rules" => items::<RuleSpec>("rules", value, &mut found),
+            "role_bindings" => {
+                items::<warden_core::access::RoleBindingSpec>("role_bindings", value, &mut found)
+            }
             "storage" | "default_team" | "time_zone" => {
                 one::<Option<String>>(&key, value, &mut found);
             }
