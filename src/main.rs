@@ -15,6 +15,7 @@ macro_rules! say {
     }};
 }
 
+mod access;
 mod admin;
 mod keys;
 mod report;
@@ -112,6 +113,9 @@ enum Command {
     /// Team API keys in the store: create (shown once), list, revoke, rotate.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Who may do what, by the config's `role_bindings`: `can-i`, `who-can`.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
     /// Reconcile allocations with a platform's live resources once (what
     /// `warden serve` does every `skypilot_api.interval_seconds`).
     #[command(subcommand)]
@@ -278,6 +282,7 @@ fn main() -> ExitCode {
             name,
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
         Command::Keys(command) => keys::run(command),
+        Command::Access(command) => access::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
         Command::Sim {
             listen,

@@ -439,3 +439,85 @@ role_bindings:
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+/// Issue 12, point 8 (command line): `warden access can-i` and `who-can`
+/// answer from the config's `role_bindings`, with the reason.
+#[test]
+fn access_can_i_and_who_can_answer_from_the_bindings() {
+    let dir = TempDir::new("warden-access");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        r#"storage: none
+teams: {ml: {}, cv: {}}
+role_bindings:
+  - {group: ml-leads, role: team-lead, team: ml}
+  - {group: finance, role: viewer, teams: "*"}
+  - {user: alice, role: ml-engineer, team: ml}
+"#,
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let can = |args: &[&str]| {
+        let mut all = vec!["access", "can-i", "--config", cfg];
+        all.extend(args);
+        warden(&all)
+    };
+    let (code, out, err) = can(&["--user", "alice", "--team", "ml", "create", "launch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(
+            "yes\nallowed: `ml-engineer` may create launch in team `ml`, by role_bindings[2]"
+        ),
+        "{out}"
+    );
+    let (code, out, _) = can(&[
+        "--user",
+        "alice",
+        "--team",
+        "ml",
+        "--owner",
+        "bob",
+        "delete",
+        "allocations",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("only its own allocations"), "{out}");
+    let (code, out, _) = can(&[
+        "--user", "fay", "--group", "finance", "--team", "cv", "create", "launch",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("is `viewer` in team `cv`, and none of those may create launch"),
+        "{out}"
+    );
+    let (code, _, err) = can(&["--user", "x", "--team", "nlp", "read", "spend"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("team `nlp` is not defined"), "{err}");
+    let (code, _, err) = can(&["--user", "x", "--team", "ml", "fly", "spend"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`fly` is not a verb"), "{err}");
+
+    let (code, out, err) = warden(&[
+        "access",
+        "who-can",
+        "--config",
+        cfg,
+        "--team",
+        "ml",
+        "read",
+        "allocations",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("group ml-leads")
+            && out.contains("group finance")
+            && out.contains("user alice"),
+        "{out}"
+    );
+    assert!(out.contains("their own"), "{out}");
+    assert!(
+        out.ends_with("3 binding(s) may read allocations in team `ml`\n"),
+        "{out}"
+    );
+}
