@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use warden_core::access::Role;
 use warden_core::TeamName;
 use warden_server::config::{load_config, Config};
 use warden_store::{
@@ -36,8 +37,15 @@ pub enum KeysCommand {
         /// The user it acts as (default: a team-wide key).
         #[arg(long)]
         user: Option<String>,
+        /// What it may do in its team: `ml-engineer` (launch; its own
+        /// allocations), `inference-operator` (inference endpoints),
+        /// `viewer` (read only), `team-lead`, or `admin` (every team; made
+        /// here only while no active admin key exists, for bootstrap).
+        #[arg(long, default_value = "ml-engineer")]
+        role: String,
         /// How long it works (`90d`, `12h`, `2w`), a UTC date
-        /// (`2027-01-01`), or `never` (the default).
+        /// (`2027-01-01`), or `never` (default: the config's
+        /// `keys.max_age_days`, 90 days unless set).
         #[arg(long)]
         expires: Option<String>,
         /// A label for people, e.g. `ci` or `alice laptop`.
@@ -86,12 +94,14 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             config,
             team,
             user,
+            role,
             expires,
             name,
         } => create(
             &config,
             &team,
             user.as_deref(),
+            &role,
             expires.as_deref(),
             name.as_deref(),
         ),
@@ -211,7 +221,7 @@ fn known_teams(config: &Path) -> Vec<String> {
 }
 
 fn describe(key: &ApiKey) -> String {
-    let mut out = format!("key {} of team `{}`", key.id, key.team);
+    let mut out = format!("{} key {} of team `{}`", key.role, key.id, key.team);
     if let Some(user) = &key.user {
         out.push_str(&format!(", user `{user}`"));
     }
@@ -240,11 +250,13 @@ fn create(
     config: &Path,
     team: &str,
     user: Option<&str>,
+    role: &str,
     expires: Option<&str>,
     name: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let now = now();
     let team = TeamName::parse(team).map_err(|e| anyhow::anyhow!("--team: {e}"))?;
+    let role = Role::parse(role.trim()).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
     let user = user
         .map(KeyUser::parse)
         .transpose()
@@ -253,19 +265,29 @@ fn create(
         .map(KeyName::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    let expires = match expires {
-        Some(e) => parse_expiry(e, now).map_err(|e| anyhow::anyhow!("--expires: {e}"))?,
-        None => None,
-    };
+    let given = expires
+        .map(|e| parse_expiry(e, now).map_err(|e| anyhow::anyhow!("--expires: {e}")))
+        .transpose()?;
     runtime()?.block_on(async {
         let (cfg, store) = open(config).await?;
         let created = async {
             check_team(config, &cfg, &team)?;
+            if role == Role::Admin {
+                refuse_second_admin(&store, now).await?;
+            }
+            // Default: `keys.max_age_days` from now; `never` only when asked.
+            let expires = given.unwrap_or_else(|| {
+                let lifetime = i64::try_from(cfg.keys.max_age.as_micros()).unwrap_or(i64::MAX);
+                Some(UnixMicros::from_micros(
+                    now.micros().saturating_add(lifetime),
+                ))
+            });
             let new = NewKey {
                 team,
                 user,
                 name,
                 expires,
+                role,
             };
             Ok::<_, anyhow::Error>(store.create_key(new, now).await?)
         }
@@ -274,6 +296,23 @@ fn create(
         print_issued(&created?);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// An admin key is made here (with direct access to the store) once, to
+/// bootstrap: while an active admin key exists, this refuses.
+async fn refuse_second_admin(store: &Store, now: UnixMicros) -> anyhow::Result<()> {
+    let keys = store.list_keys(None).await?;
+    if let Some(k) = keys
+        .iter()
+        .find(|k| k.role == Role::Admin && k.state(now) == KeyState::Active)
+    {
+        anyhow::bail!(
+            "--role admin: an active admin key exists ({}); an admin key is made here only once, to bootstrap. Revoke it first (`warden keys revoke {}`) to make a new one",
+            k.id,
+            k.id
+        );
+    }
+    Ok(())
 }
 
 /// `warden keys list`.
@@ -291,6 +330,7 @@ fn list(config: &Path, team: Option<&str>) -> anyhow::Result<ExitCode> {
         let mut table = Table::new(&[
             ("id", Align::Left),
             ("team", Align::Left),
+            ("role", Align::Left),
             ("user", Align::Left),
             ("name", Align::Left),
             ("created", Align::Left),
@@ -307,6 +347,7 @@ fn list(config: &Path, team: Option<&str>) -> anyhow::Result<ExitCode> {
             table.row([
                 k.id.as_str().to_owned(),
                 k.team.as_str().to_owned(),
+                k.role.as_str().to_owned(),
                 k.user.as_ref().map_or("-", KeyUser::as_str).to_owned(),
                 k.name.as_ref().map_or("-", KeyName::as_str).to_owned(),
                 k.created.to_string(),

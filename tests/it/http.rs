@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -29,6 +30,11 @@ async fn post(policy: &str, body: Vec<u8>) -> (StatusCode, String, String) {
         .oneshot(
             Request::post("/skypilot")
                 .header("content-type", "application/json")
+                // As from an API server on this machine (a trusted server).
+                .extension(ConnectInfo(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    46000,
+                ))))
                 .body(Body::from(body))
                 .unwrap(),
         )
@@ -308,4 +314,93 @@ async fn the_application_is_built_from_a_config_as_serve_builds_it() {
     assert!(body.contains("warden keys create"), "{body}");
     stop.send(()).unwrap();
     served.await.unwrap().unwrap();
+}
+
+/// A server-side SkyPilot request (`at_client_side: false`, or any request
+/// naming a `user`) is honoured only from `skypilot.trusted_servers`
+/// (default: loopback); from anywhere else it is refused (403) with the
+/// reason and the fix, and reserves nothing. A client-side request without
+/// a user is judged from anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_requests_are_honoured_only_from_trusted_servers() {
+    let dir = crate::skypilot_client::TempDir::new("warden-trusted");
+    let path = dir.0.join("warden.yaml");
+    let fixture = |name: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/skypilot-0.14.1")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let worker = fixture("07_launch_server_worker.json");
+    let client = fixture("02_cpu_sky_launch_client.json");
+    let post = |addr: String, body: Vec<u8>| {
+        tokio::task::spawn_blocking(move || {
+            crate::wire::exchange(
+                &addr,
+                "POST",
+                "/skypilot",
+                &[],
+                &body,
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap()
+        })
+    };
+    for (trusted, worker_allowed) in [
+        ("", true),
+        ("skypilot: {trusted_servers: ['10.9.0.0/16']}\n", false),
+        (
+            "skypilot: {trusted_servers: ['10.9.0.0/16', 127.0.0.1]}\n",
+            true,
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("storage: sqlite://state.db\ndefault_team: ml\nteams: {{ml: {{users: [root]}}}}\n{trusted}"),
+        )
+        .unwrap();
+        let config = warden_server::config::load_config(&path).unwrap();
+        let app = warden_server::Application::build(config, &path, "127.0.0.1:0")
+            .await
+            .unwrap();
+        let addr = app.local_addr().unwrap().to_string();
+        let store = app.state().store().unwrap().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        let live_before = store.list_live(None).await.unwrap().len();
+        let (status, body) = post(addr.clone(), worker.clone()).await.unwrap();
+        if worker_allowed {
+            assert_eq!(status, 200, "{trusted}: {body}");
+        } else {
+            assert_eq!(status, 403, "{trusted}: {body}");
+            assert!(
+                body.contains("is a server-side request (`at_client_side: false`), which only a trusted SkyPilot API server may send, and it came from `127.0.0.1`")
+                    && body.contains("`skypilot.trusted_servers`")
+                    && body.contains("10.9.0.0/16"),
+                "{body}"
+            );
+            assert_eq!(
+                store.list_live(None).await.unwrap().len(),
+                live_before,
+                "a refused request reserves nothing"
+            );
+            // A client-side request naming a user is refused the same way.
+            let text: String = serde_json::from_slice(&client).unwrap();
+            let mut named: serde_json::Value = serde_json::from_str(&text).unwrap();
+            named["user"] = serde_json::json!("name: root\nid: abc\n");
+            let named = serde_json::to_vec(&named.to_string()).unwrap();
+            let (status, body) = post(addr.clone(), named).await.unwrap();
+            assert_eq!(status, 403, "{body}");
+            assert!(body.contains("this request names a `user`"), "{body}");
+        }
+        let (status, body) = post(addr.clone(), client.clone()).await.unwrap();
+        assert_eq!(status, 200, "a client-side request from anywhere: {body}");
+        stop.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        store.close().await;
+    }
 }

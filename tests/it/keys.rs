@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use warden_core::access::Role;
 use warden_store::{KeyError, Store, UnixMicros};
 
 use crate::cli::warden;
@@ -84,7 +85,7 @@ async fn keys_are_shown_once_stored_as_hashes_and_revocable() {
     let secret = &key[21..];
     assert!(
         err.contains(&format!(
-            "key {id} of team `ml`, user `alice`, name `ci runner`"
+            "ml-engineer key {id} of team `ml`, user `alice`, name `ci runner`"
         )) && err.contains("only time the key is shown"),
         "{err}"
     );
@@ -118,7 +119,10 @@ async fn keys_are_shown_once_stored_as_hashes_and_revocable() {
 
     let (code, out, err) = warden(&["keys", "revoke", "--config", cfg, id]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("revoked key {id}")), "{out}");
+    assert!(
+        out.contains(&format!("revoked ml-engineer key {id}")),
+        "{out}"
+    );
     let err = store.authenticate(&key, now()).await.unwrap_err();
     assert!(matches!(err, KeyError::Revoked { .. }), "{err:?}");
     let (_, out, _) = warden(&["keys", "list", "--config", cfg]);
@@ -142,6 +146,102 @@ async fn keys_are_shown_once_stored_as_hashes_and_revocable() {
         "{out}"
     );
     assert!(!out.contains(secret), "{out}");
+    store.close().await;
+}
+
+/// A key has a role (default `ml-engineer`) and expires after
+/// `keys.max_age_days` (default 90) unless `--expires` says otherwise;
+/// `never` must be explicit; an admin key is made here only while none is
+/// active (bootstrap); a rotated key keeps its role.
+#[tokio::test]
+async fn keys_have_roles_and_expire_by_default() {
+    let dir = TempDir::new("warden-keys-roles");
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let cfg = config.to_str().unwrap();
+    let store_url = format!("sqlite://{}", dir.0.join("state.db").display());
+    let create = |extra: &[&str]| {
+        let mut args = vec!["keys", "create", "--config", cfg, "--team", "ml"];
+        args.extend_from_slice(extra);
+        warden(&args)
+    };
+
+    let before = now();
+    let (code, out, err) = create(&[]);
+    assert_eq!(code, 0, "{err}");
+    let default_key = printed_key(&out);
+    assert!(err.contains("ml-engineer key"), "{err}");
+    let (code, out, err) = create(&["--role", "viewer", "--expires", "never"]);
+    assert_eq!(code, 0, "{err}");
+    let viewer = printed_key(&out);
+    assert!(
+        err.contains("viewer key") && err.contains("expires: never"),
+        "{err}"
+    );
+
+    let store = Store::connect(&store_url).await.unwrap();
+    let p = store.authenticate(&default_key, now()).await.unwrap();
+    assert_eq!(p.role, Role::MlEngineer);
+    let expires = p.expires.expect("a key expires by default").micros();
+    let ninety = before.micros() + hours(24 * 90);
+    assert!(
+        (ninety..ninety + hours(1)).contains(&expires),
+        "expires {expires}, want 90 days after {}",
+        before.micros()
+    );
+    let p = store.authenticate(&viewer, now()).await.unwrap();
+    assert_eq!((p.role, p.expires), (Role::Viewer, None));
+
+    // `keys.max_age_days` sets the default.
+    std::fs::write(&config, format!("{CONFIG}keys: {{max_age_days: 7}}\n")).unwrap();
+    let (code, out, err) = create(&[]);
+    assert_eq!(code, 0, "{err}");
+    let week = store.authenticate(&printed_key(&out), now()).await.unwrap();
+    let expires = week.expires.unwrap().micros();
+    assert!(expires <= now().micros() + hours(24 * 7), "{expires}");
+    std::fs::write(&config, format!("{CONFIG}keys: {{max_age_days: 0}}\n")).unwrap();
+    let (code, _, err) = create(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("keys.max_age_days: `0` is out of range; use 1 to 3650"),
+        "{err}"
+    );
+    std::fs::write(&config, CONFIG).unwrap();
+
+    let (code, _, err) = create(&["--role", "overlord"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--role: `overlord` is not a role; use one of `admin`"),
+        "{err}"
+    );
+
+    // One admin key for bootstrap; a second is refused while it is active.
+    let (code, out, err) = create(&["--role", "admin"]);
+    assert_eq!(code, 0, "{err}");
+    let admin = printed_key(&out);
+    let (code, out, err) = create(&["--role", "admin"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("an active admin key exists")
+            && err.contains(&admin[4..20])
+            && err.contains("warden keys revoke"),
+        "{err}"
+    );
+    let (code, _, err) = warden(&["keys", "revoke", "--config", cfg, &admin[4..20]]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = create(&["--role", "admin"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The list shows roles; a rotated key keeps its role.
+    let (_, out, _) = warden(&["keys", "list", "--config", cfg]);
+    assert!(
+        out.contains("role") && out.contains("viewer") && out.contains("admin"),
+        "{out}"
+    );
+    let (code, out, err) = warden(&["keys", "rotate", "--config", cfg, &viewer[4..20]]);
+    assert_eq!(code, 0, "{err}");
+    let rotated = store.authenticate(&printed_key(&out), now()).await.unwrap();
+    assert_eq!(rotated.role, Role::Viewer);
     store.close().await;
 }
 

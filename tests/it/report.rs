@@ -18,12 +18,13 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use warden_core::access::Role;
 use warden_core::{Door, GpuModel, Policy, TeamName, Usd};
 use warden_server::config::Settings;
 use warden_server::reports::routes;
 use warden_server::AppState;
 use warden_store::{
-    AllocationName, AllocationRequest, EndTarget, ReserveOutcome, Store, UnixMicros,
+    AllocationName, AllocationRequest, EndTarget, NewKey, ReserveOutcome, Store, UnixMicros,
 };
 
 use crate::cli::warden;
@@ -391,15 +392,96 @@ async fn chargeback_lines_add_up_to_the_total() {
     assert_eq!(code, 2, "--month is required: {err}");
 }
 
-async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
+async fn get(app: &axum::Router, key: Option<&str>, uri: &str) -> (StatusCode, String) {
+    let mut req = Request::get(uri);
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
     let resp = app
         .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// A key of `team` with `role`.
+async fn key(store: &Store, team: &str, role: Role) -> String {
+    let issued = store
+        .create_key(
+            NewKey {
+                team: TeamName::parse(team).unwrap(),
+                user: None,
+                name: None,
+                expires: None,
+                role,
+            },
+            UnixMicros::from_system_time(std::time::SystemTime::now()),
+        )
+        .await
+        .unwrap();
+    issued.secret.expose().to_owned()
+}
+
+/// Who may read which report: no key 401; a viewer its team's spend and
+/// nothing across teams (403, with the role and what to do); an ML
+/// engineer not its team's spend (only its own); an admin everything.
+async fn access_is_checked(app: &axum::Router, store: &Store) {
+    let month = "period=month&month=2024-03";
+    for uri in [
+        format!("/reports/spend?{month}"),
+        "/reports/chargeback?month=2024-03".to_owned(),
+    ] {
+        let (status, body) = get(app, None, &uri).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+        assert!(body.contains("needs a Warden key"), "{body}");
+        let (status, body) = get(app, Some("wdn_0123456789abcdef_nope"), &uri).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+    }
+    let viewer = key(store, "cv", Role::Viewer).await;
+    let (status, body) = get(
+        app,
+        Some(&viewer),
+        &format!("/reports/spend?{month}&team=cv"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["total"]["spend_usd"], "6.005", "{json}");
+    let (status, body) = get(
+        app,
+        Some(&viewer),
+        &format!("/reports/spend?{month}&team=ml"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("has no role in team `ml`"), "{body}");
+    let (status, body) = get(app, Some(&viewer), &format!("/reports/spend?{month}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("(`viewer` of team `cv`) may not read spend of every team")
+            && body.contains("`team=cv`"),
+        "{body}"
+    );
+    let (status, body) = get(app, Some(&viewer), "/reports/chargeback?month=2024-03").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let engineer = key(store, "ml", Role::MlEngineer).await;
+    let (status, body) = get(
+        app,
+        Some(&engineer),
+        &format!("/reports/spend?{month}&team=ml"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("`ml-engineer` may read only its own spend"),
+        "{body}"
+    );
+    let lead = key(store, "ml", Role::TeamLead).await;
+    let (status, body) = get(app, Some(&lead), &format!("/reports/spend?{month}&team=ml")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// The endpoints answer what the CLI prints, from either backend.
@@ -409,8 +491,10 @@ async fn endpoints_answer_json(url: &str) {
     let store = Store::connect(url).await.unwrap();
     let state = AppState::with_store(policy, None, Some(store.clone()));
     let app = routes().with_state(Arc::clone(&state));
+    let admin = key(&store, "ml", Role::Admin).await;
+    access_is_checked(&app, &store).await;
 
-    let (status, body) = get(&app, "/reports/chargeback?month=2024-03").await;
+    let (status, body) = get(&app, Some(&admin), "/reports/chargeback?month=2024-03").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     let cents =
@@ -423,7 +507,12 @@ async fn endpoints_answer_json(url: &str) {
     );
     assert_eq!(cents(&json["total"]["amount_usd"]), 6701);
 
-    let (status, body) = get(&app, "/reports/spend?period=month&month=2024-03&by=user").await;
+    let (status, body) = get(
+        &app,
+        Some(&admin),
+        "/reports/spend?period=month&month=2024-03&by=user",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["by"], "user");
@@ -440,7 +529,7 @@ async fn endpoints_answer_json(url: &str) {
         time_zone: warden_store::parse_time_zone("America/New_York").unwrap(),
         ..Settings::default()
     });
-    let (status, body) = get(&app, "/reports/chargeback?month=2024-03").await;
+    let (status, body) = get(&app, Some(&admin), "/reports/chargeback?month=2024-03").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     // March in New York is [05:00 UTC on the 1st, 04:00 UTC on April 1):
@@ -473,7 +562,7 @@ async fn endpoints_answer_json(url: &str) {
     state.apply_settings(Settings::default());
 
     let (status, body) =
-        get(&app, "/reports/spend?period=custom&from=2024-03-31T23%3A30%3A00Z&until=2024-04-01T00:30:00Z&by=gpu").await;
+        get(&app, Some(&admin), "/reports/spend?period=custom&from=2024-03-31T23%3A30%3A00Z&until=2024-04-01T00:30:00Z&by=gpu").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["total"]["spend_usd"], "13.001");
@@ -487,7 +576,7 @@ async fn endpoints_answer_json(url: &str) {
         ("/reports/chargeback", "query parameter `month` is required"),
         ("/reports/chargeback?month=March", "query parameter `month`: `March` is not a month"),
     ] {
-        let (status, body) = get(&app, uri).await;
+        let (status, body) = get(&app, Some(&admin), uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
         assert!(body.starts_with(&format!("Warden: {want}")), "{uri}: {body}");
     }
@@ -510,13 +599,13 @@ async fn endpoints_answer_json_on_postgres() {
 async fn endpoints_without_a_store_answer_503() {
     let app = routes().with_state(AppState::new(Policy::from_yaml(TEAMS).unwrap(), None));
     for uri in ["/reports/spend", "/reports/chargeback?month=2024-03"] {
-        let (status, body) = get(&app, uri).await;
+        let (status, body) = get(&app, None, uri).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
         assert!(body.contains("`storage: none`"), "{body}");
     }
-    // Parameters are still checked first.
-    let (status, _) = get(&app, "/reports/spend?period=week").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Without a store no key can be checked: 503 before the parameters.
+    let (status, _) = get(&app, Some("wdn_x"), "/reports/spend?period=week").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 /// The CLI refuses a config that names no store.

@@ -10,6 +10,7 @@ use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
+use warden_core::access::Role;
 use warden_core::{Door, Policy, TeamName, Usd};
 use warden_server::config::{PreDestroy, VastConfig};
 use warden_server::doors::vast::reconcile::{reconcile, ReconcileReport};
@@ -127,14 +128,27 @@ impl Harness {
     }
 
     async fn key_with(&self, team: &str, expires: Option<UnixMicros>) -> String {
+        self.key_as(team, Some("alice"), Role::MlEngineer, expires)
+            .await
+    }
+
+    /// A key of `team` acting as `user` with `role`.
+    async fn key_as(
+        &self,
+        team: &str,
+        user: Option<&str>,
+        role: Role,
+        expires: Option<UnixMicros>,
+    ) -> String {
         let issued = self
             .store
             .create_key(
                 NewKey {
                     team: TeamName::parse(team).unwrap(),
-                    user: Some(KeyUser::parse("alice").unwrap()),
+                    user: user.map(|u| KeyUser::parse(u).unwrap()),
                     name: Some(KeyName::parse("test").unwrap()),
                     expires,
+                    role,
                 },
                 now(),
             )
@@ -1985,4 +1999,146 @@ async fn vast_decisions_replay_on_their_recorded_host_facts() {
     for c in &report.changes {
         assert_eq!(c.after_rules, ["perfect-hosts-2"], "{c:?}");
     }
+}
+
+/// Roles at the Vast door, by key: a viewer searches and lists but may not
+/// rent, stop or destroy (403, naming the role); an ML engineer manages
+/// only its own instances; an inference operator rents, starts and stops
+/// only instances labelled `workload=inference`; a team lead manages all of
+/// the team's.
+#[tokio::test]
+async fn keys_act_within_their_roles() {
+    let h = harness().await;
+    let alice = h.key("ml").await;
+    let bob = h.key_as("ml", Some("bob"), Role::MlEngineer, None).await;
+    let viewer = h.key_as("ml", Some("fay"), Role::Viewer, None).await;
+    let operator = h
+        .key_as("ml", Some("ivy"), Role::InferenceOperator, None)
+        .await;
+    let lead = h.key_as("ml", Some("lee"), Role::TeamLead, None).await;
+    let (status, created) = h.create(&alice, h.offer("RTX 4090", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let alices = created["new_contract"].as_u64().unwrap();
+
+    // The viewer searches, lists and sees; it may not rent or change.
+    let (status, found) = h
+        .call(
+            Method::POST,
+            "/vast/api/v0/bundles/",
+            Some(&viewer),
+            Some(json!({"num_gpus": {"gte": 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert!(!offers(&found).is_empty(), "{found}");
+    let (_, rows) = h
+        .call(Method::GET, "/vast/api/v1/instances/", Some(&viewer), None)
+        .await;
+    assert_eq!(rows["total_instances"], json!(1), "{rows}");
+    let (status, body) = h.create(&viewer, h.offer("RTX 3090", 1)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        msg(&body).contains("is `viewer` in team `ml`, and none of those may create launch"),
+        "{body}"
+    );
+    let path = format!("/vast/api/v0/instances/{alices}/");
+    for (method, body) in [
+        (Method::PUT, json!({"state": "stopped"})),
+        (Method::DELETE, json!({})),
+    ] {
+        let (status, answer) = h.call(method, &path, Some(&viewer), Some(body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert_eq!(answer["error"], "forbidden_by_role", "{answer}");
+        assert!(msg(&answer).contains("`viewer`"), "{answer}");
+    }
+
+    // Another ML engineer neither sees nor stops alice's instance.
+    let (_, rows) = h
+        .call(Method::GET, "/vast/api/v1/instances/", Some(&bob), None)
+        .await;
+    assert_eq!(rows["total_instances"], json!(0), "{rows}");
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &path,
+            Some(&bob),
+            Some(json!({"state": "stopped"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(
+        msg(&answer).contains("may update only its own launch"),
+        "{answer}"
+    );
+
+    // The inference operator: not a plain instance, but an inference one.
+    let (status, body) = h.create(&operator, h.offer("RTX 3090", 1)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(msg(&body).contains("`inference-operator`"), "{body}");
+    let mut inference = create_body();
+    inference["label"] = json!("workload=inference");
+    let (status, served) = h
+        .call(
+            Method::PUT,
+            &format!("/vast/api/v0/asks/{}/", h.offer("RTX 3090", 1)),
+            Some(&operator),
+            Some(inference),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{served}");
+    let endpoint = served["new_contract"].as_u64().unwrap();
+    let (_, rows) = h
+        .call(
+            Method::GET,
+            "/vast/api/v1/instances/",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(
+        ids_of(&rows["instances"]),
+        vec![endpoint],
+        "only inference endpoints: {rows}"
+    );
+    let (status, answer) = h
+        .call(
+            Method::PUT,
+            &path,
+            Some(&operator),
+            Some(json!({"state": "stopped"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let endpoint_path = format!("/vast/api/v0/instances/{endpoint}/");
+    for state in ["stopped", "running"] {
+        let (status, answer) = h
+            .call(
+                Method::PUT,
+                &endpoint_path,
+                Some(&operator),
+                Some(json!({"state": state})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{state}: {answer}");
+    }
+
+    // The team lead sees and manages every instance of the team.
+    let (_, rows) = h
+        .call(Method::GET, "/vast/api/v1/instances/", Some(&lead), None)
+        .await;
+    assert_eq!(rows["total_instances"], json!(2), "{rows}");
+    let (status, answer) = h
+        .call(Method::DELETE, &path, Some(&lead), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(h.live().await.len(), 1);
+}
+
+fn ids_of(rows: &Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = rows
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["id"].as_u64()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
 }

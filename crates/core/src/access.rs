@@ -8,10 +8,11 @@
 //! |---|---|---|
 //! | admin | everything | all teams |
 //! | team lead | launch and serve; create, read, rotate and revoke the team's keys; read and end the team's allocations; grant and read exceptions; read the team's spend, audit and metrics | own team |
-//! | ML engineer | launch; read and end own allocations; read own spend | own team |
-//! | inference operator | serve (deploy, scale, update, tear down); read metrics | own team |
+//! | ML engineer | launch; read, change and end own launches and allocations; read own spend | own team |
+//! | inference operator | serve (deploy, read, scale, update, tear down); read metrics | own team |
 //! | viewer | read allocations, spend (budget state) and metrics | own team, or all teams when bound so |
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -66,6 +67,25 @@ impl Role {
                     Role::ALL.map(|r| format!("`{}`", r.as_str())).join(", ")
                 )
             })
+    }
+}
+
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Role {
+    /// Whether a holder of `self` may give `other` to a key it makes: an
+    /// admin any role, a team lead any role up to team lead, nobody else
+    /// (making keys is a team lead's and an admin's work).
+    pub fn may_grant(self, other: Role) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::TeamLead => other != Role::Admin,
+            _ => false,
+        }
     }
 }
 
@@ -196,9 +216,11 @@ const PERMISSIONS: &[(Role, Verb, Resource, Reach)] = {
     use Verb::{Create as C, Delete as D, Read as Rd, Update as U};
     &[
         (Lead, C, R::Launch, Team),
+        (Lead, Rd, R::Launch, Team),
         (Lead, U, R::Launch, Team),
         (Lead, D, R::Launch, Team),
         (Lead, C, R::Serve, Team),
+        (Lead, Rd, R::Serve, Team),
         (Lead, U, R::Serve, Team),
         (Lead, D, R::Serve, Team),
         (Lead, Rd, R::Allocations, Team),
@@ -213,12 +235,14 @@ const PERMISSIONS: &[(Role, Verb, Resource, Reach)] = {
         (Lead, Rd, R::Exceptions, Team),
         (Lead, Rd, R::Metrics, Team),
         (Ml, C, R::Launch, Team),
+        (Ml, Rd, R::Launch, Own),
         (Ml, U, R::Launch, Own),
         (Ml, D, R::Launch, Own),
         (Ml, Rd, R::Allocations, Own),
         (Ml, D, R::Allocations, Own),
         (Ml, Rd, R::Spend, Own),
         (Io, C, R::Serve, Team),
+        (Io, Rd, R::Serve, Team),
         (Io, U, R::Serve, Team),
         (Io, D, R::Serve, Team),
         (Io, Rd, R::Metrics, Team),
@@ -408,16 +432,22 @@ pub struct Review {
     pub reason: String,
 }
 
+/// The role a user listed under `teams.<t>.users` holds in that team when
+/// no binding gives it a role there.
+pub const MEMBER_ROLE: Role = Role::MlEngineer;
+
 /// The compiled bindings: what [`Access::review`] reads.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
     bindings: Vec<Binding>,
+    /// `teams.<t>.users`: user → team.
+    members: HashMap<String, TeamName>,
 }
 
 impl Access {
-    /// Bindings compiled from config.
-    pub fn new(bindings: Vec<Binding>) -> Self {
-        Access { bindings }
+    /// Bindings compiled from config, and the users each team lists.
+    pub fn new(bindings: Vec<Binding>, members: HashMap<String, TeamName>) -> Self {
+        Access { bindings, members }
     }
 
     /// The bindings.
@@ -425,7 +455,21 @@ impl Access {
         &self.bindings
     }
 
+    /// Whether the config binds roles at all. Without `role_bindings`,
+    /// users are not role-checked at the SkyPilot door (every user a team
+    /// resolves may launch and serve, as before roles existed); keys always
+    /// are, by their own role.
+    pub fn checks_users(&self) -> bool {
+        !self.bindings.is_empty()
+    }
+
     /// The roles `subject` holds in `team`, each with what grants it.
+    ///
+    /// A key holds its own role in its own team (an admin key: in every
+    /// team) and nothing else: `role_bindings` do not widen a key. A user
+    /// holds the roles its bindings give (by user name, or by any of its
+    /// groups); a user listed under `teams.<t>.users` that no binding gives
+    /// a role in `t` holds [`MEMBER_ROLE`] there.
     pub fn roles_in(&self, subject: &Subject, team: &TeamName) -> Vec<(Role, String)> {
         let mut out = Vec::new();
         if let Some((role, key_team)) = &subject.key {
@@ -435,6 +479,7 @@ impl Access {
                     format!("its key's role `{role}` in team `{key_team}`"),
                 ));
             }
+            return out;
         }
         for b in &self.bindings {
             let holds = match &b.scope {
@@ -450,6 +495,16 @@ impl Access {
                     b.role,
                     format!("role_bindings[{}] ({}, `{}`)", b.index, b.member, b.role),
                 ));
+            }
+        }
+        if out.is_empty() {
+            if let Some(user) = &subject.user {
+                if self.members.get(user) == Some(team) {
+                    out.push((
+                        MEMBER_ROLE,
+                        format!("being listed under `teams.{team}.users` (no role binding names it there)"),
+                    ));
+                }
             }
         }
         out
@@ -545,7 +600,8 @@ mod tests {
     fn access(yaml: &str) -> (Access, Vec<(String, String)>) {
         let specs: Vec<RoleBindingSpec> = serde_norway::from_str(yaml).unwrap();
         let (b, p) = compile(&specs, |t| ["ml", "cv"].contains(&t.as_str()));
-        (Access::new(b), p)
+        let members = [("mel".to_owned(), team("ml"))].into_iter().collect();
+        (Access::new(b, members), p)
     }
 
     /// The roles table of the module documentation, cell by cell: every
@@ -762,5 +818,130 @@ mod tests {
             "{text:?}"
         );
         assert_eq!(problems.len(), 6, "{text:?}");
+    }
+
+    mod decisions {
+        use crate::access::Role;
+        use crate::{Door, LaunchRequest, Policy, Verdict};
+
+        const BOUND: &str = r#"
+default_team: ml
+teams:
+  ml: {users: [root]}
+  cv: {users: [carl]}
+role_bindings:
+  - {user: fay, role: viewer, team: ml}
+  - {user: ivy, role: inference-operator, team: ml}
+  - {user: lee, role: team-lead, team: ml}
+"#;
+
+        fn request(name: &str, user: Option<&str>) -> LaunchRequest {
+            let mut r = LaunchRequest::new(Door::Skypilot, name);
+            r.principal.user = user.map(str::to_owned);
+            r
+        }
+
+        fn verdict(policy: &Policy, r: &LaunchRequest) -> (Verdict, String) {
+            let d = policy.decide(r);
+            let text = d
+                .reasons
+                .iter()
+                .map(|r| format!("{}: {}", r.rule.as_str(), r.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (d.verdict, text)
+        }
+
+        /// The core asks the access model of every launch: a viewer may not
+        /// launch, an inference operator may serve but not launch, an ML
+        /// engineer (here by being listed in the team) may launch but not
+        /// serve, a team lead both; someone with no role in the team it
+        /// resolves to may do neither.
+        #[test]
+        fn launches_are_judged_by_the_subjects_role() {
+            let p = Policy::from_yaml(BOUND).unwrap();
+            let cases = [
+                (
+                    "launch",
+                    "fay",
+                    false,
+                    "`fay` is `viewer` in team `ml`, and none of those may create launch",
+                ),
+                ("jobs.launch", "fay", false, "may create launch"),
+                ("serve.up", "fay", false, "may create serve"),
+                ("launch", "ivy", false, "`inference-operator`"),
+                ("serve.up", "ivy", true, ""),
+                ("serve.update", "ivy", true, ""),
+                ("launch", "root", true, ""),
+                ("exec", "root", true, ""),
+                ("serve.up", "root", false, "`ml-engineer`"),
+                ("launch", "lee", true, ""),
+                ("serve.up", "lee", true, ""),
+                // Resolved by `default_team`, listed nowhere, bound nowhere.
+                ("launch", "bob", false, "`bob` has no role in team `ml`"),
+                // Allocating nothing by itself: not asked.
+                ("validate", "fay", true, ""),
+                ("optimize", "bob", true, ""),
+                // Warden's decision of the user's request covers these.
+                ("jobs.launch_controller", "fay", true, ""),
+            ];
+            for (name, user, allowed, needle) in cases {
+                let (v, text) = verdict(&p, &request(name, Some(user)));
+                assert_eq!(v == Verdict::Allow, allowed, "{name} by {user}: {text}");
+                if !allowed {
+                    assert!(text.starts_with("access: denied: "), "{text}");
+                    assert!(text.contains(needle), "{name} by {user}: {text}");
+                    assert!(text.contains("role_bindings"), "{text}");
+                }
+            }
+        }
+
+        /// Without `role_bindings`, users are not role-checked (as before
+        /// roles); a key is always judged by its own role, and bindings do
+        /// not widen it.
+        #[test]
+        fn keys_are_judged_by_their_role_with_or_without_bindings() {
+            for yaml in ["teams:\n  ml: {users: [root]}\n", BOUND] {
+                let p = Policy::from_yaml(yaml).unwrap();
+                let key = |role: Role, labels: &[(&str, &str)]| {
+                    let mut r = LaunchRequest::new(Door::Vast, "launch");
+                    r.principal.team = Some("ml".into());
+                    r.principal.user = Some("lee".into());
+                    r.principal.role = Some(role);
+                    r.labels = labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect();
+                    verdict(&p, &r)
+                };
+                let inference = [("workload", "inference")];
+                let (v, text) = key(Role::Viewer, &[]);
+                assert_eq!(v, Verdict::Deny, "{text}");
+                assert!(text.contains("is `viewer` in team `ml`"), "{text}");
+                assert_eq!(key(Role::MlEngineer, &[]).0, Verdict::Allow);
+                assert_eq!(key(Role::MlEngineer, &inference).0, Verdict::Deny);
+                assert_eq!(key(Role::InferenceOperator, &inference).0, Verdict::Allow);
+                assert_eq!(key(Role::InferenceOperator, &[]).0, Verdict::Deny);
+                assert_eq!(key(Role::TeamLead, &inference).0, Verdict::Allow);
+            }
+            let open = Policy::from_yaml("teams:\n  ml: {users: [root]}\n").unwrap();
+            assert_eq!(
+                verdict(&open, &request("serve.up", Some("root"))).0,
+                Verdict::Allow
+            );
+        }
+
+        #[test]
+        fn only_admins_and_team_leads_make_keys_up_to_their_own_role() {
+            use Role::*;
+            assert!(Role::ALL.iter().all(|r| Admin.may_grant(*r)));
+            assert!([TeamLead, MlEngineer, InferenceOperator, Viewer]
+                .iter()
+                .all(|r| TeamLead.may_grant(*r)));
+            assert!(!TeamLead.may_grant(Admin));
+            for r in [MlEngineer, InferenceOperator, Viewer] {
+                assert!(Role::ALL.iter().all(|o| !r.may_grant(*o)), "{r}");
+            }
+        }
     }
 }

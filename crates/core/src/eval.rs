@@ -3,6 +3,9 @@
 //! Semantics, in order:
 //! 1. The team is resolved ([`Policy::resolve_request_team`]). An unresolved,
 //!    non-controller request is denied by the reason `team.resolve`.
+//!    A request whose subject may not do what it does in that team (see
+//!    [`crate::access`] and [`LaunchRequest::access_question`]) is denied by
+//!    the reason `access`.
 //! 2. Rules run in order: the implicit team limits (`team.*`) first, then the
 //!    `rules` list. A rule is skipped when its mode is `off`, when the
 //!    request is a controller task and the rule has no `controllers: true`,
@@ -446,6 +449,34 @@ impl Fields {
     }
 }
 
+impl Policy {
+    /// The reason `access` when the request's subject may not do what the
+    /// request does in `team` ([`LaunchRequest::access_question`]). Keys are
+    /// always checked, by their role; users only when the config has
+    /// `role_bindings` ([`crate::access::Access::checks_users`]).
+    fn access_denial(&self, req: &LaunchRequest, team: &TeamName) -> Option<Reason> {
+        let (verb, resource) = req.access_question()?;
+        let p = &req.principal;
+        if p.role.is_none() && !self.access.checks_users() {
+            return None;
+        }
+        let subject = crate::access::Subject {
+            user: p.user.clone(),
+            groups: Vec::new(),
+            key: p.role.map(|r| (r, team.clone())),
+        };
+        let review = self.access.review(&subject, verb, resource, team, None);
+        (!review.allowed).then(|| Reason {
+            rule: RuleName::builtin("access"),
+            effect: Effect::Deny,
+            message: format!(
+                "{}; a platform admin grants roles with `role_bindings` (or a key with a role that may: `warden keys create --role ...`)",
+                review.reason
+            ),
+        })
+    }
+}
+
 fn rule_error(msg: String) -> Outcome {
     Outcome::Deny(format!(
         "{msg}; the request is denied because Warden fails closed"
@@ -476,6 +507,10 @@ impl Policy {
                 effect: Effect::Deny,
                 message: unresolved_message(req, self.team_from_label(req.at_client_side)),
             });
+        }
+
+        if let Some(reason) = team.as_ref().and_then(|t| self.access_denial(req, t)) {
+            reasons.push(reason);
         }
 
         let mut ctx: Option<Context<'static, 'static>> = None;

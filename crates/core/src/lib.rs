@@ -40,6 +40,7 @@ pub use policy::{
 pub use price::{GpuPrice, PriceTable};
 pub use request::{
     Accelerator, Autostop, Door, HostFacts, LaunchRequest, Principal, Quote, Resource,
+    WORKLOAD_LABEL,
 };
 pub use vast::{BudgetAction, LaunchLimits, VastTeam, VastTeamSpec};
 pub use yaml_depth::{check_depth, MAX_CONFIG_DEPTH};

@@ -140,6 +140,38 @@ pub struct Principal {
     pub team: Option<String>,
     /// The workspace the request runs in (SkyPilot `active_workspace`).
     pub workspace: Option<String>,
+    /// The role of the Warden key the door authenticated, if any (a key
+    /// holds this role in `team`; see [`crate::access`]).
+    pub role: Option<crate::access::Role>,
+}
+
+/// The label that marks a launch as an inference endpoint where the door
+/// has no separate verb for one (a Vast instance labelled
+/// `workload=inference`): creating, starting or stopping it is `serve`.
+pub const WORKLOAD_LABEL: (&str, &str) = ("workload", "inference");
+
+impl LaunchRequest {
+    /// What launching this request is, for [`crate::access`]: `create
+    /// serve` for SkyPilot `serve.up`/`serve.launch_replica` and for a launch
+    /// labelled [`WORKLOAD_LABEL`], `update serve` for `serve.update`,
+    /// `create launch` for every other launch. `None` for what allocates
+    /// nothing by itself (`validate`, `optimize`) and for controllers
+    /// (Warden's own decision of the user's request covers them).
+    pub fn access_question(&self) -> Option<(crate::access::Verb, crate::access::Resource)> {
+        use crate::access::{Resource as R, Verb as V};
+        let name = self.request_name.as_str();
+        if self.is_controller() || matches!(name, "validate" | "optimize") {
+            return None;
+        }
+        let inference =
+            self.labels.get(WORKLOAD_LABEL.0).map(String::as_str) == Some(WORKLOAD_LABEL.1);
+        Some(match name {
+            "serve.update" => (V::Update, R::Serve),
+            n if n.starts_with("serve.") => (V::Create, R::Serve),
+            _ if inference => (V::Create, R::Serve),
+            _ => (V::Create, R::Launch),
+        })
+    }
 }
 
 /// A launch request, the same shape from every door.

@@ -1,6 +1,7 @@
 //! The HTTP application: routes, shared state and reload. Startup and
 //! shutdown are in [`crate::application`].
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,16 +10,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use warden_core::Policy;
 
 use crate::alerts::Alerter;
-use crate::config::{load_config, Settings};
+use crate::config::{load_config, Settings, TrustedServers};
 use crate::doors::skypilot::{self, Answer};
 use crate::error::DoorError;
 use warden_store::{Store, UnixMicros};
@@ -392,11 +393,13 @@ fn log_refusal(request_id: &str, door: &str, err: &DoorError) {
 async fn skypilot_door(
     State(state): State<Arc<AppState>>,
     GivenRequestId(given): GivenRequestId,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let request_id = state.request_id_given(given.as_ref());
-    match skypilot_admit(&state, &request_id, body, started).await {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match skypilot_admit(&state, &request_id, peer, body, started).await {
         Ok(Answer::Allow(body)) => {
             skypilot_answer(StatusCode::OK, "application/json", body, &request_id)
         }
@@ -417,15 +420,18 @@ async fn skypilot_door(
 async fn skypilot_admit(
     state: &AppState,
     request_id: &str,
+    peer: Option<IpAddr>,
     body: Result<Bytes, BytesRejection>,
     started: Instant,
 ) -> Result<Answer, DoorError> {
     let body = body_or_error(body)?;
     let policy = state.policy();
+    let parsed = skypilot::parse_body(&body)?;
+    check_server_side_trust(&state.settings().trusted_servers, peer, &parsed)?;
     let skypilot::Normalized {
         request,
         mut rewrite,
-    } = skypilot::normalize(&policy, skypilot::parse_body(&body)?)?;
+    } = skypilot::normalize(&policy, parsed)?;
     let admission = crate::gate::Admission {
         door: "skypilot",
         request_id,
@@ -446,6 +452,41 @@ async fn skypilot_admit(
         } => Answer::Allow(skypilot::encode_answer(&task, &config)),
         crate::gate::Admitted::Denied { message, .. } => Answer::Deny(message),
     })
+}
+
+/// The fields only SkyPilot's API server can vouch for: a server-side
+/// request (`at_client_side: false`: the server's worker, its `user` and
+/// its `request_name`) or a `user`, honoured only from an address in
+/// `skypilot.trusted_servers` (default: loopback). Anything else may still
+/// ask as a client (`at_client_side: true` without a user): that decision
+/// reserves nothing, and the server judges the launch again.
+///
+/// A request that did not come over a socket (in-process) has no peer and
+/// is not trusted either.
+fn check_server_side_trust(
+    trusted: &TrustedServers,
+    peer: Option<IpAddr>,
+    req: &skypilot::SkyRequest,
+) -> Result<(), DoorError> {
+    if peer.is_some_and(|p| trusted.contains(p)) {
+        return Ok(());
+    }
+    let has_user = req.user.as_deref().is_some_and(|u| !u.trim().is_empty());
+    if req.at_client_side && !has_user {
+        return Ok(());
+    }
+    let from = peer.map_or_else(|| "an unknown address".to_owned(), |p| format!("`{p}`"));
+    let what = if req.at_client_side {
+        "names a `user`"
+    } else {
+        "is a server-side request (`at_client_side: false`)"
+    };
+    Err(DoorError::Forbidden(format!(
+        "this request {what}, which only a trusted SkyPilot API server may send, and it came from {from}; \
+         trusted servers are `skypilot.trusted_servers` in Warden's config ({}). \
+         If this is your SkyPilot API server, a platform admin adds its address there",
+        trusted.describe()
+    )))
 }
 
 fn skypilot_answer(

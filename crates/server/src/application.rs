@@ -88,6 +88,7 @@ impl Application {
             skypilot_api,
             settings,
             vast,
+            keys: _,
         } = config;
         let store = match &storage {
             Some(url) => Some(
@@ -243,7 +244,10 @@ impl Application {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router(self.state))
+        // The peer's address: the SkyPilot door trusts server-side
+        // requests only from `skypilot.trusted_servers`.
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
         tracing::info!("stopped");

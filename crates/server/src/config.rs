@@ -2,7 +2,8 @@
 //!
 //! One YAML file holds the policy (`default_team`, `team_from_label`,
 //! `teams`, `prices`, `rules`, validated by the core) and the server's own settings
-//! (`storage`, `skypilot_api`, `time_zone`, `budget_alerts`). Unknown keys
+//! (`storage`, `skypilot_api`, `skypilot`, `time_zone`, `budget_alerts`,
+//! `vast`, `keys`). Unknown keys
 //! are errors.
 
 use std::collections::BTreeMap;
@@ -64,6 +65,127 @@ struct ConfigFile {
     budget_alerts: Option<BudgetAlertsFile>,
     #[serde(default)]
     vast: Option<vast::VastFile>,
+    #[serde(default)]
+    keys: Option<KeysFile>,
+    #[serde(default)]
+    skypilot: Option<SkypilotDoorFile>,
+}
+
+/// `keys` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeysFile {
+    #[serde(default)]
+    max_age_days: Option<u64>,
+}
+
+/// `skypilot` (the SkyPilot door) as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SkypilotDoorFile {
+    #[serde(default)]
+    trusted_servers: Option<Vec<String>>,
+}
+
+/// How long a new key works unless `warden keys create --expires` says
+/// otherwise (`keys.max_age_days`), by default: the rotation rule of 90
+/// days.
+pub const DEFAULT_KEY_MAX_AGE_DAYS: u64 = 90;
+/// The range of `keys.max_age_days`.
+pub const KEY_MAX_AGE_RANGE: std::ops::RangeInclusive<u64> = 1..=3650;
+
+/// `keys`: the lifetime of Warden keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySettings {
+    /// The default lifetime of a new key (`keys.max_age_days`).
+    pub max_age: Duration,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(DEFAULT_KEY_MAX_AGE_DAYS * 86_400),
+        }
+    }
+}
+
+fn key_settings(f: KeysFile) -> Result<KeySettings, String> {
+    let days = f.max_age_days.unwrap_or(DEFAULT_KEY_MAX_AGE_DAYS);
+    if KEY_MAX_AGE_RANGE.contains(&days) {
+        Ok(KeySettings {
+            max_age: Duration::from_secs(days * 86_400),
+        })
+    } else {
+        Err(format!(
+            "keys.max_age_days: `{days}` is out of range; use {} to {} (a key that never expires is made with `warden keys create --expires never`)",
+            KEY_MAX_AGE_RANGE.start(),
+            KEY_MAX_AGE_RANGE.end()
+        ))
+    }
+}
+
+/// Who may send server-side SkyPilot requests by default: this machine.
+pub const DEFAULT_TRUSTED_SERVERS: &[&str] = &["127.0.0.0/8", "::1/128"];
+
+/// The addresses whose SkyPilot requests are honoured as server-side
+/// (`skypilot.trusted_servers`: CIDRs or single addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedServers(Vec<ipnet::IpNet>);
+
+impl Default for TrustedServers {
+    fn default() -> Self {
+        Self(
+            DEFAULT_TRUSTED_SERVERS
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        )
+    }
+}
+
+impl TrustedServers {
+    /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`10.1.2.3`).
+    pub fn parse(list: &[String]) -> Result<Self, Vec<String>> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, text) in list.iter().enumerate() {
+            let t = text.trim();
+            let parsed = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => problems.push(format!(
+                    "skypilot.trusted_servers[{i}]: `{}` is not an address or CIDR; write e.g. `10.0.4.17` or `10.0.4.0/24`",
+                    t.chars().take(60).collect::<String>()
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self(out))
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether `addr` is one of them (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, addr: std::net::IpAddr) -> bool {
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&addr))
+    }
+
+    /// The list as written back (for messages).
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// `budget_alerts` as written.
@@ -95,6 +217,9 @@ pub struct Settings {
     pub time_zone: warden_store::TimeZone,
     /// Budget alert delivery (`budget_alerts`).
     pub alerts: AlertSettings,
+    /// Where server-side SkyPilot requests may come from
+    /// (`skypilot.trusted_servers`).
+    pub trusted_servers: TrustedServers,
 }
 
 impl Default for Settings {
@@ -102,6 +227,7 @@ impl Default for Settings {
         Self {
             time_zone: warden_store::TimeZone::UTC,
             alerts: AlertSettings::default(),
+            trusted_servers: TrustedServers::default(),
         }
     }
 }
@@ -212,6 +338,8 @@ pub struct Config {
     pub settings: Settings,
     /// The Vast door (`vast`; defaults when absent).
     pub vast: VastConfig,
+    /// Warden keys (`keys`).
+    pub keys: KeySettings,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -469,7 +597,22 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
             AlertSettings::default()
         }
     };
-    let settings = Settings { time_zone, alerts };
+    let keys = key_settings(file.keys.unwrap_or_default()).unwrap_or_else(|e| {
+        settings_problems.push(e);
+        KeySettings::default()
+    });
+    let trusted_servers = match file.skypilot.and_then(|s| s.trusted_servers) {
+        None => TrustedServers::default(),
+        Some(list) => TrustedServers::parse(&list).unwrap_or_else(|e| {
+            settings_problems.extend(e);
+            TrustedServers::default()
+        }),
+    };
+    let settings = Settings {
+        time_zone,
+        alerts,
+        trusted_servers,
+    };
     let spec = PolicySpec {
         default_team: file.default_team,
         team_from_label: file.team_from_label,
@@ -487,6 +630,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
                 skypilot_api,
                 settings,
                 vast,
+                keys,
             })
         }
         (policy, storage, api, vast) => {
@@ -597,6 +741,65 @@ mod tests {
         assert_eq!(storage_url(p, Some("none")).unwrap(), None);
         let e = storage_url(p, Some("mysql://u:secret@h/db")).unwrap_err();
         assert!(e.contains("`mysql`") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn trusted_servers_are_addresses_or_cidrs_and_default_to_loopback() {
+        let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+        let d = load("trusted-default", "storage: none\n").unwrap();
+        let t = &d.settings.trusted_servers;
+        assert!(t.contains(ip("127.0.0.1")) && t.contains(ip("::1")));
+        assert!(t.contains(ip("::ffff:127.0.0.1")), "IPv4-mapped loopback");
+        assert!(!t.contains(ip("10.0.0.1")));
+        let c = load(
+            "trusted-set",
+            "storage: none\nskypilot:\n  trusted_servers: [10.0.4.17, '10.8.0.0/16', 'fd00::/8']\n",
+        )
+        .unwrap();
+        let t = &c.settings.trusted_servers;
+        assert!(t.contains(ip("10.0.4.17")) && !t.contains(ip("10.0.4.18")));
+        assert!(t.contains(ip("10.8.200.1")) && t.contains(ip("fd00::1")));
+        assert!(
+            !t.contains(ip("127.0.0.1")),
+            "the list replaces the default"
+        );
+        let e = load(
+            "trusted-bad",
+            "storage: none\nskypilot:\n  trusted_servers: [10.0.0.0/33, api-server]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("skypilot.trusted_servers[0]: `10.0.0.0/33` is not an address or CIDR")
+                && e.contains("skypilot.trusted_servers[1]: `api-server`"),
+            "{e}"
+        );
+        let e = load(
+            "trusted-unknown",
+            "storage: none\nskypilot:\n  trusted: []\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `trusted`"), "{e}");
+    }
+
+    #[test]
+    fn key_lifetime_defaults_to_ninety_days_and_is_bounded() {
+        let c = load("keys-default", "storage: none\n").unwrap();
+        assert_eq!(c.keys.max_age, Duration::from_secs(90 * 86_400));
+        let c = load("keys-set", "storage: none\nkeys: {max_age_days: 30}\n").unwrap();
+        assert_eq!(c.keys.max_age, Duration::from_secs(30 * 86_400));
+        for bad in ["0", "3651"] {
+            let e = load(
+                "keys-bad",
+                &format!("storage: none\nkeys: {{max_age_days: {bad}}}\n"),
+            )
+            .unwrap_err();
+            assert!(
+                e.contains(&format!("keys.max_age_days: `{bad}` is out of range")),
+                "{e}"
+            );
+        }
+        let e = load("keys-never", "storage: none\nkeys: {max_age_days: never}\n").unwrap_err();
+        assert!(e.contains("keys.max_age_days"), "{e}");
     }
 
     /// Loads `text` as a config file in a fresh temp dir, with a team

@@ -24,6 +24,10 @@ pub enum DoorError {
     /// No key, or a key that is not valid (401).
     #[error("{0}")]
     Unauthorized(String),
+    /// The caller is known, but its role does not allow this (403); the
+    /// message names the role and what it may not do.
+    #[error("{0}")]
+    Forbidden(String),
     /// Policy, quota or budget said no, at a door that answers a denial
     /// as 403 (the SkyPilot door answers its denials itself).
     #[error("{0}")]
@@ -91,7 +95,9 @@ impl DoorError {
             DoorError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DoorError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             DoorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            DoorError::Denied(_) | DoorError::NotSupported(_) => StatusCode::FORBIDDEN,
+            DoorError::Forbidden(_) | DoorError::Denied(_) | DoorError::NotSupported(_) => {
+                StatusCode::FORBIDDEN
+            }
             DoorError::NotFound { .. } => StatusCode::NOT_FOUND,
             DoorError::Conflict(_) => StatusCode::CONFLICT,
             DoorError::UpstreamRefused { status, .. } => {

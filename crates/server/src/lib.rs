@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod app;
 pub mod application;
+pub mod auth;
 mod bytes;
 pub mod cases;
 pub mod config;

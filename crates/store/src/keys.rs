@@ -67,6 +67,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
+use warden_core::access::Role;
 use warden_core::TeamName;
 
 use crate::audit::NewRecord;
@@ -319,6 +320,8 @@ pub struct NewKey {
     pub name: Option<KeyName>,
     /// When it stops working; `None` for never.
     pub expires: Option<UnixMicros>,
+    /// What it may do in its team (see `warden_core::access`).
+    pub role: Role,
 }
 
 /// A key as listed: everything but the secret and its hash.
@@ -343,6 +346,8 @@ pub struct ApiKey {
     pub revoked: Option<UnixMicros>,
     /// The key that replaced it, when rotated.
     pub rotated_to: Option<ApiKeyId>,
+    /// What it may do in its team.
+    pub role: Role,
 }
 
 /// Whether a key works at some instant.
@@ -377,6 +382,7 @@ impl ApiKey {
             user: self.user.clone(),
             name: self.name.clone(),
             expires: self.expires,
+            role: self.role,
         }
     }
 }
@@ -404,6 +410,8 @@ pub struct KeyPrincipal {
     /// When it stops working.
     #[serde(rename = "expires_us")]
     pub expires: Option<UnixMicros>,
+    /// What it may do in its team.
+    pub role: Role,
 }
 
 /// What the replacement key of [`Store::rotate_key`] gets as expiry.
@@ -512,7 +520,7 @@ pub enum KeyAdminError {
 
 /// The columns of a key row, in [`KeyRow`] order (the hash comes last).
 const KEY_COLUMNS: &str =
-    "id, name, team, user_name, created_us, expires_us, revoked_us, rotated_to, hash";
+    "id, name, team, user_name, created_us, expires_us, revoked_us, rotated_to, role, hash";
 
 type KeyRow = (
     String,
@@ -524,11 +532,12 @@ type KeyRow = (
     Option<i64>,
     Option<String>,
     String,
+    String,
 );
 
 /// A row as an [`ApiKey`] and its stored hash.
 fn key_row(row: KeyRow) -> Result<(ApiKey, String), StoreError> {
-    let (id, name, team, user, created, expires, revoked, rotated_to, hash) = row;
+    let (id, name, team, user, created, expires, revoked, rotated_to, role, hash) = row;
     let corrupt = |detail: String| StoreError::Corrupt {
         what: format!("api key `{}`", escape(&id, 40)),
         detail,
@@ -551,6 +560,7 @@ fn key_row(row: KeyRow) -> Result<(ApiKey, String), StoreError> {
             .map(|r| ApiKeyId::parse(&r))
             .transpose()
             .map_err(|e| corrupt(e.to_string()))?,
+        role: Role::parse(&role).map_err(corrupt)?,
     };
     Ok((key, hash))
 }
@@ -562,6 +572,7 @@ fn key_json(key: &ApiKey) -> serde_json::Value {
         "team": key.team,
         "user": key.user,
         "name": key.name,
+        "role": key.role,
         "created_us": key.created,
         "expires_us": key.expires,
         "revoked_us": key.revoked,
@@ -581,8 +592,8 @@ impl Tx {
     ) -> Result<(), StoreError> {
         on_tx!(self, |conn| {
             sqlx::query(
-                "INSERT INTO api_keys (id, hash, name, team, user_name, created_us, expires_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO api_keys (id, hash, name, team, user_name, created_us, expires_us, role) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(generated.id.as_str())
             .bind(&generated.hash)
@@ -591,6 +602,7 @@ impl Tx {
             .bind(new.user.as_ref().map(KeyUser::as_str))
             .bind(now.micros())
             .bind(new.expires.map(UnixMicros::micros))
+            .bind(new.role.as_str())
             .execute(&mut *conn)
             .await?;
         });
@@ -632,6 +644,7 @@ fn issued(generated: GeneratedKey, new: NewKey, now: UnixMicros) -> IssuedKey {
             expires: new.expires,
             revoked: None,
             rotated_to: None,
+            role: new.role,
         },
     }
 }
@@ -795,6 +808,7 @@ impl Store {
             user: old.user.clone(),
             name: old.name.clone(),
             expires,
+            role: old.role,
         };
         tx.insert_key(&generated, &new, now).await?;
         let grace_end = UnixMicros::from_micros(now.micros().saturating_add(micros(grace)));
@@ -927,6 +941,7 @@ mod tests {
             expires: Some(UnixMicros::from_micros(10)),
             revoked: None,
             rotated_to: None,
+            role: Role::MlEngineer,
         };
         assert_eq!(key.state(UnixMicros::from_micros(9)), KeyState::Active);
         assert_eq!(key.state(UnixMicros::from_micros(10)), KeyState::Expired);

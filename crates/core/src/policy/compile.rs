@@ -216,6 +216,10 @@ impl Policy {
             };
         }
         let cel_fields = crate::eval::field_mask(&cel_words);
+        let members = by_user
+            .iter()
+            .filter_map(|(u, &i)| Some((u.clone(), teams.get(i)?.name.clone())))
+            .collect();
         Ok(Self {
             teams,
             by_name,
@@ -228,7 +232,7 @@ impl Policy {
             env: Arc::new(cel::Env::stdlib()),
             uses,
             cel_fields,
-            access: crate::access::Access::new(bindings),
+            access: crate::access::Access::new(bindings, members),
         })
     }
 }

@@ -31,6 +31,8 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "time_zone",
     "budget_alerts",
     "vast",
+    "keys",
+    "skypilot",
 ];
 
 /// How much of a long quoted value an error message repeats; the rest is
@@ -77,6 +79,8 @@ pub(super) fn parse_problems(text: &str) -> Vec<String> {
             "skypilot_api" => one::<Option<SkypilotApiFile>>(&key, value, &mut found),
             "budget_alerts" => one::<Option<BudgetAlertsFile>>(&key, value, &mut found),
             "vast" => one::<Option<vast::VastFile>>(&key, value, &mut found),
+            "keys" => one::<Option<super::KeysFile>>(&key, value, &mut found),
+            "skypilot" => one::<Option<super::SkypilotDoorFile>>(&key, value, &mut found),
             other => found.push((
                 other.to_owned(),
                 format!(

@@ -55,8 +55,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use warden_core::{Door, Policy, Team, TeamName};
-use warden_store::{Allocation, AllocationName, KeyError, KeyPrincipal, Store, UnixMicros};
+use warden_core::access::{Resource, Review, Subject, Verb};
+use warden_core::{Door, Policy, Team, TeamName, WORKLOAD_LABEL};
+use warden_store::{Allocation, AllocationName, KeyPrincipal, Store, UnixMicros};
 
 use crate::app::AppState;
 use crate::config::VastConfig;
@@ -225,6 +226,7 @@ impl Caller {
             user: self.key.user.as_ref().map(|u| u.as_str().to_owned()),
             team: Some(self.team_name().to_string()),
             workspace: None,
+            role: Some(self.key.role),
         }
     }
 }
@@ -270,22 +272,13 @@ async fn authenticate(
     headers: &HeaderMap,
     request_id: &str,
 ) -> Result<Caller, DoorError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty());
-    let Some(presented) = presented else {
-        return Err(DoorError::Unauthorized(
-            "no API key: Warden's Vast door needs your team's Warden key (`vastai --api-key wdn_...`, or `vastai set api-key wdn_...`); a platform admin creates one with `warden keys create --team TEAM`".to_owned(),
-        ));
-    };
-    let key = match store.authenticate(presented, now()).await {
-        Ok(key) => key,
-        Err(KeyError::Store(e)) => return Err(store_error(e)),
-        Err(e) => return Err(DoorError::Unauthorized(e.to_string())),
-    };
+    let key = crate::auth::key(
+        store,
+        headers,
+        now(),
+        "no API key: Warden's Vast door needs your team's Warden key (`vastai --api-key wdn_...`, or `vastai set api-key wdn_...`); a platform admin creates one with `warden keys create --team TEAM`",
+    )
+    .await?;
     let policy = state.policy();
     let Some(team) = policy.team(&key.team).cloned() else {
         return Err(DoorError::Unauthorized(format!(
@@ -302,9 +295,18 @@ async fn authenticate(
     })
 }
 
-/// The owning team of each instance id, from Warden's allocations (live
-/// or ended; the latest wins). Instances with no allocation are absent.
-pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, TeamName>, DoorError> {
+/// Who owns an instance, by Warden's allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The team.
+    pub team: TeamName,
+    /// The user its key acted as (`None`: a key made without `--user`).
+    pub user: Option<String>,
+}
+
+/// The owner of each instance id, from Warden's allocations (live or
+/// ended; the latest wins). Instances with no allocation are absent.
+pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, Owner>, DoorError> {
     let names: Vec<AllocationName> = ids
         .iter()
         .filter_map(|id| AllocationName::parse(&id.to_string()).ok())
@@ -316,26 +318,72 @@ pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, TeamName>
     let mut out = HashMap::new();
     for a in found {
         if let Ok(id) = a.name.as_str().parse::<u64>() {
-            out.insert(id, a.team);
+            out.insert(
+                id,
+                Owner {
+                    team: a.team,
+                    user: a.user,
+                },
+            );
         }
     }
     Ok(out)
 }
 
-/// Refuses unless `id` is one of the caller's instances (another team's
-/// instance is answered like a missing one).
-async fn require_own(caller: &Caller, id: u64) -> Result<(), DoorError> {
-    let owners = owners(&caller.store, &[id]).await?;
-    if owners.get(&id) == Some(caller.team_name()) {
-        Ok(())
-    } else {
-        Err(DoorError::NotFound {
-            code: "no_such_instance",
-            msg: format!(
-                "instance {id} does not exist or is not one of team `{}`'s instances (`vastai show instances` lists yours)",
-                caller.team_name()
+/// Who a key without `--user` acts for when the access model asks whose an
+/// instance is: the team's unnamed user, so such a key's own instances are
+/// those made by keys without a user.
+const UNNAMED_USER: &str = "(no user)";
+
+impl Caller {
+    /// The caller as the access model sees it: its key's role in its team.
+    pub fn subject(&self) -> Subject {
+        Subject {
+            user: Some(
+                self.key
+                    .user
+                    .as_ref()
+                    .map_or(UNNAMED_USER, |u| u.as_str())
+                    .to_owned(),
             ),
-        })
+            groups: Vec::new(),
+            key: Some((self.key.role, self.team_name().clone())),
+        }
+    }
+
+    /// May the caller do `verb` on `resource` in its team (`owner`: whose
+    /// the thing is, for permissions that reach only one's own)?
+    pub fn review(&self, verb: Verb, resource: Resource, owner: Option<&Owner>) -> Review {
+        let owner = owner.map(|o| o.user.as_deref().unwrap_or(UNNAMED_USER));
+        self.policy
+            .access()
+            .review(&self.subject(), verb, resource, self.team_name(), owner)
+    }
+
+    /// May the caller do `verb` on the instance `row` owned by `owner`? An
+    /// instance labelled `workload=inference` is an inference endpoint
+    /// (`serve`), any other a launch; reading one also counts as reading
+    /// allocations.
+    pub fn review_instance(&self, verb: Verb, row: &Row, owner: &Owner) -> Review {
+        let inference = create::labels_of(row.get("label").and_then(Value::as_str))
+            .get(WORKLOAD_LABEL.0)
+            .map(String::as_str)
+            == Some(WORKLOAD_LABEL.1);
+        let resource = if inference {
+            Resource::Serve
+        } else {
+            Resource::Launch
+        };
+        let review = self.review(verb, resource, Some(owner));
+        if review.allowed || verb != Verb::Read {
+            return review;
+        }
+        let allocations = self.review(Verb::Read, Resource::Allocations, Some(owner));
+        if allocations.allowed {
+            allocations
+        } else {
+            review
+        }
     }
 }
 
@@ -415,12 +463,28 @@ async fn own_rows(
             .await
             .map_err(store_error)?;
         for (a, id) in settle_matches(door, &caller.store, &live, &rows, "listing").await? {
-            owners.insert(id, a.team);
+            owners.insert(
+                id,
+                Owner {
+                    team: a.team,
+                    user: a.user,
+                },
+            );
         }
     }
+    // The team's instances the caller's role may read: a viewer or team
+    // lead all of them, an ML engineer its own, an inference operator the
+    // inference endpoints.
     Ok(rows
         .into_iter()
-        .filter(|r| instances::id(r).and_then(|id| owners.get(&id)) == Some(caller.team_name()))
+        .filter(|r| {
+            instances::id(r)
+                .and_then(|id| owners.get(&id))
+                .is_some_and(|o| {
+                    &o.team == caller.team_name()
+                        && caller.review_instance(Verb::Read, r, o).allowed
+                })
+        })
         .map(|mut r| {
             instances::normalize(&mut r);
             r
@@ -659,10 +723,13 @@ async fn serve(
             &own_rows(door, &caller, None, None).await?,
         )),
         Call::Show(id) => {
-            if require_own(&caller, *id).await.is_err() {
+            let owner = owners(&caller.store, &[*id]).await?.remove(id);
+            let Some(owner) = owner.filter(|o| &o.team == caller.team_name()) else {
                 return Ok(Answer::Json(json!({"instances": null})));
-            }
+            };
             let row = door.upstream.instance(*id).await.map_err(upstream_error)?;
+            // One the caller's role may not read is answered like a missing one.
+            let row = row.filter(|r| caller.review_instance(Verb::Read, r, &owner).allowed);
             Ok(json!({"instances": row.map(|mut r| { instances::normalize(&mut r); r })}))
         }
         Call::Manage(id) => {

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
+use warden_core::access::{Resource, Verb};
 use warden_core::TeamName;
 use warden_store::{Store, StoreError, UnixMicros};
 
@@ -15,6 +17,7 @@ use super::{
     SpendBy, SpendQuery, SpendReport,
 };
 use crate::app::AppState;
+use crate::auth::{self, Authenticated};
 use crate::error::DoorError;
 
 /// The report routes, for `app::router` to merge:
@@ -30,9 +33,11 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// [`SpendReport`] as JSON, at the current time.
 pub async fn spend(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<SpendReport>, DoorError> {
     let now = UnixMicros::from_system_time(std::time::SystemTime::now());
+    let caller = caller(&state, &headers, now).await?;
     let params = QueryParams::parse(
         query.as_deref(),
         &["period", "date", "month", "from", "until", "by", "team"],
@@ -62,6 +67,18 @@ pub async fn spend(
         .map_err(|e| DoorError::bad(format!("query parameter `team`: {e}")))?;
     let store = report_store(&state)?;
     let policy = state.policy();
+    match &team {
+        Some(team) => caller.require(&policy, Verb::Read, Resource::Spend, team)?,
+        None => caller.require_all_teams(
+            &policy,
+            Verb::Read,
+            Resource::Spend,
+            &format!(
+                "ask for one team with `team={}`, or use an admin key",
+                caller.key.team
+            ),
+        )?,
+    }
     let q = SpendQuery { period, by, team };
     spend_report(store, &policy, &q, now)
         .await
@@ -73,9 +90,17 @@ pub async fn spend(
 /// the current time.
 pub async fn chargeback_handler(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Chargeback>, DoorError> {
     let now = UnixMicros::from_system_time(std::time::SystemTime::now());
+    let caller = caller(&state, &headers, now).await?;
+    caller.require_all_teams(
+        &state.policy(),
+        Verb::Read,
+        Resource::Spend,
+        "a chargeback covers every team; use an admin key, or `/reports/spend?team=` for one team",
+    )?;
     let params = QueryParams::parse(query.as_deref(), &["month"])?;
     let Some(month) = params.get("month") else {
         return Err(DoorError::bad(
@@ -88,6 +113,17 @@ pub async fn chargeback_handler(
         .await
         .map(Json)
         .map_err(store_error)
+}
+
+/// The report endpoints answer only a caller with a key (401 otherwise).
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    now: UnixMicros,
+) -> Result<Authenticated, DoorError> {
+    let store = report_store(state)?;
+    let key = auth::key(store, headers, now, auth::NEEDS_KEY).await?;
+    Ok(Authenticated { key })
 }
 
 fn report_store(state: &AppState) -> Result<&Store, DoorError> {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use warden_core::access::Role;
 use warden_core::TeamName;
 use warden_store::{
     ApiKeyId, KeyAdminError, KeyError, KeyName, KeyState, KeyUser, NewKey, RotatedExpiry, Store,
@@ -16,6 +17,7 @@ fn new_key(team: &str, user: Option<&str>, name: &str, expires: Option<i64>) -> 
         user: user.map(|u| KeyUser::parse(u).unwrap()),
         name: Some(KeyName::parse(name).unwrap()),
         expires: expires.map(at),
+        role: Role::MlEngineer,
     }
 }
 

@@ -28,6 +28,7 @@
 //!    which may come after the instance was created.
 
 use serde_json::{json, Map, Value};
+use warden_core::access::Role;
 use warden_core::{
     eval::set_path, Accelerator, Decision, Doc, Door, HostFacts, LaunchRequest, Mutation,
     Principal, Quote, Resource, ResourceField, Usd,
@@ -255,7 +256,7 @@ const REDACTED_FIELDS: &[&str] = &[
 
 /// The body as the audit chain keeps it (for `warden replay`): env values,
 /// registry logins, start-up commands and arguments redacted.
-fn replay_input(offer: u64, row: &Row, body: &Map<String, Value>) -> Value {
+fn replay_input(offer: u64, row: &Row, body: &Map<String, Value>, role: Role) -> Value {
     let mut body = Value::Object(body.clone());
     redact(&mut body);
     for field in REDACTED_FIELDS {
@@ -263,7 +264,7 @@ fn replay_input(offer: u64, row: &Row, body: &Map<String, Value>) -> Value {
             *v = json!(REDACTED);
         }
     }
-    json!({"offer": offer, "offer_facts": super::offline::decision_facts(row), "body": body})
+    json!({"offer": offer, "offer_facts": super::offline::decision_facts(row), "body": body, "key_role": role})
 }
 
 /// An earlier, unanswered create of `offer` by the caller's team: settled
@@ -376,7 +377,7 @@ pub async fn create(
         request_id: &caller.request_id,
         request: &req,
         key: Some(caller.key.id.as_str()),
-        input: Some(replay_input(offer_id, &offer, &body)),
+        input: Some(replay_input(offer_id, &offer, &body, caller.key.role)),
         started,
     };
     let admitted = crate::gate::admit(state, &caller.policy, admission, |d| {
@@ -553,7 +554,7 @@ rules:
         let body = row(
             json!({"env": {"HF_TOKEN": "hf_secret"}, "image_login": "-u a -p pass", "image": "x"}),
         );
-        let input = replay_input(7, &Map::new(), &body);
+        let input = replay_input(7, &Map::new(), &body, Role::MlEngineer);
         let text = input.to_string();
         assert!(
             !text.contains("hf_secret") && !text.contains("pass"),
@@ -572,7 +573,7 @@ rules:
             "runtype": "args",
             "label": "run=7",
         }));
-        let input = replay_input(7, &Map::new(), &body);
+        let input = replay_input(7, &Map::new(), &body, Role::MlEngineer);
         let text = input.to_string();
         for secret in ["hf_onstart", "wb_cmd", "ep_secret", "args_secret"] {
             assert!(!text.contains(secret), "{secret} left in {text}");
@@ -582,7 +583,12 @@ rules:
         }
         assert_eq!(input["body"]["runtype"], "args");
         assert_eq!(input["body"]["label"], "run=7");
-        let none = replay_input(7, &Map::new(), &row(json!({"onstart": null})));
+        let none = replay_input(
+            7,
+            &Map::new(),
+            &row(json!({"onstart": null})),
+            Role::MlEngineer,
+        );
         assert_eq!(none["body"]["onstart"], Value::Null);
     }
 }

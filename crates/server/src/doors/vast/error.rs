@@ -19,6 +19,7 @@ pub fn vast_code(e: &DoorError) -> &'static str {
     match e {
         DoorError::Unauthorized(_) => "invalid_user_key",
         DoorError::Denied(_) => "denied_by_warden",
+        DoorError::Forbidden(_) => "forbidden_by_role",
         DoorError::NotSupported(_) => "not_supported_by_warden",
         DoorError::NotFound { code, .. } => code,
         DoorError::Conflict(_) => "in_progress",
@@ -84,6 +85,7 @@ mod tests {
         for e in [
             DoorError::Unauthorized("x".into()),
             DoorError::Denied("x".into()),
+            DoorError::Forbidden("x".into()),
             DoorError::NotSupported("x".into()),
             DoorError::NotFound {
                 code: "no_such_instance",

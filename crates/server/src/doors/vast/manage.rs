@@ -22,6 +22,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use warden_core::access::{Resource as AccessResource, Verb};
 use warden_core::{Accelerator, Door, LaunchRequest, Principal, Quote, Resource};
 use warden_store::{AllocationName, EndTarget, Write};
 
@@ -35,26 +36,55 @@ fn name(id: u64) -> Result<AllocationName, DoorError> {
     AllocationName::parse(&id.to_string()).map_err(|e| DoorError::Internal(e.to_string()))
 }
 
-/// Refuses unless every id is the caller's.
-async fn require_all_own(caller: &Caller, ids: &[u64]) -> Result<(), DoorError> {
+/// Refuses unless every id is the caller's team's, and the caller's role
+/// may do `verb` on each (an ML engineer on its own instances, an
+/// inference operator on the team's inference endpoints, a team lead on
+/// all; a viewer on none).
+async fn require_permitted(
+    door: &VastDoor,
+    caller: &Caller,
+    ids: &[u64],
+    verb: Verb,
+) -> Result<(), DoorError> {
     let owners = owners(&caller.store, ids).await?;
     let foreign: Vec<String> = ids
         .iter()
-        .filter(|id| owners.get(id) != Some(caller.team_name()))
+        .filter(|id| owners.get(id).map(|o| &o.team) != Some(caller.team_name()))
         .map(u64::to_string)
         .collect();
-    if foreign.is_empty() {
-        Ok(())
-    } else {
-        Err(DoorError::NotFound {
+    if !foreign.is_empty() {
+        return Err(DoorError::NotFound {
             code: "no_such_instance",
             msg: format!(
                 "instance(s) {} do not exist or are not team `{}`'s (`vastai show instances` lists yours); nothing was changed",
                 foreign.join(", "),
                 caller.team_name()
             ),
-        })
+        });
     }
+    for id in ids {
+        let Some(owner) = owners.get(id) else {
+            continue;
+        };
+        let launch = caller.review(verb, AccessResource::Launch, Some(owner));
+        let serve = caller.review(verb, AccessResource::Serve, Some(owner));
+        let review = match (launch.allowed, serve.allowed) {
+            (true, true) => continue,
+            (false, false) => launch,
+            // Which it is depends on the instance's label.
+            _ => match door.upstream.instance(*id).await.map_err(upstream_error)? {
+                Some(row) => caller.review_instance(verb, &row, owner),
+                None => continue,
+            },
+        };
+        if !review.allowed {
+            return Err(DoorError::Forbidden(format!(
+                "instance {id}: {}; nothing was changed",
+                review.reason
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn audit(caller: &Caller, kind: &str, payload: Value) -> Result<(), DoorError> {
@@ -95,7 +125,8 @@ pub async fn manage(
             "nothing to change: send {\"state\": \"running\"|\"stopped\"} and/or {\"label\": \"...\"}",
         ));
     }
-    require_all_own(caller, ids).await?;
+    // Stopping, starting and relabelling change the instance.
+    require_permitted(door, caller, ids, Verb::Update).await?;
     // What is passed on per id: the state and the label, nothing else.
     let mut one = serde_json::Map::new();
     if let Some(s) = body.get("state") {
@@ -241,7 +272,7 @@ async fn start(
         request: &req,
         key: Some(caller.key.id.as_str()),
         input: Some(
-            json!({"start": id, "instance_facts": super::offline::decision_facts(&row), "body": body}),
+            json!({"start": id, "instance_facts": super::offline::decision_facts(&row), "body": body, "key_role": caller.key.role}),
         ),
         started,
     };
@@ -278,7 +309,7 @@ async fn start(
 
 /// `DELETE /instances/{id}/` and its bulk form.
 pub async fn destroy(door: &VastDoor, caller: &Caller, ids: &[u64]) -> Result<Value, DoorError> {
-    require_all_own(caller, ids).await?;
+    require_permitted(door, caller, ids, Verb::Delete).await?;
     let mut last = json!({"success": true});
     for &id in ids {
         let cleanup = match &door.config.pre_destroy {

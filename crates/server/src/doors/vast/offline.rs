@@ -8,14 +8,15 @@
 //! What the audit record keeps (`input`):
 //!
 //! ```json
-//! {"offer": 1033, "offer_facts": {"gpu_name": "RTX 3090", ...}, "body": {...}}   // a create
-//! {"start": 5001, "instance_facts": {"gpu_name": "RTX 3090", ...}, "body": {...}} // a start
+//! {"offer": 1033, "offer_facts": {"gpu_name": "RTX 3090", ...}, "body": {...}, "key_role": "ml-engineer"}   // a create
+//! {"start": 5001, "instance_facts": {"gpu_name": "RTX 3090", ...}, "body": {...}, "key_role": "ml-engineer"} // a start
 //! ```
 //!
 //! The facts are the fields a decision reads, nothing else: an instance row
 //! also holds connection details and tokens, which are never recorded.
 
 use serde_json::{Map, Value};
+use warden_core::access::Role;
 use warden_core::{Decision, Policy, Principal};
 
 use super::create::{apply_mutations, launch_request};
@@ -70,10 +71,24 @@ pub fn decide(
     user: Option<&str>,
     input: &Value,
 ) -> Result<Decided, DoorError> {
+    // The key's role (records made before keys had roles have none: they
+    // are judged without a role check, as they were).
+    let role = match input.get("key_role") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) => {
+            Some(Role::parse(r).map_err(|e| DoorError::bad(format!("`key_role`: {e}")))?)
+        }
+        Some(_) => {
+            return Err(DoorError::bad(
+                "`key_role` must be a role name, e.g. `ml-engineer`",
+            ))
+        }
+    };
     let principal = Principal {
         user: user.map(str::to_owned),
         team: Some(team.to_owned()),
         workspace: None,
+        role,
     };
     let facts = |key: &str| -> Result<Map<String, Value>, DoorError> {
         match input.get(key) {

@@ -213,7 +213,7 @@ pub async fn reconcile(
         if live_ids.contains(&id) || settled_ids.contains(&id) {
             continue;
         }
-        match owners.get(&id) {
+        match owners.get(&id).map(|o| &o.team) {
             Some(team) if instances::is_active(row) => {
                 match adopt(store, team, id, row, at).await {
                     Ok(()) => report.adopted.push((id, team.to_string())),
@@ -259,7 +259,7 @@ pub async fn reconcile(
             .iter()
             .filter(|r| instances::is_active(r))
             .filter_map(instances::id)
-            .filter(|id| owners.get(id) == Some(&team.name))
+            .filter(|id| owners.get(id).map(|o| &o.team) == Some(&team.name))
             .collect();
         for id in running {
             match budget_stop(door, store, &team.name, id, period).await {
