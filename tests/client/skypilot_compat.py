@@ -32,6 +32,9 @@ import traceback
 MAX_GPUS_RULE = 'team.max_gpus_per_launch'
 MAX_GPUS_PHRASE = 'at most 16'
 UNRESOLVED_PHRASE = 'is not in any team'
+# A viewer (bound in role_bindings) may not launch: the built-in `access`.
+VIEWER = 'fay'
+VIEWER_PHRASE = '`fay` is `viewer` in team `ml`'
 
 # What tests/client/skypilot-compat.yaml says.
 TEAM = 'ml'
@@ -197,6 +200,7 @@ class Harness:
         self.RequestOptions = admin_policy.RequestOptions
         self.admin_policy_utils = admin_policy_utils
         self.skypilot_user = common_utils.get_current_user().name
+        self.sky_user = lambda: common_utils.get_current_user().name
 
     def load_task(self, name, yaml_text):
         """Write a task file like a user would and load it like `sky launch`."""
@@ -296,6 +300,26 @@ def scenario_rejection(h):
                        substrings=[MAX_GPUS_RULE, MAX_GPUS_PHRASE])
 
 
+def scenario_viewer(h):
+    """Server-side launch by a user bound as a viewer is rejected by role."""
+    task = h.load_task('viewer', GPU_TASK)
+    previous = os.environ.get('SKYPILOT_USER')
+    os.environ['SKYPILOT_USER'] = VIEWER
+    try:
+        expect(h.sky_user() == VIEWER,
+               f'SkyPilot names the user {h.sky_user()!r}, want {VIEWER!r}')
+        h.expect_rejection(task, h.names.CLUSTER_LAUNCH,
+                           h.options('warden-compat-viewer'),
+                           at_client_side=False,
+                           substrings=['[access]', VIEWER_PHRASE,
+                                       'may create launch'])
+    finally:
+        if previous is None:
+            os.environ.pop('SKYPILOT_USER', None)
+        else:
+            os.environ['SKYPILOT_USER'] = previous
+
+
 def scenario_unresolved(h):
     """Client-side launch (no user) in an unclaimed workspace, no team label."""
     task = h.load_task('unresolved', UNRESOLVED_GPU_TASK)
@@ -333,6 +357,7 @@ def scenario_passthrough(h):
 SCENARIOS = [
     ('mutation', scenario_mutation),
     ('rejection', scenario_rejection),
+    ('viewer', scenario_viewer),
     ('unresolved', scenario_unresolved),
     ('passthrough', scenario_passthrough),
 ]

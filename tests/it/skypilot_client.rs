@@ -21,7 +21,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Every scenario of skypilot_compat.py; all must pass.
-const SCENARIOS: [&str; 4] = ["mutation", "rejection", "unresolved", "passthrough"];
+const SCENARIOS: [&str; 5] = [
+    "mutation",
+    "rejection",
+    "viewer",
+    "unresolved",
+    "passthrough",
+];
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Importing SkyPilot takes ~3 s and each policy call well under 1 s; this
 /// only bounds a hang.

@@ -326,6 +326,54 @@ fn the_real_vastai_cli_is_governed_by_warden() {
         .json();
     assert_eq!(theirs, serde_json::json!({"instances": null}));
 
+    // A viewer key of ml: it searches and sees the team's instances, but
+    // its create fails with the role in the message, and nothing is rented.
+    let (code, out, err) = warden(&[
+        "keys", "create", "--config", cfg, "--team", "ml", "--user", "fay", "--role", "viewer",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let viewer = out.trim().to_owned();
+    let seen = cli
+        .run(&viewer, &["search", "offers", "num_gpus>=1", "--raw"])
+        .json();
+    assert!(!seen.as_array().unwrap().is_empty(), "{seen}");
+    assert_eq!(
+        ids(&cli.run(&viewer, &["show", "instances", "--raw"]).json()),
+        [id]
+    );
+    let refused = cli.run(
+        &viewer,
+        &[
+            "create",
+            "instance",
+            &mine[1]["id"].as_u64().unwrap().to_string(),
+            "--image",
+            "pytorch/pytorch",
+            "--disk",
+            "20",
+            "--raw",
+        ],
+    );
+    assert!(
+        refused.stderr.contains("is `viewer` in team `ml`")
+            && refused.stderr.contains("may create launch"),
+        "stdout: {}\nstderr: {}",
+        refused.stdout,
+        refused.stderr
+    );
+    let refused = cli.run(&viewer, &["destroy", "instance", &id.to_string(), "-y"]);
+    assert!(
+        format!("{}{}", refused.stdout, refused.stderr).contains("`viewer`"),
+        "stdout: {}\nstderr: {}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert_eq!(
+        ids(&cli.run(&ml, &["show", "instances", "--raw"]).json()),
+        [id],
+        "the viewer neither rented nor destroyed anything"
+    );
+
     // Refused: a GPU ml may not use, and a launch over thrifty's budget.
     let h100 = all.iter().find(|o| gpu(o).starts_with("H100")).unwrap()["id"]
         .as_u64()

@@ -450,6 +450,11 @@ impl Access {
         Access { bindings, members }
     }
 
+    /// The same bindings with the users each team lists.
+    pub fn with_members(self, members: HashMap<String, TeamName>) -> Self {
+        Access { members, ..self }
+    }
+
     /// The bindings.
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
@@ -894,6 +899,30 @@ role_bindings:
                     assert!(text.contains("role_bindings"), "{text}");
                 }
             }
+        }
+
+        /// A user bound by name in one team (and listed in none) is in
+        /// that team: its request resolves there and is judged by its role,
+        /// not refused as unresolved. Bound in two teams, it is in neither.
+        #[test]
+        fn a_user_bound_in_one_team_resolves_to_it() {
+            let p = Policy::from_yaml(
+                "teams:\n  ml: {users: [root]}\n  cv: {}\nrole_bindings:\n  - {user: fay, role: viewer, team: ml}\n  - {user: ivy, role: ml-engineer, team: ml}\n  - {user: ivy, role: ml-engineer, team: cv}\n  - {user: root, role: viewer, team: cv}\n",
+            )
+            .unwrap();
+            let (v, text) = verdict(&p, &request("launch", Some("fay")));
+            assert_eq!(v, Verdict::Deny);
+            assert!(
+                text.starts_with("access: denied: `fay` is `viewer` in team `ml`"),
+                "{text}"
+            );
+            let (_, text) = verdict(&p, &request("launch", Some("ivy")));
+            assert!(text.starts_with("team.resolve:"), "{text}");
+            // Listed in ml's users: stays in ml (an ML engineer there).
+            assert_eq!(
+                verdict(&p, &request("launch", Some("root"))).0,
+                Verdict::Allow
+            );
         }
 
         /// Without `role_bindings`, users are not role-checked (as before

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::access::{Member, TeamScope};
 use crate::decision::{Doc, ResourceField};
 use crate::error::{PolicyError, PolicyProblem};
 use crate::expr::{Expr, Uses, REQUEST_VARS, RESOURCE_VARS};
@@ -184,8 +185,9 @@ impl Policy {
             }
         }
 
-        let (bindings, problems) =
+        let (binding_list, problems) =
             crate::access::compile(&spec.role_bindings, |t| by_name.contains_key(t));
+        let bindings = crate::access::Access::new(binding_list, HashMap::new());
         problems.into_iter().for_each(|(at, msg)| p.add(at, msg));
 
         if !p.0.is_empty() {
@@ -220,6 +222,24 @@ impl Policy {
             .iter()
             .filter_map(|(u, &i)| Some((u.clone(), teams.get(i)?.name.clone())))
             .collect();
+        // A user listed in no team's `users` but bound by name in exactly
+        // one team (`{user: fay, role: viewer, team: ml}`) is in that team.
+        let mut bound: HashMap<String, Vec<usize>> = HashMap::new();
+        for b in bindings.bindings() {
+            if let (Member::User(u), TeamScope::One(t)) = (&b.member, &b.scope) {
+                if let Some(&i) = by_name.get(t) {
+                    let at = bound.entry(u.clone()).or_default();
+                    if !at.contains(&i) {
+                        at.push(i);
+                    }
+                }
+            }
+        }
+        for (user, at) in bound {
+            if let ([i], false) = (at.as_slice(), by_user.contains_key(&user)) {
+                by_user.insert(user, *i);
+            }
+        }
         Ok(Self {
             teams,
             by_name,
@@ -232,7 +252,7 @@ impl Policy {
             env: Arc::new(cel::Env::stdlib()),
             uses,
             cel_fields,
-            access: crate::access::Access::new(bindings, members),
+            access: bindings.with_members(members),
         })
     }
 }
