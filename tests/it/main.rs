@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod api;
 mod cases;
 mod cli;
 mod door_limits;

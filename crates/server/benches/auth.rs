@@ -61,9 +61,11 @@ async fn run(name: &str, url: &str) {
             .await
             .expect("authenticated");
         let caller = Authenticated { key };
-        assert!(caller
-            .review(&policy, Verb::Read, Resource::Spend, &team)
-            .allowed);
+        assert!(
+            caller
+                .review(&policy, Verb::Read, Resource::Spend, &team)
+                .allowed
+        );
         if i >= WARMUP {
             times.push(started.elapsed());
         }

@@ -217,6 +217,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/skypilot", post(skypilot_door))
         .route("/vast/{*rest}", any(crate::doors::vast::route))
         .merge(crate::reports::routes())
+        .merge(crate::api::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)

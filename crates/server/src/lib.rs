@@ -3,6 +3,7 @@
 //! usage sync with SkyPilot's API server.
 
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod application;
 pub mod auth;
