@@ -54,6 +54,18 @@ enum Command {
         /// `postgres://USER@HOST/DB`, or `none` to decide without recording).
         #[arg(long)]
         storage: Option<String>,
+        /// Serve HTTPS with this PEM certificate chain (leaf first); needs
+        /// `--tls-key`. SIGHUP reloads both files.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of `--tls-cert` (readable by its owner only).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Without TLS, accept keys and tokens over plain HTTP from other
+        /// machines too (by default only over loopback): for a network you
+        /// trust, e.g. behind a TLS-terminating proxy on the same host.
+        #[arg(long, conflicts_with = "tls_cert")]
+        insecure_http: bool,
     },
     /// Validate a config file; exit 0 if valid, 1 with every problem if not.
     Check {
@@ -261,7 +273,16 @@ fn main() -> ExitCode {
             config,
             listen,
             storage,
-        } => serve(config, listen, storage),
+            tls_cert,
+            tls_key,
+            insecure_http,
+        } => serve(
+            config,
+            listen,
+            storage,
+            tls_cert.zip(tls_key),
+            insecure_http,
+        ),
         Command::Check { config } => check(&config),
         Command::Test { config, cases } => test(config, &cases),
         Command::Decide { config, request } => decide(&config, &request),
@@ -315,9 +336,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Result<ExitCode> {
+fn serve(
+    config: PathBuf,
+    listen: String,
+    storage: Option<String>,
+    tls: Option<(PathBuf, PathBuf)>,
+    insecure_http: bool,
+) -> anyhow::Result<ExitCode> {
     let _log_guard = init_logging();
     let mut cfg = load_config(&config).map_err(anyhow::Error::msg)?;
+    let tls = tls
+        .map(|(cert, key)| warden_server::tls::TlsFiles::load(&cert, &key))
+        .transpose()?;
     if let Some(s) = storage {
         cfg.storage =
             warden_server::config::storage_url(&config, Some(&s)).map_err(anyhow::Error::msg)?;
@@ -327,7 +357,9 @@ fn serve(config: PathBuf, listen: String, storage: Option<String>) -> anyhow::Re
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let app = Application::build(cfg, &config, &listen).await?;
+        let app = Application::build(cfg, &config, &listen)
+            .await?
+            .with_transport(tls, insecure_http);
         app.run_until_signal().await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -23,6 +23,7 @@ mod report;
 mod skypilot_client;
 mod skypilot_sync;
 mod store_outage;
+mod tls;
 mod vast;
 mod vast_client;
 mod wire;

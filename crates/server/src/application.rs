@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::app::{router, AppState};
 use crate::config::Config;
 use crate::doors::vast::EmbeddedSim;
+use crate::tls::TlsFiles;
 
 /// Connections the kernel completes and queues for Warden before it
 /// accepts them. The operating system caps it at `net.core.somaxconn`
@@ -68,6 +69,11 @@ pub struct Application {
     /// The embedded marketplace simulator, when it is the Vast upstream;
     /// it serves as long as the application lives.
     _embedded_sim: Option<EmbeddedSim>,
+    /// HTTPS, when `serve --tls-cert/--tls-key` asked for it.
+    tls: Option<TlsFiles>,
+    /// `serve --insecure-http`: credentials over plain HTTP from other
+    /// machines are accepted.
+    insecure_http: bool,
 }
 
 impl Application {
@@ -169,6 +175,8 @@ impl Application {
                         listener,
                         state,
                         _embedded_sim: None,
+                        tls: None,
+                        insecure_http: false,
                     })
                 }
                 Err(e) => last = Some(e),
@@ -180,6 +188,23 @@ impl Application {
                 format!("`{listen}` resolves to no address"),
             )
         }))
+    }
+
+    /// Serves HTTPS with `tls` (`None`: plain HTTP). With plain HTTP,
+    /// a request carrying credentials from another machine is refused
+    /// unless `insecure_http` ([`crate::tls::refuse_credentials_in_clear`]).
+    pub fn with_transport(mut self, tls: Option<TlsFiles>, insecure_http: bool) -> Self {
+        let plain_elsewhere = tls.is_none()
+            && !insecure_http
+            && self.local_addr().is_ok_and(|a| !a.ip().is_loopback());
+        if plain_elsewhere {
+            tracing::warn!(
+                "serving plain HTTP beyond loopback: requests with keys or tokens from other machines are refused; serve with --tls-cert and --tls-key (or --insecure-http on a trusted network)"
+            );
+        }
+        self.tls = tls;
+        self.insecure_http = insecure_http;
+        self
     }
 
     /// The shared state (policy, store, doors).
@@ -206,8 +231,18 @@ impl Application {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let state = Arc::clone(&self.state);
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                        Err(error) => tracing::error!(
+                            %error,
+                            "TLS reload failed; keeping the certificate in use"
+                        ),
+                    }
+                }
                 match state.reload() {
                     Ok(()) => {
                         let p = state.policy();
@@ -238,18 +273,40 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        // Answers are small and complete: send them at once (no Nagle delay).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
         // The peer's address: the SkyPilot door trusts server-side
         // requests only from `skypilot.trusted_servers`.
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let app = router(self.state);
+        match self.tls {
+            Some(tls) => {
+                // TapIo only to reach axum's ConnectInfo for the listener's
+                // SocketAddr; the TLS listener sets TCP_NODELAY itself.
+                let listener = tls.listener(self.listener)?.tap_io(|_| {});
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+            }
+            None => {
+                // Answers are small and complete: send them at once (no
+                // Nagle delay).
+                let listener = self.listener.tap_io(|tcp| {
+                    if let Err(error) = tcp.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                });
+                let app = if self.insecure_http {
+                    app
+                } else {
+                    app.layer(axum::middleware::from_fn(
+                        crate::tls::refuse_credentials_in_clear,
+                    ))
+                };
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod redact;
 pub mod replay;
 pub mod reports;
 pub mod secret;
+pub mod tls;
 
 pub use app::{router, AppState};
 pub use application::{Application, StartError};
