@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod access;
 mod admin;
+mod exceptions;
 mod keys;
 mod report;
 mod table;
@@ -128,6 +129,9 @@ enum Command {
     /// Who may do what, by the config's `role_bindings`: `can-i`, `who-can`.
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Time-limited exceptions in the store: grant, list, revoke.
+    #[command(subcommand)]
+    Exceptions(exceptions::ExceptionsCommand),
     /// Reconcile allocations with a platform's live resources once (what
     /// `warden serve` does every `skypilot_api.interval_seconds`).
     #[command(subcommand)]
@@ -303,6 +307,7 @@ fn main() -> ExitCode {
             name,
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
         Command::Keys(command) => keys::run(command),
+        Command::Exceptions(command) => exceptions::run(command),
         Command::Access(command) => access::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
         Command::Sim {

@@ -13,6 +13,7 @@ mod api;
 mod cases;
 mod cli;
 mod door_limits;
+mod exceptions;
 mod gate;
 mod http;
 mod keys;

@@ -153,6 +153,9 @@ pub struct Decision {
     /// The worst-case estimated price per hour of the request after
     /// mutations, when every GPU model involved has a price.
     pub hourly_usd: Option<Usd>,
+    /// Time-limited exceptions that lifted a denial (their reasons say so).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<crate::exception::Override>,
 }
 
 impl Decision {

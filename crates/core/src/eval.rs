@@ -20,7 +20,11 @@
 //!    warning and not applied.
 //! 5. A rule whose condition cannot be evaluated (a CEL error, a non-boolean
 //!    result) fails closed: it denies in `enforce` mode and warns in `warn`.
-//! 6. The verdict is deny when any reason denies; a denied decision carries
+//! 6. A denial by a rule that an active time-limited exception names (for
+//!    the team, or the team and this user) is lifted: the reason becomes a
+//!    warning saying which exception, and the decision lists it in
+//!    `overrides` ([`crate::exception`]).
+//! 7. The verdict is deny when any reason denies; a denied decision carries
 //!    no mutations.
 
 use std::borrow::Cow;
@@ -550,6 +554,29 @@ impl Policy {
             });
         }
 
+        // Active exceptions lift the denials of the rules they name.
+        let mut overrides = Vec::new();
+        if let Some(t) = &team {
+            for r in reasons.iter_mut().filter(|r| r.effect == Effect::Deny) {
+                let user = req.principal.user.as_deref();
+                if let Some(x) = req
+                    .exceptions
+                    .iter()
+                    .find(|x| x.lifts(r.rule.as_str(), t, user))
+                {
+                    r.effect = Effect::Warn;
+                    r.message = format!(
+                        "lifted by exception #{} until {} ({}): {}",
+                        x.id, x.until, x.reason, r.message
+                    );
+                    overrides.push(crate::exception::Override {
+                        exception: x.id,
+                        rule: r.rule.as_str().to_owned(),
+                    });
+                }
+            }
+        }
+
         let (verdict, hourly_usd) = if reasons.iter().any(|r| r.effect == Effect::Deny) {
             mutations.clear();
             (Verdict::Deny, initial_hourly)
@@ -562,6 +589,7 @@ impl Policy {
             reasons,
             mutations,
             hourly_usd,
+            overrides,
         }
     }
 

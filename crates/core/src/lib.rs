@@ -17,6 +17,7 @@ pub mod access;
 pub mod decision;
 pub mod error;
 pub mod eval;
+pub mod exception;
 pub mod expr;
 pub mod ids;
 pub mod money;

@@ -209,6 +209,10 @@ pub struct LaunchRequest {
     /// The door's native config document (for CEL `config` and raw paths),
     /// `Null` when the door has none or did not need to parse it.
     pub config: serde_json::Value,
+    /// The time-limited exceptions active for the request's team now
+    /// (filled by the gate from the store; see [`crate::exception`]).
+    #[serde(skip)]
+    pub exceptions: Vec<crate::exception::Exception>,
 }
 
 impl LaunchRequest {
@@ -230,6 +234,7 @@ impl LaunchRequest {
             volumes: BTreeMap::new(),
             task: serde_json::Value::Null,
             config: serde_json::Value::Null,
+            exceptions: Vec::new(),
         }
     }
 

@@ -95,6 +95,7 @@ impl Application {
             settings,
             vast,
             keys: _,
+            exceptions: _,
         } = config;
         let store = match &storage {
             Some(url) => Some(
@@ -111,6 +112,11 @@ impl Application {
         state.apply_settings(settings);
         // Budget alerts for spend that accrues between launches.
         crate::alerts::spawn_watch(Arc::clone(&state));
+        // Exceptions that ran out are recorded in the audit chain (they
+        // stop applying at their end whether or not this has run).
+        if let Some(store) = state.store() {
+            spawn_exception_expiry(store.clone());
+        }
         // The usage sync with SkyPilot's API server: a background task, off
         // the decision path (`crate::doors::skypilot::sync`).
         if let Some(api) = &skypilot_api {
@@ -310,6 +316,38 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How often ended exceptions are looked for, to record their expiry.
+pub const EXCEPTION_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn spawn_exception_expiry(store: warden_store::Store) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXCEPTION_EXPIRY_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = warden_store::UnixMicros::from_system_time(std::time::SystemTime::now());
+            match store.expire_exceptions(now).await {
+                Ok(ended) => {
+                    for x in ended {
+                        tracing::info!(
+                            target: "warden::exceptions",
+                            exception = x.id,
+                            team = %x.team,
+                            rule = x.rule.as_str(),
+                            "exception expired"
+                        );
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    target: "warden::exceptions",
+                    %error,
+                    "cannot record expired exceptions; will try again"
+                ),
+            }
+        }
+    });
 }
 
 fn bind_with_backlog(addr: SocketAddr) -> std::io::Result<TcpListener> {

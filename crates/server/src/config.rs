@@ -69,6 +69,98 @@ struct ConfigFile {
     keys: Option<KeysFile>,
     #[serde(default)]
     skypilot: Option<SkypilotDoorFile>,
+    #[serde(default)]
+    exceptions: Option<ExceptionsFile>,
+}
+
+/// `exceptions` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExceptionsFile {
+    #[serde(default)]
+    max_hours: Option<u64>,
+    #[serde(default)]
+    team_leads_may_lift: Option<Vec<String>>,
+}
+
+/// The longest an exception may last by default (`exceptions.max_hours`).
+pub const DEFAULT_EXCEPTION_MAX_HOURS: u64 = 72;
+/// The range of `exceptions.max_hours` (up to 30 days).
+pub const EXCEPTION_MAX_HOURS_RANGE: std::ops::RangeInclusive<u64> = 1..=720;
+
+/// `exceptions`: the bounds within which exceptions are granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExceptionSettings {
+    /// The longest an exception may last.
+    pub max: Duration,
+    /// The rules a team lead may lift (an admin may lift any rule).
+    pub team_leads_may_lift: Vec<String>,
+}
+
+impl Default for ExceptionSettings {
+    fn default() -> Self {
+        Self {
+            max: Duration::from_secs(DEFAULT_EXCEPTION_MAX_HOURS * 3600),
+            team_leads_may_lift: Vec::new(),
+        }
+    }
+}
+
+impl ExceptionSettings {
+    /// Whether `rule` is a rule of `policy` an exception may lift: a rule's
+    /// name or an implicit team limit (`team.*`), never `access` or
+    /// `team.resolve`.
+    pub fn liftable(policy: &Policy, rule: &str) -> Result<(), String> {
+        if warden_core::exception::NOT_LIFTABLE.contains(&rule) {
+            return Err(format!(
+                "`{rule}` cannot be lifted: it says who may act or which team a request is, not a limit"
+            ));
+        }
+        let known = policy.rules().iter().any(|r| r.name.as_str() == rule);
+        if known {
+            Ok(())
+        } else {
+            let names: std::collections::BTreeSet<&str> =
+                policy.rules().iter().map(|r| r.name.as_str()).collect();
+            let names: Vec<&str> = names.into_iter().collect();
+            Err(format!(
+                "`{}` is not a rule of the policy; rules: {}",
+                rule.chars().take(80).collect::<String>(),
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+fn exception_settings(
+    f: ExceptionsFile,
+    policy: Option<&Policy>,
+) -> Result<ExceptionSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let hours = f.max_hours.unwrap_or(DEFAULT_EXCEPTION_MAX_HOURS);
+    if !EXCEPTION_MAX_HOURS_RANGE.contains(&hours) {
+        problems.push(format!(
+            "exceptions.max_hours: `{hours}` is out of range; use {} to {}",
+            EXCEPTION_MAX_HOURS_RANGE.start(),
+            EXCEPTION_MAX_HOURS_RANGE.end()
+        ));
+    }
+    let lift = f.team_leads_may_lift.unwrap_or_default();
+    if let Some(policy) = policy {
+        for (i, rule) in lift.iter().enumerate() {
+            if let Err(e) = ExceptionSettings::liftable(policy, rule) {
+                problems.push(format!("exceptions.team_leads_may_lift[{i}]: {e}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(ExceptionSettings {
+            max: Duration::from_secs(hours * 3600),
+            team_leads_may_lift: lift,
+        })
+    } else {
+        Err(problems)
+    }
 }
 
 /// `keys` as written.
@@ -340,6 +432,8 @@ pub struct Config {
     pub vast: VastConfig,
     /// Warden keys (`keys`).
     pub keys: KeySettings,
+    /// Time-limited exceptions (`exceptions`).
+    pub exceptions: ExceptionSettings,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -621,9 +715,17 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         rules: file.rules,
         role_bindings: file.role_bindings,
     };
-    match (Policy::compile(spec), storage, api, vast) {
+    let compiled = Policy::compile(spec);
+    let exceptions =
+        exception_settings(file.exceptions.unwrap_or_default(), compiled.as_ref().ok())
+            .unwrap_or_else(|e| {
+                settings_problems.extend(e);
+                ExceptionSettings::default()
+            });
+    match (compiled, storage, api, vast) {
         (Ok(policy), Ok(storage), Ok(skypilot_api), Ok(vast)) if settings_problems.is_empty() => {
             Ok(Config {
+                exceptions,
                 policy,
                 storage,
                 store_options,

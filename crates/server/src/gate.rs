@@ -1,6 +1,8 @@
 //! The one decision path every door takes, written once:
 //!
-//! decide (the core) → apply (the door's step, only when allowed) → record
+//! decide (the core; again with the team's active time-limited exceptions
+//! when one could lift a denial) → apply (the door's step, only when
+//! allowed) → record
 //! (audit record and reservation, one transaction) → quota denial → budget
 //! alert check after a grant → one decision line.
 //!
@@ -111,7 +113,16 @@ pub async fn admit<A>(
     mut admission: Admission<'_>,
     apply: impl FnOnce(&Decision) -> Result<Applied<A>, DoorError>,
 ) -> Result<Admitted<A>, DoorError> {
-    let (decision, applied) = decide(policy, admission.request, apply)?;
+    let first = policy.decide(admission.request);
+    let decision = match with_exceptions(state, admission.request, &first).await? {
+        Some(request) => policy.decide(&request),
+        None => first,
+    };
+    let applied = if decision.is_allowed() {
+        Some(apply(&decision)?)
+    } else {
+        None
+    };
     let at = UnixMicros::from_system_time(SystemTime::now());
     let recorded = match state.store() {
         None => Recorded::Recorded,
@@ -159,6 +170,43 @@ pub async fn admit<A>(
     Ok(outcome)
 }
 
+/// The request with the time-limited exceptions active now for its team,
+/// when `first` was denied by a rule one of them lifts; `None` otherwise
+/// (an allowed request costs no store read).
+async fn with_exceptions(
+    state: &AppState,
+    request: &LaunchRequest,
+    first: &Decision,
+) -> Result<Option<LaunchRequest>, DoorError> {
+    let (Some(store), Some(team), false) = (state.store(), &first.team, first.is_allowed()) else {
+        return Ok(None);
+    };
+    let denied = first.denied_by();
+    if denied
+        .iter()
+        .all(|r| warden_core::exception::NOT_LIFTABLE.contains(&r.as_str()))
+    {
+        return Ok(None);
+    }
+    let now = UnixMicros::from_system_time(SystemTime::now());
+    let active = store
+        .active_exceptions(team, now)
+        .await
+        .map_err(|e| DoorError::store(&e))?;
+    let user = request.principal.user.as_deref();
+    let exceptions: Vec<_> = active
+        .iter()
+        .map(warden_store::StoredException::to_core)
+        .filter(|x| denied.iter().any(|r| x.lifts(r.as_str(), team, user)))
+        .collect();
+    if exceptions.is_empty() {
+        return Ok(None);
+    }
+    let mut lifted = request.clone();
+    lifted.exceptions = exceptions;
+    Ok(Some(lifted))
+}
+
 /// The decision line (`warden::decision`, see [`crate::logging::decision`]):
 /// the same fields at every door.
 fn log_decision(a: &Admission<'_>, decision: &Decision, allowed: bool, not_applicable: &[String]) {
@@ -174,6 +222,12 @@ fn log_decision(a: &Admission<'_>, decision: &Decision, allowed: bool, not_appli
         line.bool("quota_denied", decision.is_allowed() && !allowed);
         line.joined("denied", decision.denied_by().iter().map(|r| r.as_str()));
         line.joined("warned", decision.warned_by().iter().map(|r| r.as_str()));
+        let exceptions: Vec<String> = decision
+            .overrides
+            .iter()
+            .map(|o| o.exception.to_string())
+            .collect();
+        line.joined("exceptions", exceptions.iter().map(String::as_str));
         // A request that was not let through had nothing applied.
         let mutated = if allowed {
             decision.mutated_by()

@@ -271,6 +271,10 @@ pub fn payload(
         "hourly_usd": d.hourly_usd,
         "input": null,
     });
+    if let (false, serde_json::Value::Object(map)) = (d.overrides.is_empty(), &mut payload) {
+        // The exceptions that lifted a denial (`warden exceptions`).
+        map.insert("overrides".to_owned(), serde_json::json!(d.overrides));
+    }
     if let (Some(input), serde_json::Value::Object(map)) = (input, &mut payload) {
         let (key, kept) = kept_input(input);
         map.remove(INPUT_KEY);

@@ -79,8 +79,11 @@
 //!   every transaction that appends; it serializes appends and exposes a
 //!   truncated tail.
 //! - `api_keys(id, hash, name, team, user_name, created_us, expires_us,
-//!   revoked_us, rotated_to)`: team API keys, stored as hashes; `id` is the
+//!   revoked_us, rotated_to, role)`: team API keys, stored as hashes; `id` is the
 //!   public part of the key and the primary key. See [`keys`].
+//! - `exceptions(id, team, user_name, rule, reason, granted_by,
+//!   granted_us, until_us, revoked_us, expired_us)`: time-limited
+//!   exceptions. See [`exceptions`].
 //!
 //! # Guarantees
 //!
@@ -120,6 +123,7 @@ pub mod audit;
 mod backend;
 mod budget;
 pub mod error;
+pub mod exceptions;
 pub mod keys;
 pub mod launches;
 pub mod report;
@@ -137,6 +141,7 @@ pub use allocations::{
 pub use audit::{chain_hash, AuditRecord, ChainHead, ChainProblem, VerifyReport, GENESIS_HASH};
 pub use backend::{Store, StoreOptions, DEFAULT_STORE_TIMEOUT};
 pub use error::{InputError, StoreError};
+pub use exceptions::{ExceptionError, NewException, StoredException};
 pub use keys::{
     ApiKey, ApiKeyId, IssuedKey, KeyAdminError, KeyError, KeyInputError, KeyName, KeyPrincipal,
     KeySecret, KeyState, KeyUser, NewKey, Rotated, RotatedExpiry,

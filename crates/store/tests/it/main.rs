@@ -15,6 +15,7 @@ mod support;
 mod alerts;
 mod allocations;
 mod audit;
+mod exceptions;
 mod keys;
 mod launches;
 mod migrations;
