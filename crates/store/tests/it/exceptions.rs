@@ -4,7 +4,7 @@
 use warden_core::TeamName;
 use warden_store::{ExceptionError, NewException};
 
-use crate::support::{at, on_both_backends, TestDb};
+use crate::support::{at, on_both_backends};
 
 fn new(team: &str, user: Option<&str>, until: i64) -> NewException {
     NewException {
