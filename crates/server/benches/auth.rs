@@ -28,7 +28,7 @@ const WARMUP: usize = 2_000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    sorted.get(i).or(sorted.last()).copied().unwrap_or_default()
 }
 
 async fn run(name: &str, url: &str) {
@@ -61,9 +61,11 @@ async fn run(name: &str, url: &str) {
             .await
             .expect("authenticated");
         let caller = Authenticated { key };
-        assert!(caller
-            .review(&policy, Verb::Read, Resource::Spend, &team)
-            .allowed);
+        assert!(
+            caller
+                .review(&policy, Verb::Read, Resource::Spend, &team)
+                .allowed
+        );
         if i >= WARMUP {
             times.push(started.elapsed());
         }
