@@ -11,6 +11,7 @@
 mod admin;
 mod cases;
 mod cli;
+mod doctor;
 mod door_limits;
 mod gate;
 mod http;
