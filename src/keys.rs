@@ -220,7 +220,8 @@ fn known_teams(config: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn describe(key: &ApiKey) -> String {
+/// A key for people: role, id, team, user and name; never its secret.
+pub(crate) fn describe(key: &ApiKey) -> String {
     let mut out = format!("{} key {} of team `{}`", key.role, key.id, key.team);
     if let Some(user) = &key.user {
         out.push_str(&format!(", user `{user}`"));

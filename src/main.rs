@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod access;
 mod admin;
+mod doctor;
 mod exceptions;
 mod keys;
 mod report;
@@ -126,6 +127,11 @@ enum Command {
     /// Team API keys in the store: create (shown once), list, revoke, rotate.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The security checklist: secret files' modes, Warden keys' expiry and
+    /// age, the Vast.ai key's age, the listen address, a password in the
+    /// store URL, and (`--scan`) keys committed to git. Prints a table of
+    /// findings; exit 1 if any is serious.
+    Doctor(doctor::DoctorArgs),
     /// Who may do what, by the config's `role_bindings`: `can-i`, `who-can`.
     #[command(subcommand)]
     Access(access::AccessCommand),
@@ -308,6 +314,7 @@ fn main() -> ExitCode {
         }) => admin::allocations_end(&config, id, door.as_deref(), name.as_deref()),
         Command::Keys(command) => keys::run(command),
         Command::Exceptions(command) => exceptions::run(command),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Access(command) => access::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
         Command::Sim {

@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod cases;
 mod cli;
+mod doctor;
 mod door_limits;
 mod exceptions;
 mod gate;
