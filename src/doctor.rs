@@ -302,7 +302,7 @@ fn days(d: Duration) -> u64 {
 /// The upstream Vast.ai key's age, when it is kept in a file: the file's
 /// last change.
 fn vast_key_age(cfg: &Config, now: SystemTime) -> Vec<Finding> {
-    let max = cfg.keys.max_age;
+    let max = cfg.settings.keys.max_age;
     let path = match &cfg.vast.key {
         SecretSource::File(path) => path,
         SecretSource::Env(var) => {
@@ -372,7 +372,7 @@ fn store_keys(config: &Path, cfg: &Config, now: UnixMicros) -> anyhow::Result<Ve
         keys
     });
     Ok(match listed {
-        Ok(keys) => key_findings(&keys, now, cfg.keys.max_age, config),
+        Ok(keys) => key_findings(&keys, now, cfg.settings.keys.max_age, config),
         Err(e) => vec![Finding::warning(
             WARDEN_KEYS,
             format!("not checked: cannot read the keys in the store named by `storage`: {e}"),

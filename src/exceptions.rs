@@ -123,10 +123,10 @@ fn grant(
             }
             ExceptionSettings::liftable(&cfg.policy, rule.trim())
                 .map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
-            if length.is_zero() || length > cfg.exceptions.max {
+            if length.is_zero() || length > cfg.settings.exceptions.max {
                 anyhow::bail!(
                     "--for: `{duration}` is not between 1 second and `exceptions.max_hours` ({} hours)",
-                    cfg.exceptions.max.as_secs() / 3600
+                    cfg.settings.exceptions.max.as_secs() / 3600
                 );
             }
             let until = UnixMicros::from_micros(

@@ -278,7 +278,8 @@ fn create(
             }
             // Default: `keys.max_age_days` from now; `never` only when asked.
             let expires = given.unwrap_or_else(|| {
-                let lifetime = i64::try_from(cfg.keys.max_age.as_micros()).unwrap_or(i64::MAX);
+                let lifetime =
+                    i64::try_from(cfg.settings.keys.max_age.as_micros()).unwrap_or(i64::MAX);
                 Some(UnixMicros::from_micros(
                     now.micros().saturating_add(lifetime),
                 ))

@@ -206,3 +206,363 @@ async fn access_reviews_answer_like_subject_access_reviews() {
     }
     store.close().await;
 }
+
+const MATRIX_POLICY: &str = r#"
+teams:
+  ml: {users: [kim, bob]}
+  cv: {users: [carl]}
+rules:
+  - {name: gpu-cap, match: {when: 'request.gpus > 8'}, deny: "at most 8 GPUs"}
+exceptions: {max_hours: 24, team_leads_may_lift: [gpu-cap]}
+"#;
+
+async fn call(
+    app: &axum::Router,
+    key: &str,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+async fn live(store: &Store, team: &str, user: &str, name: &str) -> i64 {
+    let req = warden_store::AllocationRequest {
+        door: warden_core::Door::Skypilot,
+        team: TeamName::parse(team).unwrap(),
+        user: Some(user.to_owned()),
+        name: warden_store::AllocationName::parse(name).unwrap(),
+        gpu_model: None,
+        gpus: 1,
+        hourly: warden_core::Usd::from_micros(1_000_000),
+        context: None,
+    };
+    match store
+        .reserve(
+            &req,
+            &[],
+            UnixMicros::from_system_time(std::time::SystemTime::now()),
+        )
+        .await
+        .unwrap()
+    {
+        warden_store::ReserveOutcome::Granted { allocation_id, .. } => allocation_id.get(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every role × every admin API endpoint × its own team and another team:
+/// the status each gets follows the roles table (200 allowed, 403 denied
+/// with the role in the message; 404 where the thing is hidden).
+#[tokio::test]
+async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
+    let dir = TempDir::new("warden-api-matrix");
+    let path = dir.0.join("warden.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "storage: sqlite://{}\n{MATRIX_POLICY}",
+            dir.0.join("w.db").display()
+        ),
+    )
+    .unwrap();
+    let config = warden_server::config::load_config(&path).unwrap();
+    let store = Store::connect(config.storage.as_deref().unwrap())
+        .await
+        .unwrap();
+    let state = AppState::with_store(config.policy, None, Some(store.clone()));
+    state.apply_settings(config.settings);
+    let app = router(Arc::clone(&state));
+    let roles = [
+        Role::Admin,
+        Role::TeamLead,
+        Role::MlEngineer,
+        Role::InferenceOperator,
+        Role::Viewer,
+    ];
+    let mut keys = Vec::new();
+    for role in roles {
+        keys.push((role, key(&store, "ml", role).await));
+    }
+    let month = {
+        let now = UnixMicros::from_system_time(std::time::SystemTime::now()).to_string();
+        now[..7].to_owned()
+    };
+    let decision = {
+        let raw = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/skypilot-0.14.1/07_launch_server_worker.json"),
+        )
+        .unwrap();
+        let text: String = serde_json::from_slice(&raw).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+
+    // (endpoint, what each role gets in its own team, in the other team),
+    // roles in the order above: admin, lead, engineer, operator, viewer.
+    type Row = (&'static str, &'static str, [u16; 5], [u16; 5]);
+    let rows: [Row; 12] = [
+        ("GET", "/api/v1/me", [200; 5], [200; 5]),
+        ("GET", "/api/v1/teams", [200; 5], [200; 5]),
+        (
+            "GET",
+            "/api/v1/keys?team={t}",
+            [200, 200, 403, 403, 403],
+            [200, 403, 403, 403, 403],
+        ),
+        (
+            "POST",
+            "/api/v1/keys",
+            [200, 200, 403, 403, 403],
+            [200, 403, 403, 403, 403],
+        ),
+        (
+            "GET",
+            "/api/v1/allocations?team={t}",
+            [200, 200, 200, 403, 200],
+            [200, 403, 403, 403, 403],
+        ),
+        (
+            "GET",
+            "/api/v1/audit?team={t}",
+            [200, 200, 403, 403, 403],
+            [200, 403, 403, 403, 403],
+        ),
+        (
+            "GET",
+            "/api/v1/exceptions?team={t}",
+            [200, 200, 403, 403, 403],
+            [200, 403, 403, 403, 403],
+        ),
+        (
+            "POST",
+            "/api/v1/exceptions",
+            [200, 200, 403, 403, 403],
+            [200, 403, 403, 403, 403],
+        ),
+        (
+            "GET",
+            "/api/v1/reports/spend?team={t}&month={m}",
+            [200, 200, 403, 403, 200],
+            [200, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/api/v1/reports/chargeback?month={m}",
+            [200, 403, 403, 403, 403],
+            [200, 403, 403, 403, 403],
+        ),
+        ("POST", "/api/v1/access/review", [200; 5], [200; 5]),
+        ("POST", "/api/v1/decisions", [200; 5], [200; 5]),
+    ];
+    // A viewer bound to every team reads cv's spend too; a key is bound to
+    // one team, so the viewer key of ml does not.
+    let mut rows = rows;
+    rows[8].3 = [200, 403, 403, 403, 403];
+    for (method, pattern, own, other) in rows {
+        for (team, want) in [("ml", own), ("cv", other)] {
+            for ((role, key), want) in keys.iter().zip(want) {
+                let uri = pattern.replace("{t}", team).replace("{m}", &month);
+                let body = match (method, pattern) {
+                    ("POST", "/api/v1/keys") => Some(json!({"team": team, "role": "viewer"})),
+                    ("POST", "/api/v1/exceptions") => Some(
+                        json!({"team": team, "rule": "gpu-cap", "hours": 1, "reason": "matrix"}),
+                    ),
+                    ("POST", "/api/v1/access/review") => {
+                        Some(json!({"verb": "read", "resource": "spend", "team": team}))
+                    }
+                    ("POST", "/api/v1/decisions") => Some(decision.clone()),
+                    _ => None,
+                };
+                let (status, text) = call(&app, key, method, &uri, body).await;
+                assert_eq!(
+                    status.as_u16(),
+                    want,
+                    "{role} {method} {uri} (team {team}): {text}"
+                );
+                if want == 403 {
+                    assert!(
+                        text.contains(&format!("`{role}`")) || text.contains("has no role"),
+                        "{role} {uri}: {text}"
+                    );
+                }
+            }
+        }
+    }
+
+    // Revoking a key: an admin anywhere, a team lead in its team; others
+    // do not even see it (404) or may not (403).
+    for (team, want) in [
+        ("ml", [200, 200, 404, 404, 404]),
+        ("cv", [200, 404, 404, 404, 404]),
+    ] {
+        for ((role, caller_key), want) in keys.iter().zip(want) {
+            let target = key(&store, team, Role::Viewer).await;
+            let id = &target[4..20];
+            let (status, text) = call(
+                &app,
+                caller_key,
+                "DELETE",
+                &format!("/api/v1/keys/{id}"),
+                None,
+            )
+            .await;
+            assert_eq!(
+                status.as_u16(),
+                want,
+                "{role} revokes a key of {team}: {text}"
+            );
+        }
+    }
+    // A team lead may not make an admin key; a made key works at once.
+    let lead = &keys[1].1;
+    let (status, text) = call(
+        &app,
+        lead,
+        "POST",
+        "/api/v1/keys",
+        Some(json!({"team": "ml", "role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(
+        text.contains("may make keys of roles up to its own, not `admin`"),
+        "{text}"
+    );
+    let (_, text) = call(
+        &app,
+        lead,
+        "POST",
+        "/api/v1/keys",
+        Some(json!({"team": "ml", "role": "viewer", "name": "dash"})),
+    )
+    .await;
+    let made: Value = serde_json::from_str(&text).unwrap();
+    let new_key = made["key"].as_str().unwrap().to_owned();
+    let (status, text) = call(&app, &new_key, "GET", "/api/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("\"role\":\"viewer\""), "{text}");
+    // A team lead lifts only the rules the config lets it.
+    let (status, text) = call(
+        &app,
+        lead,
+        "POST",
+        "/api/v1/exceptions",
+        Some(json!({"team": "ml", "rule": "team.max_nodes", "hours": 1, "reason": "x"})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "no such limit in this policy: {text}"
+    );
+
+    // Ending allocations: an ML engineer its own only; a team lead any of
+    // the team's; a viewer none.
+    let kims = live(&store, "ml", "kim", "kims").await;
+    let bobs = live(&store, "ml", "bob", "bobs").await;
+    let engineer = &keys[2].1;
+    let viewer = &keys[4].1;
+    let (status, text) = call(
+        &app,
+        engineer,
+        "POST",
+        &format!("/api/v1/allocations/{bobs}/end"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(
+        text.contains("may delete only its own allocations"),
+        "{text}"
+    );
+    let (status, text) = call(
+        &app,
+        viewer,
+        "POST",
+        &format!("/api/v1/allocations/{kims}/end"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    let (status, text) = call(
+        &app,
+        engineer,
+        "POST",
+        &format!("/api/v1/allocations/{kims}/end"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, text) = call(
+        &app,
+        lead,
+        "POST",
+        &format!("/api/v1/allocations/{bobs}/end"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    // Every write carries its actor in the audit chain.
+    let admin = &keys[0].1;
+    let (_, text) = call(
+        &app,
+        admin,
+        "GET",
+        "/api/v1/audit?kind=allocation.ended",
+        None,
+    )
+    .await;
+    let page: Value = serde_json::from_str(&text).unwrap();
+    let actors: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["payload"]["actor"].as_str())
+        .collect();
+    assert_eq!(actors.len(), 2, "{text}");
+    assert!(actors.iter().all(|a| a.starts_with("key:")), "{actors:?}");
+    let (_, text) = call(
+        &app,
+        admin,
+        "GET",
+        "/api/v1/audit?kind=key.created&limit=1000",
+        None,
+    )
+    .await;
+    assert!(text.contains("\"actor\":\"key:"), "{text}");
+
+    // The OpenAPI document describes the endpoints.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/api/v1/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let doc: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    for p in [
+        "/api/v1/keys",
+        "/api/v1/allocations/{id}/end",
+        "/api/v1/audit",
+        "/api/v1/exceptions",
+        "/api/v1/access/review",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing");
+    }
+    store.close().await;
+}

@@ -94,8 +94,6 @@ impl Application {
             skypilot_api,
             settings,
             vast,
-            keys: _,
-            exceptions: _,
         } = config;
         let store = match &storage {
             Some(url) => Some(

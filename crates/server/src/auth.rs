@@ -52,11 +52,21 @@ pub struct Authenticated {
     pub key: KeyPrincipal,
 }
 
+/// Who a key without `--user` acts for when the access model asks whose a
+/// thing is: the team's unnamed user, so such a key's own things are those
+/// made by keys without a user.
+pub const UNNAMED_USER: &str = "(no user)";
+
+/// The owner to ask the access model about, for a thing made by `user`.
+pub fn owner(user: Option<&str>) -> &str {
+    user.unwrap_or(UNNAMED_USER)
+}
+
 impl Authenticated {
     /// The caller as the access model sees it: its key's role in its team.
     pub fn subject(&self) -> Subject {
         Subject {
-            user: self.key.user.as_ref().map(|u| u.as_str().to_owned()),
+            user: Some(owner(self.key.user.as_ref().map(|u| u.as_str())).to_owned()),
             groups: Vec::new(),
             key: Some((self.key.role, self.key.team.clone())),
         }

@@ -312,6 +312,10 @@ pub struct Settings {
     /// Where server-side SkyPilot requests may come from
     /// (`skypilot.trusted_servers`).
     pub trusted_servers: TrustedServers,
+    /// Warden keys (`keys`).
+    pub keys: KeySettings,
+    /// Time-limited exceptions (`exceptions`).
+    pub exceptions: ExceptionSettings,
 }
 
 impl Default for Settings {
@@ -320,6 +324,8 @@ impl Default for Settings {
             time_zone: warden_store::TimeZone::UTC,
             alerts: AlertSettings::default(),
             trusted_servers: TrustedServers::default(),
+            keys: KeySettings::default(),
+            exceptions: ExceptionSettings::default(),
         }
     }
 }
@@ -430,10 +436,6 @@ pub struct Config {
     pub settings: Settings,
     /// The Vast door (`vast`; defaults when absent).
     pub vast: VastConfig,
-    /// Warden keys (`keys`).
-    pub keys: KeySettings,
-    /// Time-limited exceptions (`exceptions`).
-    pub exceptions: ExceptionSettings,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -702,10 +704,12 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
             TrustedServers::default()
         }),
     };
-    let settings = Settings {
+    let mut settings = Settings {
         time_zone,
         alerts,
         trusted_servers,
+        keys,
+        exceptions: ExceptionSettings::default(),
     };
     let spec = PolicySpec {
         default_team: file.default_team,
@@ -722,17 +726,16 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
                 settings_problems.extend(e);
                 ExceptionSettings::default()
             });
+    settings.exceptions = exceptions;
     match (compiled, storage, api, vast) {
         (Ok(policy), Ok(storage), Ok(skypilot_api), Ok(vast)) if settings_problems.is_empty() => {
             Ok(Config {
-                exceptions,
                 policy,
                 storage,
                 store_options,
                 skypilot_api,
                 settings,
                 vast,
-                keys,
             })
         }
         (policy, storage, api, vast) => {
@@ -886,9 +889,9 @@ mod tests {
     #[test]
     fn key_lifetime_defaults_to_ninety_days_and_is_bounded() {
         let c = load("keys-default", "storage: none\n").unwrap();
-        assert_eq!(c.keys.max_age, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.settings.keys.max_age, Duration::from_secs(90 * 86_400));
         let c = load("keys-set", "storage: none\nkeys: {max_age_days: 30}\n").unwrap();
-        assert_eq!(c.keys.max_age, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.settings.keys.max_age, Duration::from_secs(30 * 86_400));
         for bad in ["0", "3651"] {
             let e = load(
                 "keys-bad",

@@ -579,6 +579,14 @@ fn key_json(key: &ApiKey) -> serde_json::Value {
     })
 }
 
+/// An audit payload with `actor` (who asked), when known.
+fn with_actor(mut payload: serde_json::Value, actor: Option<&str>) -> String {
+    if let (Some(actor), Some(map)) = (actor, payload.as_object_mut()) {
+        map.insert("actor".to_owned(), actor.into());
+    }
+    payload.to_string()
+}
+
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -658,13 +666,23 @@ impl Store {
         new: NewKey,
         now: UnixMicros,
     ) -> Result<IssuedKey, KeyAdminError> {
+        self.create_key_by(new, None, now).await
+    }
+
+    /// [`Store::create_key`], with who asked in the audit record.
+    pub async fn create_key_by(
+        &self,
+        new: NewKey,
+        actor: Option<&str>,
+        now: UnixMicros,
+    ) -> Result<IssuedKey, KeyAdminError> {
         let generated = generate_key()?;
         let mut tx = self.begin_write().await?;
         tx.insert_key(&generated, &new, now).await?;
         let issued = issued(generated, new, now);
         tx.append_records(vec![NewRecord {
             kind: "key.created".to_owned(),
-            payload: key_json(&issued.key).to_string(),
+            payload: with_actor(key_json(&issued.key), actor),
             at: now,
         }])
         .await?;
@@ -753,6 +771,16 @@ impl Store {
         id: &ApiKeyId,
         now: UnixMicros,
     ) -> Result<ApiKey, KeyAdminError> {
+        self.revoke_key_by(id, None, now).await
+    }
+
+    /// [`Store::revoke_key`], with who asked in the audit record.
+    pub async fn revoke_key_by(
+        &self,
+        id: &ApiKeyId,
+        actor: Option<&str>,
+        now: UnixMicros,
+    ) -> Result<ApiKey, KeyAdminError> {
         let mut tx = self.begin_write().await?;
         let mut key = tx.key_for_update(id).await?;
         if let Some(at) = key.revoked {
@@ -769,7 +797,7 @@ impl Store {
         key.revoked = Some(now);
         tx.append_records(vec![NewRecord {
             kind: "key.revoked".to_owned(),
-            payload: key_json(&key).to_string(),
+            payload: with_actor(key_json(&key), actor),
             at: now,
         }])
         .await?;

@@ -330,10 +330,7 @@ pub async fn owners(store: &Store, ids: &[u64]) -> Result<HashMap<u64, Owner>, D
     Ok(out)
 }
 
-/// Who a key without `--user` acts for when the access model asks whose an
-/// instance is: the team's unnamed user, so such a key's own instances are
-/// those made by keys without a user.
-const UNNAMED_USER: &str = "(no user)";
+use crate::auth::UNNAMED_USER;
 
 impl Caller {
     /// The caller as the access model sees it: its key's role in its team.

@@ -80,6 +80,17 @@ impl Store {
         target: &EndTarget,
         now: UnixMicros,
     ) -> Result<Vec<Allocation>, StoreError> {
+        self.end_by(target, None, now).await
+    }
+
+    /// [`Store::end`], with who asked (`actor`, e.g. `key:0123...`) in each
+    /// `allocation.ended` record.
+    pub async fn end_by(
+        &self,
+        target: &EndTarget,
+        actor: Option<&str>,
+        now: UnixMicros,
+    ) -> Result<Vec<Allocation>, StoreError> {
         let mut tx = self.begin_write().await?;
         // Lock the teams before changing their rows, like `reserve`, so an
         // end and a re-launch of the same allocation are ordered.
@@ -89,10 +100,16 @@ impl Store {
         let ended = tx.end_locked(target, &teams, now, false).await?;
         let records = ended
             .iter()
-            .map(|a| NewRecord {
-                kind: "allocation.ended".to_owned(),
-                payload: allocation_json(a).to_string(),
-                at: now,
+            .map(|a| {
+                let mut payload = allocation_json(a);
+                if let (Some(actor), Some(map)) = (actor, payload.as_object_mut()) {
+                    map.insert("actor".to_owned(), actor.into());
+                }
+                NewRecord {
+                    kind: "allocation.ended".to_owned(),
+                    payload: payload.to_string(),
+                    at: now,
+                }
             })
             .collect();
         tx.append_records(records).await?;
