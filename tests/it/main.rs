@@ -15,6 +15,7 @@ mod door_limits;
 mod gate;
 mod http;
 mod keys;
+mod oidc;
 mod recording;
 mod replay;
 mod replicas;

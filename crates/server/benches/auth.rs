@@ -2,6 +2,7 @@
     clippy::expect_used,
     clippy::panic,
     clippy::print_stdout,
+    clippy::indexing_slicing,
     reason = "benchmark program: a broken setup must stop the run; the result is printed"
 )]
 
@@ -60,10 +61,12 @@ async fn run(name: &str, url: &str) {
         let key = auth::key(&store, &headers, now, "no key")
             .await
             .expect("authenticated");
-        let caller = Authenticated { key };
-        assert!(caller
-            .review(&policy, Verb::Read, Resource::Spend, &team)
-            .allowed);
+        let caller = Authenticated::Key(key);
+        assert!(
+            caller
+                .review(&policy, Verb::Read, Resource::Spend, &team)
+                .allowed
+        );
         if i >= WARMUP {
             times.push(started.elapsed());
         }

@@ -33,6 +33,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "vast",
     "keys",
     "skypilot",
+    "identity",
 ];
 
 /// How much of a long quoted value an error message repeats; the rest is
@@ -81,6 +82,7 @@ pub(super) fn parse_problems(text: &str) -> Vec<String> {
             "vast" => one::<Option<vast::VastFile>>(&key, value, &mut found),
             "keys" => one::<Option<super::KeysFile>>(&key, value, &mut found),
             "skypilot" => one::<Option<super::SkypilotDoorFile>>(&key, value, &mut found),
+            "identity" => one::<Option<super::identity::IdentityFile>>(&key, value, &mut found),
             other => found.push((
                 other.to_owned(),
                 format!(
