@@ -436,7 +436,7 @@ async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
     assert!(
-        text.contains("may make keys of roles up to its own, not `admin`"),
+        text.contains("may make keys of roles up to its own in team `ml`, not `admin`"),
         "{text}"
     );
     let (_, text) = call(

@@ -18,6 +18,7 @@ mod exceptions;
 mod gate;
 mod http;
 mod keys;
+mod oidc;
 mod recording;
 mod replay;
 mod replicas;

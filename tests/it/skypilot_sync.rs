@@ -1253,13 +1253,13 @@ fn real_skypilot_api_server_lists_clusters_for_the_sync() {
 // Over https: a TLS server with a certificate the test makes.
 
 /// A CA and a server certificate for `localhost` and `127.0.0.1`, made now.
-struct TestPki {
-    ca_pem: String,
+pub(crate) struct TestPki {
+    pub(crate) ca_pem: String,
     server_cert: rustls::pki_types::CertificateDer<'static>,
     server_key: rustls::pki_types::PrivateKeyDer<'static>,
 }
 
-fn test_pki() -> TestPki {
+pub(crate) fn test_pki() -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1281,8 +1281,8 @@ fn test_pki() -> TestPki {
 
 /// Terminates TLS on 127.0.0.1 and forwards the plain bytes to `backend`;
 /// serves until dropped.
-struct TlsFront {
-    port: u16,
+pub(crate) struct TlsFront {
+    pub(crate) port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1293,7 +1293,7 @@ impl Drop for TlsFront {
 }
 
 impl TlsFront {
-    async fn start(pki: &TestPki, backend: String) -> TlsFront {
+    pub(crate) async fn start(pki: &TestPki, backend: String) -> TlsFront {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -131,8 +131,9 @@ pub(crate) async fn caller(
                 .to_owned(),
         ));
     };
-    let key = auth::key(store, headers, now, auth::NEEDS_KEY).await?;
-    Ok((Authenticated { key }, store.clone()))
+    let oidc = state.oidc();
+    let caller = auth::authenticate(store, oidc.as_deref(), headers, now, auth::NEEDS_KEY).await?;
+    Ok((caller, store.clone()))
 }
 
 /// An access review as sent.

@@ -22,6 +22,7 @@ use crate::alerts::Alerter;
 use crate::config::{load_config, Settings, TrustedServers};
 use crate::doors::skypilot::{self, Answer};
 use crate::error::DoorError;
+use crate::oidc::OidcVerifier;
 use warden_store::{Store, UnixMicros};
 
 /// The least time between two alert checks of one team triggered by grants.
@@ -44,6 +45,8 @@ pub struct AppState {
     /// across restarts ([`AppState::request_id`]).
     id_prefix: String,
     vast: std::sync::OnceLock<Arc<crate::doors::vast::VastDoor>>,
+    /// OIDC sign-in (`identity.oidc`), when configured.
+    oidc: arc_swap::ArcSwapOption<OidcVerifier>,
 }
 
 impl AppState {
@@ -69,6 +72,7 @@ impl AppState {
             request_seq: AtomicU64::new(0),
             id_prefix: request_id_prefix(),
             vast: std::sync::OnceLock::new(),
+            oidc: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -138,6 +142,16 @@ impl AppState {
         self.vast.get()
     }
 
+    /// The OIDC token verifier, when `identity.oidc` is configured.
+    pub fn oidc(&self) -> Option<Arc<OidcVerifier>> {
+        self.oidc.load_full()
+    }
+
+    /// Turns OIDC sign-in on (`Some`) or off.
+    pub fn set_oidc(&self, verifier: Option<Arc<OidcVerifier>>) {
+        self.oidc.store(verifier);
+    }
+
     /// The store decisions are recorded in, if any (for the usage sync).
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
@@ -150,8 +164,16 @@ impl AppState {
             return Err("no config file to reload".to_owned());
         };
         let config = load_config(path)?;
+        // An unchanged `identity.oidc` keeps its verifier, with the keys
+        // and verified tokens it holds; a changed one starts afresh.
+        let oidc = match (config.oidc, self.oidc()) {
+            (None, _) => None,
+            (Some(new), Some(old)) if *old.config() == new => Some(old),
+            (Some(new), _) => Some(Arc::new(OidcVerifier::new(new)?)),
+        };
         self.policy.store(Arc::new(config.policy));
         self.apply_settings(config.settings);
+        self.set_oidc(oidc);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Startup and shutdown: [`Application::build`] turns a loaded config into
 //! a bound server with everything the config describes wired in (store,
 //! budget alert watch, SkyPilot usage sync, Vast door with its upstream or
-//! the embedded simulator, Vast reconciler). `warden serve` parses its
+//! the embedded simulator, Vast reconciler, OIDC sign-in). `warden serve` parses its
 //! arguments and calls it; tests build the app the same way.
 
 use std::net::SocketAddr;
@@ -51,6 +51,14 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// OIDC sign-in cannot be set up (`identity.oidc.ca_file`).
+    #[error("{}: cannot set up OIDC sign-in: {reason}", config.display())]
+    Oidc {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {listen}: {source}")]
     Listen {
@@ -94,6 +102,7 @@ impl Application {
             skypilot_api,
             settings,
             vast,
+            oidc,
         } = config;
         let store = match &storage {
             Some(url) => Some(
@@ -108,6 +117,22 @@ impl Application {
         };
         let state = AppState::with_store(policy, Some(config_path.to_path_buf()), store);
         state.apply_settings(settings);
+        // OIDC sign-in: the issuer's keys are fetched in the background now,
+        // so the first sign-in does not wait (and a failure is logged
+        // early); a token arriving first fetches them itself.
+        if let Some(oidc) = oidc {
+            let verifier = Arc::new(crate::oidc::OidcVerifier::new(oidc).map_err(|reason| {
+                StartError::Oidc {
+                    config: config_path.to_path_buf(),
+                    reason,
+                }
+            })?);
+            state.set_oidc(Some(Arc::clone(&verifier)));
+            tokio::spawn(async move {
+                // A failure is logged by the fetch itself.
+                let _ = verifier.prefetch().await;
+            });
+        }
         // Budget alerts for spend that accrues between launches.
         crate::alerts::spawn_watch(Arc::clone(&state));
         // Exceptions that ran out are recorded in the audit chain (they

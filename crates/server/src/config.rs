@@ -3,8 +3,7 @@
 //! One YAML file holds the policy (`default_team`, `team_from_label`,
 //! `teams`, `prices`, `rules`, validated by the core) and the server's own settings
 //! (`storage`, `skypilot_api`, `skypilot`, `time_zone`, `budget_alerts`,
-//! `vast`, `keys`). Unknown keys
-//! are errors.
+//! `vast`, `keys`, `identity`). Unknown keys are errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +16,13 @@ use warden_core::{Policy, PolicySpec};
 use crate::doors::skypilot::sync::client::{ApiUrl, SKYPILOT_TOKEN};
 use crate::secret::SecretSource;
 
+mod identity;
 mod problems;
 mod vast;
+pub use identity::{
+    check_fetch_url, OidcConfig, ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_GROUPS_CLAIM,
+    DEFAULT_USER_CLAIM,
+};
 pub use vast::{PreDestroy, VastConfig, DEFAULT_KEY_ENV, VAST_CONSOLE_URL, VAST_KEY};
 
 /// The store used when the config names none: a SQLite file next to the
@@ -71,6 +75,8 @@ struct ConfigFile {
     skypilot: Option<SkypilotDoorFile>,
     #[serde(default)]
     exceptions: Option<ExceptionsFile>,
+    #[serde(default)]
+    identity: Option<identity::IdentityFile>,
 }
 
 /// `exceptions` as written.
@@ -436,6 +442,8 @@ pub struct Config {
     pub settings: Settings,
     /// The Vast door (`vast`; defaults when absent).
     pub vast: VastConfig,
+    /// OIDC sign-in (`identity.oidc`), if configured.
+    pub oidc: Option<OidcConfig>,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -678,6 +686,10 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         }
     };
     let api = file.skypilot_api.map(|f| skypilot_api(path, f)).transpose();
+    let oidc = identity::oidc_config(path, file.identity.unwrap_or_default()).unwrap_or_else(|e| {
+        settings_problems.extend(e);
+        None
+    });
     let vast = vast::vast_config(path, file.vast.unwrap_or_default());
     let time_zone = match file.time_zone.as_deref().map(str::trim) {
         None => warden_store::TimeZone::UTC,
@@ -736,6 +748,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
                 skypilot_api,
                 settings,
                 vast,
+                oidc,
             })
         }
         (policy, storage, api, vast) => {
@@ -818,6 +831,11 @@ pub fn secret_file_problems(config: &Config) -> Vec<String> {
             if let Err(e) = crate::doors::skypilot::sync::client::read_ca_file(path) {
                 problems.push(e.to_string());
             }
+        }
+    }
+    if let Some(path) = config.oidc.as_ref().and_then(|o| o.ca_file.as_ref()) {
+        if let Err(e) = crate::http_client::read_ca_file(path) {
+            problems.push(format!("identity.oidc.ca_file: {e}"));
         }
     }
     problems
@@ -923,6 +941,157 @@ mod tests {
         let out = load_config(&path);
         let _ = std::fs::remove_dir_all(&dir);
         out
+    }
+
+    #[test]
+    fn oidc_has_defaults_and_needs_https_outside_this_machine() {
+        let c = load("oidc-none", "storage: none\n").unwrap();
+        assert!(c.oidc.is_none());
+        let c = load(
+            "oidc-min",
+            "storage: none\nidentity:\n  oidc:\n    issuer: https://idp.example.com/realms/acme\n    audience: warden\n",
+        )
+        .unwrap();
+        let o = c.oidc.unwrap();
+        assert_eq!(o.issuer, "https://idp.example.com/realms/acme");
+        assert_eq!(
+            o.discovery_url.as_str(),
+            "https://idp.example.com/realms/acme/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            (
+                o.audience.as_str(),
+                o.groups_claim.as_str(),
+                o.user_claim.as_str()
+            ),
+            ("warden", "groups", "email")
+        );
+        assert_eq!(o.algorithms, DEFAULT_ALGORITHMS);
+        assert_eq!(o.ca_file, None);
+        // A trailing slash stays in the issuer (it is compared exactly)
+        // and not doubled in the discovery URL; a relative CA file is
+        // resolved beside the config.
+        let c = load(
+            "oidc-full",
+            "storage: none\nidentity:\n  oidc:\n    issuer: https://tenant.idp.example/\n    audience: warden\n    groups_claim: roles\n    user_claim: sub\n    algorithms: [ES384, PS256, EdDSA]\n    ca_file: idp-ca.pem\n",
+        )
+        .unwrap();
+        let o = c.oidc.unwrap();
+        assert_eq!(o.issuer, "https://tenant.idp.example/");
+        assert_eq!(
+            o.discovery_url.as_str(),
+            "https://tenant.idp.example/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            (o.groups_claim.as_str(), o.user_claim.as_str()),
+            ("roles", "sub")
+        );
+        assert_eq!(
+            o.algorithms,
+            [
+                jsonwebtoken::Algorithm::ES384,
+                jsonwebtoken::Algorithm::PS256,
+                jsonwebtoken::Algorithm::EdDSA
+            ]
+        );
+        let ca = o.ca_file.unwrap();
+        assert!(ca.is_absolute() && ca.ends_with("idp-ca.pem"), "{ca:?}");
+        // Plain http only to this machine (the tests' issuers).
+        for ok in [
+            "http://127.0.0.1:8080/realms/t",
+            "http://localhost:1",
+            "http://[::1]:9/x",
+        ] {
+            let c = load(
+                "oidc-loopback",
+                &format!("storage: none\nidentity:\n  oidc: {{issuer: '{ok}', audience: w}}\n"),
+            )
+            .unwrap();
+            assert_eq!(c.oidc.unwrap().issuer, ok);
+        }
+    }
+
+    #[test]
+    fn oidc_errors_name_the_key_and_the_fix() {
+        let e = load(
+            "oidc-bad",
+            "storage: none\nidentity:\n  oidc:\n    issuer: http://idp.example.com\n    audience: ' '\n    user_claim: ''\n    algorithms: [RS256, none, HS256, RS256, rs256]\n    ca_file: ca.pem\n",
+        )
+        .unwrap_err();
+        for want in [
+            "identity.oidc.issuer: `http://idp.example.com` is plain `http://` to another machine",
+            "use `https://`",
+            "identity.oidc.audience: empty",
+            "identity.oidc.user_claim: give a claim name of 1 to 64 characters (default `email`)",
+            "identity.oidc.algorithms[1]: `none` means unsigned tokens, which anyone can forge; it is never accepted",
+            "identity.oidc.algorithms[2]: `HS256` is a shared-secret (HMAC) algorithm",
+            "identity.oidc.algorithms[3]: `RS256` is listed twice",
+            "identity.oidc.algorithms[4]: `rs256` is not a JWS algorithm Warden knows; use RS256, RS384",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        for (issuer, want) in [
+            (
+                "ftp://idp.example.com",
+                "identity.oidc.issuer: scheme `ftp` is not supported",
+            ),
+            (
+                "idp.example.com",
+                "identity.oidc.issuer: `idp.example.com` is not a URL",
+            ),
+            (
+                "https://u:pw@idp.example.com",
+                "identity.oidc.issuer: the URL carries credentials",
+            ),
+            (
+                "https://idp.example.com/?realm=a",
+                "has a query or fragment",
+            ),
+        ] {
+            let e = load(
+                "oidc-issuer",
+                &format!("storage: none\nidentity:\n  oidc: {{issuer: '{issuer}', audience: w}}\n"),
+            )
+            .unwrap_err();
+            assert!(e.contains(want), "{issuer}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+        let e = load(
+            "oidc-empty-algs",
+            "storage: none\nidentity:\n  oidc: {issuer: 'https://i', audience: w, algorithms: []}\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("identity.oidc.algorithms: empty"), "{e}");
+        let e = load(
+            "oidc-ca-http",
+            "storage: none\nidentity:\n  oidc: {issuer: 'http://127.0.0.1:1', audience: w, ca_file: ca.pem}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("identity.oidc.ca_file: the issuer `http://127.0.0.1:1` is not `https://`"),
+            "{e}"
+        );
+        // Unknown and missing keys, by path.
+        let e = load(
+            "oidc-typo",
+            "storage: none\nidentity:\n  oidc: {issuer: 'https://i', audience: w, group_claim: g}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("identity.oidc") && e.contains("unknown field `group_claim`"),
+            "{e}"
+        );
+        let e = load(
+            "oidc-no-aud",
+            "storage: none\nidentity:\n  oidc: {issuer: 'https://i'}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("identity.oidc") && e.contains("missing field `audience`"),
+            "{e}"
+        );
+        let e = load("identity-typo", "storage: none\nidentity:\n  odic: {}\n").unwrap_err();
+        assert!(e.contains("unknown field `odic`"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,52 @@
 //! What Warden's outgoing HTTP clients share (the SkyPilot usage sync, the
-//! Vast upstream): a bounded body read and an error text that says why a
-//! transport failed without echoing the URL's query.
+//! Vast upstream, the OIDC key fetch): a bounded body read, an error text
+//! that says why a transport failed without echoing the URL's query, and
+//! reading a private CA's certificates.
 
 use std::error::Error as _;
+use std::path::{Path, PathBuf};
+
+/// The largest CA file read (`skypilot_api.ca_file`,
+/// `identity.oidc.ca_file`); a bundle of every public root is about 200 KiB.
+pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Why a CA file cannot be used; shown as `` `PATH` REASON ``.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{}` {reason}", path.display())]
+pub struct CaFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The certificates of a PEM file (one or more `CERTIFICATE` blocks), read
+/// up to [`MAX_CA_FILE_BYTES`].
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, CaFileError> {
+    use std::io::Read as _;
+    let fail = |reason: String| CaFileError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| fail(format!("cannot be read: {e}")))?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(fail(format!(
+            "is larger than {MAX_CA_FILE_BYTES} bytes; name a PEM file of CA certificates"
+        )));
+    }
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| fail(format!("is not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(
+            "holds no `-----BEGIN CERTIFICATE-----` block; name the PEM file of the CA that signed the server's certificate".to_owned(),
+        ));
+    }
+    Ok(certs)
+}
 
 /// Why an answer body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]

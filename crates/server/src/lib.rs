@@ -16,6 +16,7 @@ pub mod gate;
 pub mod http_client;
 mod json_text;
 pub mod logging;
+pub mod oidc;
 pub mod recorder;
 pub mod redact;
 pub mod replay;

@@ -216,6 +216,16 @@ impl Store {
         id: i64,
         now: UnixMicros,
     ) -> Result<StoredException, ExceptionError> {
+        self.revoke_exception_by(id, None, now).await
+    }
+
+    /// [`Store::revoke_exception`], with who asked in the audit record.
+    pub async fn revoke_exception_by(
+        &self,
+        id: i64,
+        actor: Option<&str>,
+        now: UnixMicros,
+    ) -> Result<StoredException, ExceptionError> {
         let mut tx = self.begin_write().await?;
         let sql = format!("SELECT {COLUMNS} FROM exceptions WHERE id = $1");
         let row: Option<Row> = on_tx!(&mut tx, |conn| {
@@ -241,9 +251,17 @@ impl Store {
                 .map_err(StoreError::from)?;
         });
         x.revoked = Some(now);
+        let mut record: serde_json::Value =
+            serde_json::from_str(&payload(&x)).map_err(|e| StoreError::Corrupt {
+                what: format!("exception {id}"),
+                detail: e.to_string(),
+            })?;
+        if let (Some(actor), Some(map)) = (actor, record.as_object_mut()) {
+            map.insert("actor".to_owned(), actor.into());
+        }
         tx.append_records(vec![NewRecord {
             kind: "exception.revoked".to_owned(),
-            payload: payload(&x),
+            payload: record.to_string(),
             at: now,
         }])
         .await?;

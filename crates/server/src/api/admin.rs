@@ -38,7 +38,7 @@ fn now() -> UnixMicros {
 }
 
 fn actor(c: &Authenticated) -> String {
-    format!("key:{}", c.key.id)
+    c.actor()
 }
 
 fn store_error(e: warden_store::StoreError) -> DoorError {
@@ -108,12 +108,7 @@ fn teams_for(
             Ok(vec![t])
         }
         None => {
-            caller.require_all_teams(
-                policy,
-                verb,
-                resource,
-                &format!("ask for one team with `team={}`", caller.key.team),
-            )?;
+            caller.require_all_teams(policy, verb, resource, &caller.one_team_hint())?;
             Ok(policy.teams().iter().map(|t| t.name.clone()).collect())
         }
     }
@@ -126,14 +121,36 @@ pub async fn me(
     headers: HeaderMap,
 ) -> Result<Json<Value>, DoorError> {
     let (c, _) = caller(&state, &headers).await?;
-    Ok(Json(json!({
-        "kind": "key",
-        "key_id": c.key.id,
-        "team": c.key.team,
-        "role": c.key.role,
-        "user": c.key.user,
-        "expires_us": c.key.expires,
-    })))
+    let policy = state.policy();
+    let subject = c.subject();
+    let roles: Vec<Value> = policy
+        .teams()
+        .iter()
+        .flat_map(|t| {
+            policy
+                .access()
+                .roles_in(&subject, &t.name)
+                .into_iter()
+                .map(|(role, why)| json!({"team": t.name, "role": role, "by": why}))
+        })
+        .collect();
+    Ok(Json(match &c {
+        Authenticated::Key(key) => json!({
+            "kind": "key",
+            "key_id": key.id,
+            "team": key.team,
+            "role": key.role,
+            "user": key.user,
+            "expires_us": key.expires,
+            "roles": roles,
+        }),
+        Authenticated::Oidc(user) => json!({
+            "kind": "oidc",
+            "user": user.user,
+            "groups": user.groups,
+            "roles": roles,
+        }),
+    }))
 }
 
 /// `GET /api/v1/teams`: the teams the caller holds a role in, from the
@@ -231,10 +248,10 @@ pub async fn create_key(
         None => Role::MlEngineer,
         Some(r) => Role::parse(r.trim()).map_err(|e| DoorError::bad(format!("`role`: {e}")))?,
     };
-    if !c.key.role.may_grant(role) {
+    if !c.may_grant(&policy, &team, role) {
         return Err(DoorError::Forbidden(format!(
-            "key {} is `{}`: it may make keys of roles up to its own, not `{role}`",
-            c.key.id, c.key.role
+            "{} may make keys of roles up to its own in team `{team}`, not `{role}`",
+            c.describe()
         )));
     }
     let user = req
@@ -338,7 +355,11 @@ pub async fn list_allocations(
     let (c, store) = caller(&state, &headers).await?;
     let policy = state.policy();
     let q = query(raw.as_deref(), &["team"])?;
-    let team = team_param(&policy, q.get("team"))?.unwrap_or_else(|| c.key.team.clone());
+    let team = match (team_param(&policy, q.get("team"))?, c.key()) {
+        (Some(t), _) => t,
+        (None, Some(key)) => key.team.clone(),
+        (None, None) => return Err(DoorError::bad("name the team: `team=TEAM`")),
+    };
     let live = store.list_live(Some(&team)).await.map_err(store_error)?;
     let subject = c.subject();
     let visible: Vec<_> = live
@@ -363,12 +384,13 @@ pub async fn list_allocations(
             Verb::Read,
             Resource::Allocations,
             &team,
-            Some(crate::auth::owner(c.key.user.as_ref().map(|u| u.as_str()))),
+            Some(subject.user.as_deref().unwrap_or(crate::auth::UNNAMED_USER)),
         );
         if !own.allowed {
             return Err(DoorError::Forbidden(format!(
-                "key {}: {}",
-                c.key.id, own.reason
+                "{}: {}",
+                c.describe(),
+                own.reason
             )));
         }
     }
@@ -406,8 +428,9 @@ pub async fn end_allocation(
             return Err(missing());
         }
         return Err(DoorError::Forbidden(format!(
-            "key {}: {}",
-            c.key.id, review.reason
+            "{}: {}",
+            c.describe(),
+            review.reason
         )));
     }
     let ended = store
@@ -618,9 +641,8 @@ pub async fn grant_exception(
         .allowed;
     if !admin && !settings.exceptions.team_leads_may_lift.contains(&rule) {
         return Err(DoorError::Forbidden(format!(
-            "key {} (`{}`) may lift only the rules `exceptions.team_leads_may_lift` names ({}); ask a platform admin",
-            c.key.id,
-            c.key.role,
+            "{} is `team-lead` here, which may lift only the rules `exceptions.team_leads_may_lift` names ({}); ask a platform admin",
+            c.describe(),
             settings.exceptions.team_leads_may_lift.join(", ")
         )));
     }

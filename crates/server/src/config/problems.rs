@@ -34,6 +34,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "keys",
     "skypilot",
     "exceptions",
+    "identity",
 ];
 
 /// How much of a long quoted value an error message repeats; the rest is
@@ -83,6 +84,7 @@ pub(super) fn parse_problems(text: &str) -> Vec<String> {
             "keys" => one::<Option<super::KeysFile>>(&key, value, &mut found),
             "skypilot" => one::<Option<super::SkypilotDoorFile>>(&key, value, &mut found),
             "exceptions" => one::<Option<super::ExceptionsFile>>(&key, value, &mut found),
+            "identity" => one::<Option<super::identity::IdentityFile>>(&key, value, &mut found),
             other => found.push((
                 other.to_owned(),
                 format!(

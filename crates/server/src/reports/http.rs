@@ -73,10 +73,7 @@ pub async fn spend(
             &policy,
             Verb::Read,
             Resource::Spend,
-            &format!(
-                "ask for one team with `team={}`, or use an admin key",
-                caller.key.team
-            ),
+            &caller.one_team_hint(),
         )?,
     }
     let q = SpendQuery { period, by, team };
@@ -99,7 +96,7 @@ pub async fn chargeback_handler(
         &state.policy(),
         Verb::Read,
         Resource::Spend,
-        "a chargeback covers every team; use an admin key, or `/reports/spend?team=` for one team",
+        "a chargeback covers every team; use an admin key or a role binding over every team (`teams: \"*\"`), or `/reports/spend?team=` for one team",
     )?;
     let params = QueryParams::parse(query.as_deref(), &["month"])?;
     let Some(month) = params.get("month") else {
@@ -115,15 +112,16 @@ pub async fn chargeback_handler(
         .map_err(store_error)
 }
 
-/// The report endpoints answer only a caller with a key (401 otherwise).
+/// The report endpoints answer only a caller with a key or, where
+/// `identity.oidc` is configured, an OIDC token (401 otherwise).
 async fn caller(
     state: &AppState,
     headers: &HeaderMap,
     now: UnixMicros,
 ) -> Result<Authenticated, DoorError> {
     let store = report_store(state)?;
-    let key = auth::key(store, headers, now, auth::NEEDS_KEY).await?;
-    Ok(Authenticated { key })
+    let oidc = state.oidc();
+    auth::authenticate(store, oidc.as_deref(), headers, now, auth::NEEDS_KEY).await
 }
 
 fn report_store(state: &AppState) -> Result<&Store, DoorError> {

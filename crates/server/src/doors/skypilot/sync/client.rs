@@ -46,9 +46,8 @@ pub const API_GET_ATTEMPTS: u32 = 3;
 /// The largest response body read; a status list of thousands of clusters
 /// is a few MiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// The largest CA file read (`skypilot_api.ca_file`); a bundle of every
-/// public root is about 200 KiB.
-pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+/// The largest CA file read (`skypilot_api.ca_file`).
+pub const MAX_CA_FILE_BYTES: u64 = crate::http_client::MAX_CA_FILE_BYTES;
 /// The service-account token, for messages.
 pub const SKYPILOT_TOKEN: Credential = Credential {
     noun: "SkyPilot service-account token",
@@ -224,29 +223,10 @@ pub enum ClientError {
 
 /// The certificates of a PEM file (one or more `CERTIFICATE` blocks).
 pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
-    use std::io::Read as _;
-    let fail = |reason: String| ClientError::CaFile {
+    crate::http_client::read_ca_file(path).map_err(|e| ClientError::CaFile {
         path: path.to_path_buf(),
-        reason,
-    };
-    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
-    let mut pem = Vec::new();
-    file.take(MAX_CA_FILE_BYTES + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| fail(format!("cannot be read: {e}")))?;
-    if pem.len() as u64 > MAX_CA_FILE_BYTES {
-        return Err(fail(format!(
-            "is larger than {MAX_CA_FILE_BYTES} bytes; name a PEM file of CA certificates"
-        )));
-    }
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| fail(format!("is not a PEM certificate bundle: {e}")))?;
-    if certs.is_empty() {
-        return Err(fail(
-            "holds no `-----BEGIN CERTIFICATE-----` block; name the PEM file of the CA that signed the API server's certificate".to_owned(),
-        ));
-    }
-    Ok(certs)
+        reason: e.reason,
+    })
 }
 
 /// Why a poll of the API server failed. Messages name the URL and endpoint,
