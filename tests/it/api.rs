@@ -216,7 +216,7 @@ rules:
 exceptions: {max_hours: 24, team_leads_may_lift: [gpu-cap]}
 "#;
 
-async fn call(
+pub(crate) async fn call(
     app: &axum::Router,
     key: &str,
     method: &str,
@@ -261,39 +261,12 @@ async fn live(store: &Store, team: &str, user: &str, name: &str) -> i64 {
     }
 }
 
-/// Every role × every admin API endpoint × its own team and another team:
-/// the status each gets follows the roles table (200 allowed, 403 denied
-/// with the role in the message; 404 where the thing is hidden).
-#[tokio::test]
-async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
-    let dir = TempDir::new("warden-api-matrix");
-    let path = dir.0.join("warden.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "storage: sqlite://{}\n{MATRIX_POLICY}",
-            dir.0.join("w.db").display()
-        ),
-    )
-    .unwrap();
-    let config = warden_server::config::load_config(&path).unwrap();
-    let store = Store::connect(config.storage.as_deref().unwrap())
-        .await
-        .unwrap();
-    let state = AppState::with_store(config.policy, None, Some(store.clone()));
-    state.apply_settings(config.settings);
-    let app = router(Arc::clone(&state));
-    let roles = [
-        Role::Admin,
-        Role::TeamLead,
-        Role::MlEngineer,
-        Role::InferenceOperator,
-        Role::Viewer,
-    ];
-    let mut keys = Vec::new();
-    for role in roles {
-        keys.push((role, key(&store, "ml", role).await));
-    }
+/// Walks every admin API endpoint for each of `callers` (bearer tokens of
+/// the five roles in team `ml`, in the order admin, team lead, ML engineer,
+/// inference operator, viewer), in its own team (`ml`) and in another
+/// (`cv`), and checks the status against the roles table.
+pub(crate) async fn walk_role_matrix(app: &axum::Router, callers: &[(Role, String)]) {
+    let keys = callers;
     let month = {
         let now = UnixMicros::from_system_time(std::time::SystemTime::now()).to_string();
         now[..7].to_owned()
@@ -384,7 +357,7 @@ async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
                     ("POST", "/api/v1/decisions") => Some(decision.clone()),
                     _ => None,
                 };
-                let (status, text) = call(&app, key, method, &uri, body).await;
+                let (status, text) = call(app, key, method, &uri, body).await;
                 assert_eq!(
                     status.as_u16(),
                     want,
@@ -399,6 +372,42 @@ async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
             }
         }
     }
+}
+
+/// Every role × every admin API endpoint × its own team and another team:
+/// the status each gets follows the roles table (200 allowed, 403 denied
+/// with the role in the message; 404 where the thing is hidden).
+#[tokio::test]
+async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
+    let dir = TempDir::new("warden-api-matrix");
+    let path = dir.0.join("warden.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "storage: sqlite://{}\n{MATRIX_POLICY}",
+            dir.0.join("w.db").display()
+        ),
+    )
+    .unwrap();
+    let config = warden_server::config::load_config(&path).unwrap();
+    let store = Store::connect(config.storage.as_deref().unwrap())
+        .await
+        .unwrap();
+    let state = AppState::with_store(config.policy, None, Some(store.clone()));
+    state.apply_settings(config.settings);
+    let app = router(Arc::clone(&state));
+    let roles = [
+        Role::Admin,
+        Role::TeamLead,
+        Role::MlEngineer,
+        Role::InferenceOperator,
+        Role::Viewer,
+    ];
+    let mut keys = Vec::new();
+    for role in roles {
+        keys.push((role, key(&store, "ml", role).await));
+    }
+    walk_role_matrix(&app, &keys).await;
 
     // Revoking a key: an admin anywhere, a team lead in its team; others
     // do not even see it (404) or may not (403).

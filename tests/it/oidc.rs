@@ -879,3 +879,70 @@ const RSA_N: &str = concat!(
     "_0LRLzu3a8_D51rnPUNZCH7eD741xVzh6hlloOYCbU2EXJz8YUqPcjZyEGJrWEe7OZeuNLx9JVYy",
     "i6-UKBEo50CtPaTvoT-fuXevyawbiUHd6bhPIw",
 );
+
+/// The role matrix of the admin API again, for people signed in with OIDC:
+/// each role comes from a group binding in team `ml` (an admin's over every
+/// team), and each walks every endpoint in its own team and another.
+#[tokio::test]
+async fn every_role_by_group_gets_what_the_roles_table_gives_at_every_endpoint() {
+    use warden_core::access::Role;
+    let issuer = Issuer::start().await;
+    let ec = Key::es256("ec-1");
+    issuer.publish(&[&ec]);
+    let dir = TempDir::new("warden-oidc-matrix");
+    let path = dir.0.join("warden.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "storage: sqlite://state.db\nteams:\n  ml: {{users: [kim]}}\n  cv: {{}}\nrules:\n  - {{name: gpu-cap, match: {{when: 'request.gpus > 8'}}, deny: \"at most 8\"}}\nexceptions: {{max_hours: 24, team_leads_may_lift: [gpu-cap]}}\nrole_bindings:\n  - {{group: g-admin, role: admin, teams: \"*\"}}\n  - {{group: g-lead, role: team-lead, team: ml}}\n  - {{group: g-ml, role: ml-engineer, team: ml}}\n  - {{group: g-io, role: inference-operator, team: ml}}\n  - {{group: g-view, role: viewer, team: ml}}\nidentity:\n  oidc:\n    issuer: {}\n    audience: {AUDIENCE}\n    algorithms: [ES256]\n",
+            issuer.url
+        ),
+    )
+    .unwrap();
+    let config = load_config(&path).unwrap();
+    let store = Store::connect(config.storage.as_deref().unwrap())
+        .await
+        .unwrap();
+    let state = AppState::with_store(config.policy, Some(path.clone()), Some(store.clone()));
+    state.apply_settings(config.settings);
+    state.set_oidc(Some(Arc::new(
+        OidcVerifier::new(config.oidc.unwrap()).unwrap(),
+    )));
+    let app = warden_server::router(Arc::clone(&state));
+    let mut callers = Vec::new();
+    for (role, group) in [
+        (Role::Admin, "g-admin"),
+        (Role::TeamLead, "g-lead"),
+        (Role::MlEngineer, "g-ml"),
+        (Role::InferenceOperator, "g-io"),
+        (Role::Viewer, "g-view"),
+    ] {
+        let mut claims = issuer.claims(&format!("{group}@acme.example"));
+        claims["groups"] = json!([group]);
+        callers.push((role, ec.mint(&claims)));
+    }
+    crate::api::walk_role_matrix(&app, &callers).await;
+    // Writes name the person.
+    let (status, text) = crate::api::call(
+        &app,
+        &callers[1].1,
+        "POST",
+        "/api/v1/keys",
+        Some(json!({"team": "ml", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (_, text) = crate::api::call(
+        &app,
+        &callers[0].1,
+        "GET",
+        "/api/v1/audit?kind=key.created&limit=1000",
+        None,
+    )
+    .await;
+    assert!(
+        text.contains("\"actor\":\"user:g-lead@acme.example\""),
+        "{text}"
+    );
+    store.close().await;
+}
