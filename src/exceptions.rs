@@ -27,8 +27,12 @@ pub enum ExceptionsCommand {
     Grant {
         /// Config file (its `storage` names the store; the team and the
         /// rule must be in it).
-        #[arg(long)]
-        config: std::path::PathBuf,
+        #[arg(long, required_unless_present = "server")]
+        config: Option<std::path::PathBuf>,
+        /// Use the admin API of this running Warden instead of the store,
+        /// with the token in `WARDEN_TOKEN` (see `warden keys --server`).
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
         /// The team.
         #[arg(long)]
         team: String,
@@ -49,8 +53,12 @@ pub enum ExceptionsCommand {
     /// List exceptions, newest first, with their state.
     List {
         /// Config file.
-        #[arg(long)]
-        config: std::path::PathBuf,
+        #[arg(long, required_unless_present = "server")]
+        config: Option<std::path::PathBuf>,
+        /// Use the admin API of this running Warden instead of the store,
+        /// with the token in `WARDEN_TOKEN` (see `warden keys --server`).
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
         /// Only this team.
         #[arg(long)]
         team: Option<String>,
@@ -58,8 +66,12 @@ pub enum ExceptionsCommand {
     /// End an exception now.
     Revoke {
         /// Config file.
-        #[arg(long)]
-        config: std::path::PathBuf,
+        #[arg(long, required_unless_present = "server")]
+        config: Option<std::path::PathBuf>,
+        /// Use the admin API of this running Warden instead of the store,
+        /// with the token in `WARDEN_TOKEN` (see `warden keys --server`).
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
         /// Its id (from `list`).
         id: i64,
     },
@@ -69,15 +81,52 @@ pub enum ExceptionsCommand {
 pub fn run(command: ExceptionsCommand) -> anyhow::Result<ExitCode> {
     match command {
         ExceptionsCommand::Grant {
-            config,
+            server: Some(server),
             team,
             user,
             rule,
             duration,
             reason,
+            ..
+        } => {
+            let d = parse_duration(&duration).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let hours = d.as_secs().div_ceil(3600);
+            if hours == 0 {
+                anyhow::bail!("--for: over --server an exception lasts whole hours (`1h` or more)");
+            }
+            let body = serde_json::json!({"team": team, "user": user, "rule": rule, "hours": hours, "reason": reason});
+            crate::remote::exceptions_grant(&server, body)
+        }
+        ExceptionsCommand::Grant {
+            config: Some(config),
+            team,
+            user,
+            rule,
+            duration,
+            reason,
+            ..
         } => grant(&config, &team, user.as_deref(), &rule, &duration, &reason),
-        ExceptionsCommand::List { config, team } => list(&config, team.as_deref()),
-        ExceptionsCommand::Revoke { config, id } => revoke(&config, id),
+        ExceptionsCommand::List {
+            server: Some(server),
+            team,
+            ..
+        } => crate::remote::exceptions_list(&server, team.as_deref()),
+        ExceptionsCommand::List {
+            config: Some(config),
+            team,
+            ..
+        } => list(&config, team.as_deref()),
+        ExceptionsCommand::Revoke {
+            server: Some(server),
+            id,
+            ..
+        } => crate::remote::exceptions_revoke(&server, id),
+        ExceptionsCommand::Revoke {
+            config: Some(config),
+            id,
+            ..
+        } => revoke(&config, id),
+        _ => anyhow::bail!("give --config FILE (the store) or --server URL (the admin API)"),
     }
 }
 

@@ -29,8 +29,13 @@ pub enum KeysCommand {
     Create {
         /// Config file (its `storage` names the store; the team must be in
         /// its `teams`).
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        /// Use the admin API of this running Warden (`https://...`, or
+        /// `http://` to this machine) instead of the store, with the token in
+        /// `WARDEN_TOKEN`; what may be done is then the token's role's.
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
         /// The team the key acts for.
         #[arg(long)]
         team: String,
@@ -55,8 +60,13 @@ pub enum KeysCommand {
     /// List keys: ids, teams, users, names, instants, state; never secrets.
     List {
         /// Config file (its `storage` names the store).
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        /// Use the admin API of this running Warden (`https://...`, or
+        /// `http://` to this machine) instead of the store, with the token in
+        /// `WARDEN_TOKEN`; what may be done is then the token's role's.
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
         /// Only this team.
         #[arg(long)]
         team: Option<String>,
@@ -64,8 +74,13 @@ pub enum KeysCommand {
     /// Revoke a key now.
     Revoke {
         /// Config file (its `storage` names the store).
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        /// Use the admin API of this running Warden (`https://...`, or
+        /// `http://` to this machine) instead of the store, with the token in
+        /// `WARDEN_TOKEN`; what may be done is then the token's role's.
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
         /// The key's id (from `list`).
         id: String,
     },
@@ -91,12 +106,40 @@ pub enum KeysCommand {
 pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Create {
-            config,
+            server: Some(server),
             team,
             user,
             role,
             expires,
             name,
+            ..
+        } => {
+            let (never, days) = match expires.as_deref().map(str::trim) {
+                None => (false, None),
+                Some("never") => (true, None),
+                Some(e) => {
+                    let d = parse_duration(e).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+                    let days = d.as_secs().div_ceil(86_400);
+                    if days == 0 {
+                        anyhow::bail!("--expires: over --server a key lives at least a day (`1d`)");
+                    }
+                    (false, Some(days))
+                }
+            };
+            let body = serde_json::json!({
+                "team": team, "role": role, "user": user, "name": name,
+                "never_expires": never, "expires_days": days,
+            });
+            crate::remote::keys_create(&server, body)
+        }
+        KeysCommand::Create {
+            config: Some(config),
+            team,
+            user,
+            role,
+            expires,
+            name,
+            ..
         } => create(
             &config,
             &team,
@@ -105,8 +148,29 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
             expires.as_deref(),
             name.as_deref(),
         ),
-        KeysCommand::List { config, team } => list(&config, team.as_deref()),
-        KeysCommand::Revoke { config, id } => revoke(&config, &id),
+        KeysCommand::List {
+            server: Some(server),
+            team,
+            ..
+        } => crate::remote::keys_list(&server, team.as_deref()),
+        KeysCommand::List {
+            config: Some(config),
+            team,
+            ..
+        } => list(&config, team.as_deref()),
+        KeysCommand::Revoke {
+            server: Some(server),
+            id,
+            ..
+        } => crate::remote::keys_revoke(&server, &id),
+        KeysCommand::Revoke {
+            config: Some(config),
+            id,
+            ..
+        } => revoke(&config, &id),
+        KeysCommand::Create { .. } | KeysCommand::List { .. } | KeysCommand::Revoke { .. } => {
+            anyhow::bail!("give --config FILE (the store) or --server URL (the admin API)")
+        }
         KeysCommand::Rotate {
             config,
             id,

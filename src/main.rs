@@ -20,6 +20,7 @@ mod admin;
 mod doctor;
 mod exceptions;
 mod keys;
+mod remote;
 mod report;
 mod table;
 

@@ -575,3 +575,148 @@ async fn every_role_gets_what_the_roles_table_gives_at_every_endpoint() {
     }
     store.close().await;
 }
+
+/// `warden` with `WARDEN_TOKEN` set to `token`.
+fn warden_as(token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .env("WARDEN_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A team lead manages its team's keys and exceptions from the command
+/// line over the admin API (`--server`, token in `WARDEN_TOKEN`), with its
+/// role's limits, against the real `warden serve`.
+#[test]
+fn the_cli_manages_keys_and_exceptions_over_the_admin_api() {
+    let dir = TempDir::new("warden-api-cli");
+    let config = dir.0.join("warden.yaml");
+    let db = dir.0.join("state.db");
+    std::fs::write(
+        &config,
+        format!("storage: sqlite://{}\n{MATRIX_POLICY}", db.display()),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = crate::cli::warden(&[
+        "keys",
+        "create",
+        "--config",
+        cfg,
+        "--team",
+        "ml",
+        "--role",
+        "team-lead",
+        "--user",
+        "lee",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lead = out.trim().to_owned();
+    let server = crate::skypilot_client::Server::start_with_storage(
+        &config,
+        &format!("sqlite://{}", db.display()),
+    );
+    let url = format!("http://{}", server.addr);
+
+    let (code, out, err) = warden_as(
+        &lead,
+        &[
+            "keys",
+            "create",
+            "--server",
+            &url,
+            "--team",
+            "ml",
+            "--role",
+            "viewer",
+            "--expires",
+            "30d",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let made = out.trim().to_owned();
+    assert!(
+        made.starts_with("wdn_") && out.lines().count() == 1,
+        "{out}"
+    );
+    assert!(
+        err.contains("viewer key") && err.contains("only time the key is shown"),
+        "{err}"
+    );
+    let (code, out, err) = warden_as(&lead, &["keys", "list", "--server", &url, "--team", "ml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&made[4..20]) && out.contains("viewer") && !out.contains(&made[21..]),
+        "{out}"
+    );
+    // Limits of the role hold over the API.
+    let (code, _, err) = warden_as(
+        &lead,
+        &[
+            "keys", "create", "--server", &url, "--team", "ml", "--role", "admin",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("answered 403") && err.contains("not `admin`"),
+        "{err}"
+    );
+    let (code, _, err) = warden_as(&lead, &["keys", "list", "--server", &url, "--team", "cv"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("answered 403") && err.contains("no role in team `cv`"),
+        "{err}"
+    );
+    let (code, out, err) = warden_as(&lead, &["keys", "revoke", "--server", &url, &made[4..20]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked viewer key"), "{out}");
+
+    let (code, out, err) = warden_as(
+        &lead,
+        &[
+            "exceptions",
+            "grant",
+            "--server",
+            &url,
+            "--team",
+            "ml",
+            "--rule",
+            "gpu-cap",
+            "--for",
+            "2h",
+            "--reason",
+            "deadline",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("granted exception 1: team `ml` may go past `gpu-cap`"),
+        "{out}"
+    );
+    let (code, out, err) = warden_as(
+        &lead,
+        &["exceptions", "list", "--server", &url, "--team", "ml"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("deadline") && out.contains("1 exception(s)"),
+        "{out}"
+    );
+    let (code, out, err) = warden_as(&lead, &["exceptions", "revoke", "--server", &url, "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked exception 1"), "{out}");
+
+    // The token never crosses a network in clear; a token is required.
+    let (code, _, err) = warden_as(&lead, &["keys", "list", "--server", "http://10.0.0.1:8080"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("would send your token in clear"), "{err}");
+    let (code, _, err) = warden_as("", &["keys", "list", "--server", &url]);
+    assert_eq!(code, 1);
+    assert!(err.contains("WARDEN_TOKEN"), "{err}");
+}
