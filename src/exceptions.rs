@@ -6,14 +6,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use warden_core::TeamName;
-use warden_server::config::{load_config, Config, ExceptionSettings};
-use warden_store::{NewException, Store, StoredException, UnixMicros};
+use warden_server::config::ExceptionSettings;
+use warden_store::{NewException, StoredException, UnixMicros};
 
 use crate::admin::{now, runtime};
-use crate::keys::parse_duration;
+use crate::keys::{open, parse_duration};
 use crate::table::{Align, Table};
 
 /// The longest reason kept.
@@ -128,17 +127,6 @@ pub fn run(command: ExceptionsCommand) -> anyhow::Result<ExitCode> {
         } => revoke(&config, id),
         _ => anyhow::bail!("give --config FILE (the store) or --server URL (the admin API)"),
     }
-}
-
-async fn open(config: &Path) -> anyhow::Result<(Config, Store)> {
-    let cfg = load_config(config).map_err(anyhow::Error::msg)?;
-    let Some(url) = cfg.storage.as_deref() else {
-        anyhow::bail!("{}: `storage: none` names no store", config.display());
-    };
-    let store = Store::connect(url)
-        .await
-        .with_context(|| format!("cannot open the store named by {}", config.display()))?;
-    Ok((cfg, store))
 }
 
 fn grant(

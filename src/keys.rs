@@ -228,7 +228,7 @@ pub fn parse_expiry(text: &str, now: UnixMicros) -> Result<Option<UnixMicros>, S
 }
 
 /// The config and the store it names.
-async fn open(config: &Path) -> anyhow::Result<(Config, Store)> {
+pub(crate) async fn open(config: &Path) -> anyhow::Result<(Config, Store)> {
     let cfg = load_config(config).map_err(anyhow::Error::msg)?;
     let Some(url) = cfg.storage.as_deref() else {
         anyhow::bail!("{}: `storage: none` names no store", config.display());
