@@ -113,10 +113,14 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document (open, like the
-/// API's shape; every call it describes needs a key).
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document, for any caller
+/// with a valid credential (no endpoint but the health checks is open).
+async fn openapi(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<utoipa::openapi::OpenApi>, DoorError> {
+    caller(&state, &headers).await?;
+    Ok(Json(<ApiDoc as utoipa::OpenApi>::openapi()))
 }
 
 /// The caller of an admin endpoint: its key, checked in the store.
