@@ -18,6 +18,7 @@ use crate::secret::SecretSource;
 
 mod identity;
 mod problems;
+mod quote;
 mod vast;
 pub use identity::{
     check_fetch_url, OidcConfig, ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_GROUPS_CLAIM,
@@ -566,7 +567,7 @@ fn prefixed(path: &Path, lines: impl IntoIterator<Item = String>) -> String {
             format!(
                 "{}: {}",
                 path.display(),
-                problems::cap(&problems::clip_quoted(&l))
+                quote::cap(&quote::clip_quoted(&l))
             )
         })
         .collect::<Vec<_>>()

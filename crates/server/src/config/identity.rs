@@ -107,7 +107,7 @@ pub fn is_loopback(url: &Url) -> bool {
 /// Checks a URL Warden fetches keys from: `https`, or `http` to this
 /// machine; no credentials, query or fragment. `what` names it in errors.
 pub fn check_fetch_url(what: &str, text: &str) -> Result<Url, String> {
-    let shown = super::problems::clip(text);
+    let shown = super::quote::clip(text);
     // Credentials are refused before anything could echo them.
     let authority = text
         .split_once("://")
@@ -256,7 +256,7 @@ fn parse_algorithms(list: &[String]) -> (Vec<Algorithm>, Vec<String>) {
             Ok(a) => algs.push(a),
             Err(_) => problems.push(format!(
                 "{at}: `{}` is not a JWS algorithm Warden knows; use {}",
-                super::problems::clip(t),
+                super::quote::clip(t),
                 names(ASYMMETRIC_ALGORITHMS)
             )),
         }

@@ -14,6 +14,7 @@ use saphyr_parser::{Event, Parser};
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
+use super::quote::{cap, clip, clip_quoted};
 use super::{vast, BudgetAlertsFile, SkypilotApiFile};
 use warden_core::policy::{PriceSpec, RuleSpec, TeamFromLabel, TeamSpec};
 
@@ -36,15 +37,6 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "exceptions",
     "identity",
 ];
-
-/// How much of a long quoted value an error message repeats; the rest is
-/// replaced by its length.
-const MAX_QUOTED_CHARS: usize = 60;
-/// Quoted values up to this long are repeated whole (a clipped value is
-/// shorter than this, so clipping twice changes nothing).
-const CLIP_OVER_CHARS: usize = 120;
-/// The longest a single problem line gets.
-const MAX_PROBLEM_CHARS: usize = 1500;
 
 /// The problems of a config text that does not deserialize, each as
 /// `path: problem (line N)`. Empty when the text is not a mapping of
@@ -253,51 +245,6 @@ pub(super) fn key_lines(text: &str) -> HashMap<String, usize> {
         }
     }
     lines
-}
-
-/// Shortens every quoted run (`"..."` or `` `...` ``) longer than
-/// [`MAX_QUOTED_CHARS`] to its start and its length.
-pub(super) fn clip_quoted(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len().min(MAX_PROBLEM_CHARS * 2));
-    let mut rest = msg;
-    while let Some(open) = rest.find(['"', '`']) {
-        let quote = rest.as_bytes().get(open).copied().unwrap_or(b'"') as char;
-        out.push_str(rest.get(..=open).unwrap_or(""));
-        let after = rest.get(open + 1..).unwrap_or("");
-        let Some(close) = after.find(quote) else {
-            rest = after;
-            break;
-        };
-        let inner = after.get(..close).unwrap_or("");
-        out.push_str(&clip(inner));
-        out.push(quote);
-        rest = after.get(close + 1..).unwrap_or("");
-    }
-    out.push_str(&clip_tail(rest));
-    out
-}
-
-/// `text` if short, else its first [`MAX_QUOTED_CHARS`] characters and how
-/// long it was.
-pub(super) fn clip(text: &str) -> String {
-    if text.chars().count() <= CLIP_OVER_CHARS {
-        return text.to_owned();
-    }
-    let head: String = text.chars().take(MAX_QUOTED_CHARS).collect();
-    format!("{head}… ({} bytes in all)", text.len())
-}
-
-fn clip_tail(text: &str) -> String {
-    if text.chars().count() <= MAX_PROBLEM_CHARS {
-        return text.to_owned();
-    }
-    let head: String = text.chars().take(MAX_PROBLEM_CHARS).collect();
-    format!("{head}… ({} bytes in all)", text.len())
-}
-
-/// One problem line at most [`MAX_PROBLEM_CHARS`] characters long.
-pub(super) fn cap(line: &str) -> String {
-    clip_tail(line)
 }
 
 #[cfg(test)]
