@@ -20,6 +20,7 @@ pub mod eval;
 pub mod exception;
 pub mod expr;
 pub mod ids;
+pub mod kubernetes;
 pub mod money;
 pub mod policy;
 pub mod price;
@@ -33,6 +34,7 @@ pub use decision::{
 pub use error::{IdError, MoneyError, PolicyError, PolicyProblem, YamlDepthError};
 pub use eval::{get_path, set_path};
 pub use ids::{GpuModel, RuleName, TeamName};
+pub use kubernetes::{KubernetesTeam, KubernetesTeamSpec};
 pub use money::Usd;
 pub use policy::{
     normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team,

@@ -103,6 +103,7 @@ impl Application {
             settings,
             vast,
             oidc,
+            kubernetes: _,
         } = config;
         let store = match &storage {
             Some(url) => Some(

@@ -3,7 +3,7 @@
 //! One YAML file holds the policy (`default_team`, `team_from_label`,
 //! `teams`, `prices`, `rules`, validated by the core) and the server's own settings
 //! (`storage`, `skypilot_api`, `skypilot`, `time_zone`, `budget_alerts`,
-//! `vast`, `keys`, `identity`). Unknown keys are errors.
+//! `vast`, `keys`, `identity`, `kubernetes`). Unknown keys are errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,12 +17,17 @@ use crate::doors::skypilot::sync::client::{ApiUrl, SKYPILOT_TOKEN};
 use crate::secret::SecretSource;
 
 mod identity;
+mod kubernetes;
 mod problems;
 mod quote;
 mod vast;
 pub use identity::{
     check_fetch_url, OidcConfig, ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_GROUPS_CLAIM,
     DEFAULT_USER_CLAIM,
+};
+pub use kubernetes::{
+    FailurePolicy, KubernetesConfig, PodTemplatePaths, DEFAULT_GPU_MODEL_LABELS,
+    DEFAULT_GPU_RESOURCES,
 };
 pub use vast::{PreDestroy, VastConfig, DEFAULT_KEY_ENV, VAST_CONSOLE_URL, VAST_KEY};
 
@@ -78,6 +83,8 @@ struct ConfigFile {
     exceptions: Option<ExceptionsFile>,
     #[serde(default)]
     identity: Option<identity::IdentityFile>,
+    #[serde(default)]
+    kubernetes: Option<kubernetes::KubernetesFile>,
 }
 
 /// `exceptions` as written.
@@ -445,6 +452,8 @@ pub struct Config {
     pub vast: VastConfig,
     /// OIDC sign-in (`identity.oidc`), if configured.
     pub oidc: Option<OidcConfig>,
+    /// The Kubernetes door (`kubernetes`; defaults when absent).
+    pub kubernetes: KubernetesConfig,
 }
 
 /// `skypilot_api`: where the usage sync reads the live cluster list.
@@ -692,6 +701,11 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         None
     });
     let vast = vast::vast_config(path, file.vast.unwrap_or_default());
+    let kubernetes = kubernetes::kubernetes_config(path, file.kubernetes.unwrap_or_default())
+        .unwrap_or_else(|e| {
+            settings_problems.extend(e);
+            KubernetesConfig::default()
+        });
     let time_zone = match file.time_zone.as_deref().map(str::trim) {
         None => warden_store::TimeZone::UTC,
         Some(name) => warden_store::parse_time_zone(name).unwrap_or_else(|e| {
@@ -750,6 +764,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
                 settings,
                 vast,
                 oidc,
+                kubernetes,
             })
         }
         (policy, storage, api, vast) => {

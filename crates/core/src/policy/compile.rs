@@ -92,6 +92,7 @@ impl Policy {
         let mut by_name = HashMap::new();
         let mut by_user: HashMap<String, usize> = HashMap::new();
         let mut by_workspace: HashMap<String, usize> = HashMap::new();
+        let mut by_namespace: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::new();
 
         for (raw_name, t) in &spec.teams {
@@ -130,6 +131,21 @@ impl Policy {
             let budgets = compile_budgets(&mut p, &path, t.budgets.as_ref());
             let (vast, problems) = crate::vast::compile(&path, t.vast.as_ref());
             problems.into_iter().for_each(|(at, msg)| p.add(at, msg));
+            let (kubernetes, problems) =
+                crate::kubernetes::compile(&path, name.as_str(), t.kubernetes.as_ref());
+            problems.into_iter().for_each(|(at, msg)| p.add(at, msg));
+            if let Some(ns) = &kubernetes.namespace {
+                if let Some(prev) = by_namespace.insert(ns.clone(), idx) {
+                    let other = teams.get(prev).map_or("?", |t: &Team| t.name.as_str());
+                    p.add(
+                        format!("{path}.kubernetes.namespace"),
+                        format!(
+                            "namespace `{ns}` already belongs to team `{other}`; give each \
+                             team its own (`teams.<t>.kubernetes.namespace`)"
+                        ),
+                    );
+                }
+            }
             teams.push(Team {
                 name,
                 users: t.users.clone(),
@@ -137,6 +153,7 @@ impl Policy {
                 quotas,
                 budgets,
                 vast,
+                kubernetes,
             });
         }
 
@@ -245,6 +262,7 @@ impl Policy {
             by_name,
             by_user,
             by_workspace,
+            by_namespace,
             default_team,
             team_from_label: spec.team_from_label,
             prices,

@@ -82,6 +82,8 @@ pub struct Team {
     pub budgets: Budgets,
     /// Options at the Vast door.
     pub vast: crate::vast::VastTeam,
+    /// Namespace and caps on a Kubernetes cluster.
+    pub kubernetes: crate::kubernetes::KubernetesTeam,
 }
 
 /// How a request was resolved to a team.
@@ -212,6 +214,7 @@ pub struct Policy {
     pub(super) by_name: HashMap<TeamName, usize>,
     pub(super) by_user: HashMap<String, usize>,
     pub(super) by_workspace: HashMap<String, usize>,
+    pub(super) by_namespace: HashMap<String, usize>,
     pub(super) default_team: Option<usize>,
     pub(super) team_from_label: TeamFromLabel,
     pub(crate) prices: PriceTable,
@@ -244,6 +247,14 @@ impl Policy {
     /// A team by name.
     pub fn team(&self, name: &TeamName) -> Option<&Team> {
         self.by_name.get(name).and_then(|i| self.teams.get(*i))
+    }
+
+    /// The team that owns Kubernetes namespace `namespace`
+    /// (`teams.<t>.kubernetes.namespace`, default the team name).
+    pub fn team_of_namespace(&self, namespace: &str) -> Option<&Team> {
+        self.by_namespace
+            .get(namespace)
+            .and_then(|i| self.teams.get(*i))
     }
 
     /// The teams, in config order.

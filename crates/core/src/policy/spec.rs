@@ -73,6 +73,9 @@ pub struct TeamSpec {
     /// Offer constraints and budget action at the Vast door.
     #[serde(default)]
     pub vast: Option<crate::vast::VastTeamSpec>,
+    /// Namespace and caps on a Kubernetes cluster.
+    #[serde(default)]
+    pub kubernetes: Option<crate::kubernetes::KubernetesTeamSpec>,
 }
 
 /// Team budgets as written.
