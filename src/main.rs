@@ -69,6 +69,10 @@ enum Command {
         /// trust, e.g. behind a TLS-terminating proxy on the same host.
         #[arg(long, conflicts_with = "tls_cert")]
         insecure_http: bool,
+        /// Threads serving HTTP, each with its own event loop (1 to 256;
+        /// default: one per CPU).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        http_threads: Option<u16>,
     },
     /// Validate a config file; exit 0 if valid, 1 with every problem if not.
     Check {
@@ -287,12 +291,14 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             insecure_http,
+            http_threads,
         } => serve(
             config,
             listen,
             storage,
             tls_cert.zip(tls_key),
             insecure_http,
+            http_threads.map(usize::from),
         ),
         Command::Check { config } => check(&config),
         Command::Test { config, cases } => test(config, &cases),
@@ -355,6 +361,7 @@ fn serve(
     storage: Option<String>,
     tls: Option<(PathBuf, PathBuf)>,
     insecure_http: bool,
+    http_threads: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     let _log_guard = init_logging();
     let mut cfg = load_config(&config).map_err(anyhow::Error::msg)?;
@@ -373,6 +380,10 @@ fn serve(
         let app = Application::build(cfg, &config, &listen)
             .await?
             .with_transport(tls, insecure_http);
+        let app = match http_threads {
+            Some(n) => app.with_http_threads(n),
+            None => app,
+        };
         app.run_until_signal().await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -82,7 +82,18 @@ pub struct Application {
     /// `serve --insecure-http`: credentials over plain HTTP from other
     /// machines are accepted.
     insecure_http: bool,
+    /// Threads serving HTTP, each with its own event loop
+    /// ([`Application::with_http_threads`]).
+    http_threads: usize,
 }
+
+/// Threads serving HTTP by default: one per CPU Warden may use.
+pub fn default_http_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// The most HTTP threads `serve --http-threads` accepts.
+pub const MAX_HTTP_THREADS: usize = 256;
 
 impl Application {
     /// Wires what `config` (loaded from `config_path`) describes and binds
@@ -207,6 +218,7 @@ impl Application {
                         _embedded_sim: None,
                         tls: None,
                         insecure_http: false,
+                        http_threads: default_http_threads(),
                     })
                 }
                 Err(e) => last = Some(e),
@@ -234,6 +246,22 @@ impl Application {
         }
         self.tls = tls;
         self.insecure_http = insecure_http;
+        self
+    }
+
+    /// Serves HTTP on `n` threads (at least 1, at most
+    /// [`MAX_HTTP_THREADS`]; default [`default_http_threads`]).
+    ///
+    /// Each thread runs its own single-threaded event loop and accepts
+    /// connections from the one listening socket; a connection stays on the
+    /// thread that accepted it. The shared state (policy, store, key cache)
+    /// is the same for all. Against one work-stealing runtime this saves
+    /// the wake-ups and hand-overs between threads that cost more than the
+    /// door's own work at high request rates (see `bench/README.md`).
+    /// Background work (store writer, syncs, alerts) stays on the runtime
+    /// that calls [`Application::run`].
+    pub fn with_http_threads(mut self, n: usize) -> Self {
+        self.http_threads = n.clamp(1, MAX_HTTP_THREADS);
         self
     }
 
@@ -298,47 +326,110 @@ impl Application {
         self.run(shutdown).await
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then drains in-flight requests on
+    /// every HTTP thread.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         // The peer's address: the SkyPilot door trusts server-side
         // requests only from `skypilot.trusted_servers`.
-        let app = router(self.state);
-        match self.tls {
-            Some(tls) => {
-                // TapIo only to reach axum's ConnectInfo for the listener's
-                // SocketAddr; the TLS listener sets TCP_NODELAY itself.
-                let listener = tls.listener(self.listener)?.tap_io(|_| {});
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await?;
-            }
-            None => {
-                // Answers are small and complete: send them at once (no
-                // Nagle delay).
-                let listener = self.listener.tap_io(|tcp| {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY");
-                    }
-                });
-                let app = if self.insecure_http {
-                    app
-                } else {
-                    app.layer(axum::middleware::from_fn(
-                        crate::tls::refuse_credentials_in_clear,
-                    ))
-                };
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await?;
+        let mut app = router(self.state);
+        if self.tls.is_none() && !self.insecure_http {
+            app = app.layer(axum::middleware::from_fn(
+                crate::tls::refuse_credentials_in_clear,
+            ));
+        }
+        let listener = self.listener.into_std()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..self.http_threads {
+            let listener = listener.try_clone()?;
+            let (app, tls, mut stopped, done_tx) = (
+                app.clone(),
+                self.tls.clone(),
+                stopped.clone(),
+                done_tx.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("warden-http-{i}"))
+                .spawn(move || {
+                    let stop = async move {
+                        // A dropped sender (the caller gave up) stops too.
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|rt| rt.block_on(serve_thread(listener, app, tls, stop)));
+                    let _ = done_tx.send(result);
+                })?;
+        }
+        drop((listener, done_tx));
+        let mut running = self.http_threads;
+        let mut first_error = None;
+        tokio::pin!(shutdown);
+        // Until the signal, or until a thread ends on its own (an error).
+        tokio::select! {
+            () = &mut shutdown => {}
+            Some(result) = done.recv() => {
+                running -= 1;
+                first_error = result.err();
             }
         }
-        tracing::info!("stopped");
-        Ok(())
+        let _ = stop.send(true);
+        while running > 0 {
+            match done.recv().await {
+                Some(result) => {
+                    running -= 1;
+                    if let (None, Err(e)) = (&first_error, result) {
+                        first_error = Some(e);
+                    }
+                }
+                None => break,
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One HTTP thread: accepts on its copy of the listening socket and serves
+/// until `stop`, then drains its connections.
+async fn serve_thread(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    tls: Option<TlsFiles>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            // TapIo only to reach axum's ConnectInfo for the listener's
+            // SocketAddr; the TLS listener sets TCP_NODELAY itself.
+            let listener = tls.listener(listener)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            // Answers are small and complete: send them at once (no Nagle
+            // delay).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
     }
 }
 
