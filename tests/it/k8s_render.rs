@@ -746,6 +746,22 @@ fn diff_refuses_bad_exports_with_exit_2() {
         err.contains("cannot read `/nonexistent/live.json`"),
         "{err}"
     );
+    // Larger than 64 MiB (a sparse file): refused, not truncated.
+    let big = f.dir.0.join("big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let (code, _, err) = warden(&[
+        "k8s",
+        "diff",
+        "--config",
+        &config,
+        "--live",
+        big.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is larger than 67108864 bytes"), "{err}");
     let bad_config = f.file("bad.yaml", "teams: {a: {nonsense: 1}}\n");
     let live = f.file("live.json", r#"{"kind":"List","items":[]}"#);
     let (code, _, err) = warden(&["k8s", "diff", "--config", &bad_config, "--live", &live]);

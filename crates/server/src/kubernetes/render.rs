@@ -273,12 +273,17 @@ fn metadata(name: &str, team: Option<&Team>, ns: Option<&str>) -> Value {
     m
 }
 
+/// The namespace, labelled with the team's `kubernetes.labels` and then
+/// Warden's own (which win: `diff` knows Warden's objects by them).
 fn namespace(team: &Team, ns: &str) -> Value {
-    let mut labels = labels(Some(team));
-    if let Some(l) = labels.as_object_mut() {
-        for (k, v) in &team.kubernetes.labels {
-            l.insert(k.clone(), json!(v));
-        }
+    let mut labels: Map<String, Value> = team
+        .kubernetes
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if let Value::Object(own) = self::labels(Some(team)) {
+        labels.extend(own);
     }
     json!({
         "apiVersion": "v1",
