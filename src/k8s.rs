@@ -25,14 +25,17 @@ pub enum K8sCommand {
     Render {
         #[command(flatten)]
         args: RenderArgs,
+        /// Only this team's objects.
+        #[arg(long)]
+        team: Option<String>,
         /// `yaml` (a `---` stream, default) or `json` (a `v1` `List`).
         #[arg(long, value_enum, default_value = "yaml")]
         format: Format,
     },
-    /// Compare the rendered objects with a cluster export (`kubectl get
-    /// ns,resourcequota,limitrange,rolebinding,clusterrole,networkpolicy,
-    /// validatingwebhookconfiguration,mutatingwebhookconfiguration -A -o
-    /// json`) and name every drift; exit 0 none, 1 drift, 2 error.
+    /// Compare the rendered objects (every team) with a cluster export and
+    /// name every drift; exit 0 none, 1 drift, 2 error. Export with
+    /// `kubectl get <kinds> -A -o json`, kinds:
+    /// `ns,resourcequota,limitrange,rolebinding,clusterrole,networkpolicy,validatingwebhookconfiguration,mutatingwebhookconfiguration`.
     Diff {
         #[command(flatten)]
         args: RenderArgs,
@@ -48,9 +51,6 @@ pub struct RenderArgs {
     /// Config file.
     #[arg(long)]
     config: PathBuf,
-    /// Only this team's objects (render only).
-    #[arg(long)]
-    team: Option<String>,
     /// Warden's base URL as the API server reaches it
     /// (`https://warden.warden-system.svc:8443`); renders the webhook
     /// registrations for `POST /k8s/admission`. Needs --ca-file.
@@ -74,8 +74,8 @@ pub enum Format {
 /// Runs a `k8s` command.
 pub fn run(command: K8sCommand) -> anyhow::Result<ExitCode> {
     match command {
-        K8sCommand::Render { args, format } => {
-            let rendered = render_args(&args)?;
+        K8sCommand::Render { args, team, format } => {
+            let rendered = render_args(&args, team)?;
             warn(&rendered);
             match format {
                 Format::Yaml => print!("{}", rendered.to_yaml()),
@@ -99,16 +99,13 @@ fn warn(rendered: &Rendered) {
     }
 }
 
-fn render_args(args: &RenderArgs) -> anyhow::Result<Rendered> {
+fn render_args(args: &RenderArgs, team: Option<String>) -> anyhow::Result<Rendered> {
     let config = load_config(&args.config).map_err(anyhow::Error::msg)?;
     let webhook = match (&args.webhook, &args.ca_file) {
         (Some(url), Some(ca)) => Some(WebhookTarget::new(url, read_bounded(ca, MAX_CA_BYTES)?)?),
         _ => None,
     };
-    let opts = RenderOptions {
-        team: args.team.clone(),
-        webhook,
-    };
+    let opts = RenderOptions { team, webhook };
     Ok(render::render(&config.policy, &config.kubernetes, &opts)?)
 }
 
@@ -132,13 +129,8 @@ fn read_bounded(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
 }
 
 fn diff_cmd(args: &RenderArgs, live: &Path) -> anyhow::Result<ExitCode> {
-    if args.team.is_some() {
-        anyhow::bail!(
-            "--team is not supported by `k8s diff`: it compares every team, so that objects of \
-             removed teams show as extra"
-        );
-    }
-    let rendered = render_args(args)?;
+    // Every team, so that the objects of a removed team show as extra.
+    let rendered = render_args(args, None)?;
     warn(&rendered);
     let bytes = read_bounded(live, MAX_LIVE_BYTES)?;
     let live_objects = diff::parse_live(&bytes).with_context(|| format!("`{}`", live.display()))?;

@@ -631,6 +631,33 @@ fn diff_is_clean_for_a_faithful_export_and_names_planted_drift() {
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("no drift"), "{err}");
 
+    // The same export on stdin (`--live -`).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["k8s", "diff", "--config", &config, "--live", "-"])
+        .args([
+            "--webhook",
+            "https://warden.warden-system.svc:8443",
+            "--ca-file",
+            &f.ca(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(live.to_string().as_bytes()).unwrap();
+    }
+    let piped = child.wait_with_output().unwrap();
+    assert_eq!(
+        piped.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+
     let mut planted = live.clone();
     let list = planted["items"].as_array_mut().unwrap();
     // Missing: the serving namespace.
