@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python venv holding the real client packages that
-# Warden's compatibility tests drive (tests/client/, tests/it/skypilot_client.rs).
+# Warden's compatibility tests drive (tests/client/, tests/it/skypilot_client.rs),
+# and the Kubernetes schema validator (tests/it/k8s_render.rs).
 #
 # The venv lives outside the repo, at ${WARDEN_VENV:-$HOME/.cache/warden/venv}.
 # A stamp file inside it records the pinned requirement list it was built
@@ -19,6 +20,10 @@ set -euo pipefail
 REQUIREMENTS=(
   "skypilot==0.14.1"
   "vastai==1.9.1"
+  # Kubernetes API schemas: `warden k8s render` output is validated against
+  # them (tests/it/k8s_render.rs); it brings PyYAML, which reads the YAML
+  # output back as a YAML 1.1 reader would.
+  "kubernetes-validate==1.37.0"
 )
 
 VENV="${WARDEN_VENV:-${HOME:?HOME is not set; set HOME or WARDEN_VENV}/.cache/warden/venv}"

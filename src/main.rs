@@ -19,6 +19,7 @@ mod access;
 mod admin;
 mod doctor;
 mod exceptions;
+mod k8s;
 mod keys;
 mod remote;
 mod report;
@@ -140,6 +141,11 @@ enum Command {
     /// Who may do what, by the config's `role_bindings`: `can-i`, `who-can`.
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Kubernetes: `render` the objects of each team's namespace (and the
+    /// webhook registrations) for `kubectl apply`, `diff` them with a
+    /// cluster export.
+    #[command(subcommand)]
+    K8s(k8s::K8sCommand),
     /// Time-limited exceptions in the store: grant, list, revoke.
     #[command(subcommand)]
     Exceptions(exceptions::ExceptionsCommand),
@@ -323,6 +329,7 @@ fn main() -> ExitCode {
         Command::Exceptions(command) => exceptions::run(command),
         Command::Doctor(args) => doctor::run(&args),
         Command::Access(command) => access::run(command),
+        Command::K8s(command) => k8s::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
         Command::Sim {
             listen,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gate;
 pub mod http_client;
 mod json_text;
+pub mod kubernetes;
 pub mod logging;
 pub mod oidc;
 pub mod recorder;

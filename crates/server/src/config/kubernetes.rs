@@ -154,6 +154,10 @@ pub struct KubernetesConfig {
 }
 
 impl Default for KubernetesConfig {
+    #[expect(
+        clippy::expect_used,
+        reason = "the defaults are valid (test `defaults_name_nvidia_amd_and_coreweave`)"
+    )]
     fn default() -> Self {
         kubernetes_config(Path::new(""), KubernetesFile::default()).expect("the defaults are valid")
     }

@@ -23,7 +23,7 @@
 mod apply;
 mod normalize;
 pub mod sync;
-mod wire;
+pub(crate) mod wire;
 pub mod yaml;
 
 pub use apply::Rewrite;
