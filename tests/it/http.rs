@@ -316,6 +316,76 @@ async fn the_application_is_built_from_a_config_as_serve_builds_it() {
     served.await.unwrap().unwrap();
 }
 
+/// `serve --http-threads N`: every thread answers (many connections at
+/// once, each answered), a shutdown lets a request already on its way
+/// finish on whichever thread holds it, and then the port is closed (no
+/// thread keeps a copy of the listening socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_thread_serves_and_a_shutdown_drains_requests_in_flight() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = crate::skypilot_client::TempDir::new("warden-http-threads");
+    let path = dir.0.join("warden.yaml");
+    std::fs::write(&path, "storage: none\ndefault_team: ml\nteams: {ml: {}}\n").unwrap();
+    let config = warden_server::config::load_config(&path).unwrap();
+    let app = warden_server::Application::build(config, &path, "127.0.0.1:0")
+        .await
+        .unwrap()
+        .with_http_threads(3);
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let body = std::fs::read(fixtures().into_iter().next().unwrap()).unwrap();
+    let request = |body: &[u8]| {
+        let mut r = format!(
+            "POST /skypilot HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let answers: Vec<_> = (0..24)
+        .map(|_| {
+            let r = request(&body);
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(&r).await.unwrap();
+                let mut resp = String::new();
+                s.read_to_string(&mut resp).await.unwrap();
+                resp
+            })
+        })
+        .collect();
+    for a in answers {
+        let resp = a.await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+
+    // Half a request, then the shutdown, then the rest: still answered.
+    let whole = request(&body);
+    let (first, rest) = whole.split_at(whole.len() - 100);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(first).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    s.write_all(rest).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    tokio::time::timeout(std::time::Duration::from_secs(20), served)
+        .await
+        .expect("run returns once every thread has drained")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port is closed after the shutdown"
+    );
+}
+
 /// A server-side SkyPilot request (`at_client_side: false`, or any request
 /// naming a `user`) is honoured only from `skypilot.trusted_servers`
 /// (default: loopback); from anywhere else it is refused (403) with the
