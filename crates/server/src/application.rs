@@ -328,6 +328,10 @@ impl Application {
 
     /// Serves until `shutdown` completes, then drains in-flight requests on
     /// every HTTP thread.
+    ///
+    /// One accept loop (on the calling runtime) hands each new connection
+    /// to the HTTP threads in turn, so they share the connections evenly
+    /// (a thread that accepted for itself would take most of a burst).
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -340,17 +344,16 @@ impl Application {
                 crate::tls::refuse_credentials_in_clear,
             ));
         }
-        let listener = self.listener.into_std()?;
+        let local = self.listener.local_addr()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let mut threads = Vec::with_capacity(self.http_threads);
         for i in 0..self.http_threads {
-            let listener = listener.try_clone()?;
-            let (app, tls, mut stopped, done_tx) = (
-                app.clone(),
-                self.tls.clone(),
-                stopped.clone(),
-                done_tx.clone(),
-            );
+            let (handed, connections) = tokio::sync::mpsc::unbounded_channel();
+            threads.push(handed);
+            let listener = Handed { connections, local };
+            let (app, tls, mut stopped, done_tx) =
+                (app.clone(), self.tls.clone(), stopped.clone(), done_tx.clone());
             std::thread::Builder::new()
                 .name(format!("warden-http-{i}"))
                 .spawn(move || {
@@ -365,7 +368,33 @@ impl Application {
                     let _ = done_tx.send(result);
                 })?;
         }
-        drop((listener, done_tx));
+        drop(done_tx);
+        let mut listener = self.listener;
+        let mut accepting = stopped.clone();
+        let acceptor = tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let (stream, peer) = tokio::select! {
+                    conn = axum::serve::Listener::accept(&mut listener) => conn,
+                    _ = accepting.wait_for(|s| *s) => break,
+                };
+                // Answers are small and complete: send them at once (no
+                // Nagle delay).
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+                match stream.into_std() {
+                    Ok(stream) => {
+                        if let Some(thread) = threads.get(next) {
+                            let _ = thread.send((stream, peer));
+                        }
+                        next = (next + 1) % threads.len().max(1);
+                    }
+                    Err(error) => tracing::debug!(%error, %peer, "cannot hand over a connection"),
+                }
+            }
+            // Dropping the listener closes the port.
+        });
         let mut running = self.http_threads;
         let mut first_error = None;
         tokio::pin!(shutdown);
@@ -378,6 +407,7 @@ impl Application {
             }
         }
         let _ = stop.send(true);
+        let _ = acceptor.await;
         while running > 0 {
             match done.recv().await {
                 Some(result) => {
@@ -399,34 +429,58 @@ impl Application {
     }
 }
 
-/// One HTTP thread: accepts on its copy of the listening socket and serves
-/// until `stop`, then drains its connections.
+/// The connections the accept loop hands to one HTTP thread, as a listener
+/// for that thread's server.
+struct Handed {
+    connections: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for Handed {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.connections.recv().await {
+                Some((stream, peer)) => match tokio::net::TcpStream::from_std(stream) {
+                    Ok(io) => return (io, peer),
+                    Err(error) => tracing::debug!(%error, %peer, "cannot take over a connection"),
+                },
+                // No more connections (shutting down): the server's
+                // graceful shutdown ends it.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// One HTTP thread: serves the connections handed to it until `stop`, then
+/// drains them.
 async fn serve_thread(
-    listener: std::net::TcpListener,
+    listener: Handed,
     app: axum::Router,
     tls: Option<TlsFiles>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(tls) => {
             // TapIo only to reach axum's ConnectInfo for the listener's
-            // SocketAddr; the TLS listener sets TCP_NODELAY itself.
+            // SocketAddr.
             let listener = tls.listener(listener)?.tap_io(|_| {});
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await
         }
         None => {
-            // Answers are small and complete: send them at once (no Nagle
-            // delay).
-            let listener = listener.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, app)
+            // TapIo only to reach axum's ConnectInfo (TCP_NODELAY is set
+            // by the accept loop).
+            axum::serve(listener.tap_io(|_| {}), app)
                 .with_graceful_shutdown(stop)
                 .await
         }

@@ -24,7 +24,7 @@ use axum::serve::Listener;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -98,7 +98,10 @@ impl TlsFiles {
 
     /// A listener that accepts TCP connections on `tcp` and completes
     /// their TLS handshakes off the accept loop.
-    pub fn listener(&self, tcp: TcpListener) -> io::Result<TlsListener> {
+    pub fn listener<L>(&self, tcp: L) -> io::Result<TlsListener>
+    where
+        L: Listener<Io = TcpStream, Addr = SocketAddr>,
+    {
         let local = tcp.local_addr()?;
         let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
         let current = Arc::clone(&self.current);
