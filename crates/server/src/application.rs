@@ -352,8 +352,12 @@ impl Application {
             let (handed, connections) = tokio::sync::mpsc::unbounded_channel();
             threads.push(handed);
             let listener = Handed { connections, local };
-            let (app, tls, mut stopped, done_tx) =
-                (app.clone(), self.tls.clone(), stopped.clone(), done_tx.clone());
+            let (app, tls, mut stopped, done_tx) = (
+                app.clone(),
+                self.tls.clone(),
+                stopped.clone(),
+                done_tx.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("warden-http-{i}"))
                 .spawn(move || {
@@ -478,12 +482,32 @@ async fn serve_thread(
                 .await
         }
         None => {
+            // Answers written together with those of the other connections
+            // ready at the same time (see `crate::cork`).
+            tokio::spawn(crate::cork::flusher());
             // TapIo only to reach axum's ConnectInfo (TCP_NODELAY is set
             // by the accept loop).
-            axum::serve(listener.tap_io(|_| {}), app)
+            axum::serve(CorkedListener(listener).tap_io(|_| {}), app)
                 .with_graceful_shutdown(stop)
                 .await
         }
+    }
+}
+
+/// [`Handed`] connections wrapped in [`crate::cork::Corked`].
+struct CorkedListener(Handed);
+
+impl axum::serve::Listener for CorkedListener {
+    type Io = crate::cork::Corked;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, peer) = self.0.accept().await;
+        (crate::cork::Corked::new(io), peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod auth;
 mod bytes;
 pub mod cases;
 pub mod config;
+pub mod cork;
 pub mod doors;
 pub mod error;
 pub mod gate;
