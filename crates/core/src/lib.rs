@@ -37,8 +37,8 @@ pub use ids::{GpuModel, RuleName, TeamName};
 pub use kubernetes::{KubernetesTeam, KubernetesTeamSpec};
 pub use money::Usd;
 pub use policy::{
-    normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy, Team,
-    TeamFromLabel,
+    normalize_cloud, BudgetMode, Budgets, Mode, Policy, PolicySpec, Quotas, ResolvedBy,
+    SkypilotUserClaim, Team, TeamFromLabel,
 };
 pub use price::{GpuPrice, PriceTable};
 pub use request::{

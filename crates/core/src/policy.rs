@@ -15,6 +15,6 @@ pub(crate) use compiled::Action;
 pub use compiled::{Budgets, Policy, Quotas, ResolvedBy, Rule, Team};
 pub use spec::{
     AllowedGpusSpec, AutostopSpec, BudgetMode, BudgetSpec, MatchSpec, MinVersionSpec, Mode,
-    PolicySpec, PriceSpec, QuotaSpec, RuleSpec, TeamFromLabel, TeamSpec, UnknownVersion,
-    UserQuotaSpec, DEFAULT_ALERT_PERCENT, DEFAULT_LAUNCH_WINDOW_MINUTES,
+    PolicySpec, PriceSpec, QuotaSpec, RuleSpec, SkypilotUserClaim, TeamFromLabel, TeamSpec,
+    UnknownVersion, UserQuotaSpec, DEFAULT_ALERT_PERCENT, DEFAULT_LAUNCH_WINDOW_MINUTES,
 };

@@ -696,7 +696,9 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         }
     };
     let api = file.skypilot_api.map(|f| skypilot_api(path, f)).transpose();
-    let oidc = identity::oidc_config(path, file.identity.unwrap_or_default()).unwrap_or_else(|e| {
+    let identity_file = file.identity.unwrap_or_default();
+    let skypilot_user_claim = identity_file.skypilot_user_claim.unwrap_or_default();
+    let oidc = identity::oidc_config(path, identity_file).unwrap_or_else(|e| {
         settings_problems.extend(e);
         None
     });
@@ -745,6 +747,7 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
         prices: file.prices,
         rules: file.rules,
         role_bindings: file.role_bindings,
+        skypilot_user_claim,
     };
     let compiled = Policy::compile(spec);
     let exceptions =
@@ -880,6 +883,33 @@ mod tests {
         assert_eq!(storage_url(p, Some("none")).unwrap(), None);
         let e = storage_url(p, Some("mysql://u:secret@h/db")).unwrap_err();
         assert!(e.contains("`mysql`") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn the_skypilot_user_claim_is_read_and_checked() {
+        let d = load("claim-default", "storage: none\n").unwrap();
+        assert_eq!(
+            d.policy.skypilot_user_claim(),
+            warden_core::SkypilotUserClaim::Name
+        );
+        let c = load(
+            "claim-id",
+            "storage: none\nidentity:\n  skypilot_user_claim: email_local_part\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy.skypilot_user_claim(),
+            warden_core::SkypilotUserClaim::EmailLocalPart
+        );
+        let e = load(
+            "claim-bad",
+            "storage: none\nidentity:\n  skypilot_user_claim: email\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("skypilot_user_claim") && e.contains("email_local_part"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -265,6 +265,7 @@ impl Policy {
             by_namespace,
             default_team,
             team_from_label: spec.team_from_label,
+            skypilot_user_claim: spec.skypilot_user_claim,
             prices,
             rules,
             env: Arc::new(cel::Env::stdlib()),
@@ -867,6 +868,25 @@ mod tests {
     fn users_belong_to_one_team() {
         let e = err("teams:\n  a: {users: [bob]}\n  b: {users: [bob]}\n");
         assert!(e.contains("user `bob` is already in team `a`"), "{e}");
+    }
+
+    #[test]
+    fn a_skypilot_user_claim_picks_its_field() {
+        use crate::SkypilotUserClaim as C;
+        let (name, id) = (Some("alice@example.com"), Some("fcd1e5cf"));
+        assert_eq!(C::Name.pick(name, id).as_deref(), Some("alice@example.com"));
+        assert_eq!(C::EmailLocalPart.pick(name, id).as_deref(), Some("alice"));
+        assert_eq!(C::Id.pick(name, id).as_deref(), Some("fcd1e5cf"));
+        assert_eq!(
+            C::EmailLocalPart.pick(Some("root"), None).as_deref(),
+            Some("root")
+        );
+        assert_eq!(
+            C::EmailLocalPart.pick(Some("@odd"), None).as_deref(),
+            Some("@odd")
+        );
+        assert_eq!(C::Id.pick(name, Some(" ")), None);
+        assert_eq!(C::Name.pick(None, id), None);
     }
 
     #[test]

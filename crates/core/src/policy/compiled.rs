@@ -217,6 +217,7 @@ pub struct Policy {
     pub(super) by_namespace: HashMap<String, usize>,
     pub(super) default_team: Option<usize>,
     pub(super) team_from_label: TeamFromLabel,
+    pub(super) skypilot_user_claim: super::spec::SkypilotUserClaim,
     pub(crate) prices: PriceTable,
     pub(crate) rules: Vec<Rule>,
     pub(crate) env: Arc<cel::Env>,
@@ -247,6 +248,12 @@ impl Policy {
     /// A team by name.
     pub fn team(&self, name: &TeamName) -> Option<&Team> {
         self.by_name.get(name).and_then(|i| self.teams.get(*i))
+    }
+
+    /// Which field of a SkyPilot user record names the user
+    /// (`identity.skypilot_user_claim`).
+    pub fn skypilot_user_claim(&self) -> super::spec::SkypilotUserClaim {
+        self.skypilot_user_claim
     }
 
     /// The team that owns Kubernetes namespace `namespace`

@@ -30,6 +30,55 @@ pub struct PolicySpec {
     /// Roles of groups and users in teams ([`crate::access`]).
     #[serde(default)]
     pub role_bindings: Vec<crate::access::RoleBindingSpec>,
+    /// Which field of the SkyPilot API server's user record names the user
+    /// of a server-side request (`identity.skypilot_user_claim`).
+    #[serde(default)]
+    pub skypilot_user_claim: SkypilotUserClaim,
+}
+
+/// Which field of the user record a SkyPilot API server sends with a
+/// server-side request (`id`, `name`) names the user Warden matches against
+/// `teams.<t>.users` and `role_bindings` (`identity.skypilot_user_claim`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkypilotUserClaim {
+    /// `name`: the user name; behind SkyPilot's SSO it is the user's email.
+    #[default]
+    Name,
+    /// `name` up to its `@`: `alice@example.com` is `alice` (a name without
+    /// `@` is taken whole), for configs that list short names while the API
+    /// server signs users in by email.
+    EmailLocalPart,
+    /// `id`: SkyPilot's user id (the user hash), stable across renames.
+    Id,
+}
+
+impl SkypilotUserClaim {
+    /// The user named by a user record with `name` and `id` (empty fields
+    /// name nobody).
+    pub fn pick(self, name: Option<&str>, id: Option<&str>) -> Option<String> {
+        let field = match self {
+            SkypilotUserClaim::Id => id,
+            SkypilotUserClaim::Name | SkypilotUserClaim::EmailLocalPart => name,
+        }
+        .map(str::trim)
+        .filter(|f| !f.is_empty())?;
+        match (self, field.split_once('@')) {
+            (SkypilotUserClaim::EmailLocalPart, Some((local, _))) if !local.is_empty() => {
+                Some(local.to_owned())
+            }
+            _ => Some(field.to_owned()),
+        }
+    }
+
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkypilotUserClaim::Name => "name",
+            SkypilotUserClaim::EmailLocalPart => "email_local_part",
+            SkypilotUserClaim::Id => "id",
+        }
+    }
 }
 
 /// A team as written.

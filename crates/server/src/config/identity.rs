@@ -14,6 +14,8 @@ use serde::Deserialize;
 pub(crate) struct IdentityFile {
     #[serde(default)]
     oidc: Option<OidcFile>,
+    #[serde(default)]
+    pub(crate) skypilot_user_claim: Option<warden_core::SkypilotUserClaim>,
 }
 
 /// `identity.oidc` as written.

@@ -440,7 +440,14 @@ pub fn normalize(policy: &Policy, req: SkyRequest) -> Result<Normalized, DoorErr
     };
     let user = match req.user.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) => scalar_text(&"user.name", parse_doc("user", text)?.get("name"))?,
+        Some(text) => {
+            let record = parse_doc("user", text)?;
+            let name = scalar_text(&"user.name", record.get("name"))?;
+            let id = scalar_text(&"user.id", record.get("id"))?;
+            policy
+                .skypilot_user_claim()
+                .pick(name.as_deref(), id.as_deref())
+        }
     };
     let workspace = match &config {
         Some(c) => scalar_text(

@@ -373,7 +373,11 @@ pub async fn reconcile(
         if !c.status.holds_gpus() || live_names.contains(c.name.as_str()) {
             continue;
         }
-        let user = c.user_name.as_deref().filter(|u| !u.is_empty());
+        // The user as the door names it (`identity.skypilot_user_claim`).
+        let user = policy
+            .skypilot_user_claim()
+            .pick(c.user_name.as_deref(), c.user_hash.as_deref());
+        let user = user.as_deref();
         let workspace = c.workspace.as_deref().filter(|w| !w.is_empty());
         let Some((team, by)) = policy.resolve_team(None, user, workspace, None) else {
             report.skipped.push(Skipped {

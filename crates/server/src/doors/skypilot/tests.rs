@@ -208,3 +208,53 @@ fn untouched_documents_pass_through_byte_for_byte() {
     assert_eq!(h.task, task);
     assert_eq!(h.config, "a: 1\n");
 }
+
+/// `identity.skypilot_user_claim` picks the field of the API server's user
+/// record that names the user: the name (default), its part before `@`, or
+/// the id; the team and the role bindings see that name.
+#[test]
+fn the_skypilot_user_claim_picks_the_field_that_names_the_user() {
+    let with_claim = |claim: warden_core::SkypilotUserClaim| {
+        let mut spec: warden_core::PolicySpec = serde_norway::from_str(
+            "teams:\n  by-name: {users: [alice@example.com]}\n  by-local: {users: [alice]}\n  by-id: {users: [fcd1e5cf]}\n",
+        )
+        .unwrap();
+        spec.skypilot_user_claim = claim;
+        Policy::compile(spec).unwrap()
+    };
+    let inner = serde_json::json!({"task": "resources:\n  accelerators: H100:1\n",
+        "skypilot_config": "a: 1\n", "request_name": "launch",
+        "user": "id: fcd1e5cf\n\nname: alice@example.com\n\nuser_type: null\n", "at_client_side": false});
+    let body = serde_json::to_vec(&inner.to_string()).unwrap();
+    for (claim, user, team) in [
+        (
+            warden_core::SkypilotUserClaim::Name,
+            "alice@example.com",
+            "by-name",
+        ),
+        (
+            warden_core::SkypilotUserClaim::EmailLocalPart,
+            "alice",
+            "by-local",
+        ),
+        (warden_core::SkypilotUserClaim::Id, "fcd1e5cf", "by-id"),
+    ] {
+        let h = handle(&with_claim(claim), &body).unwrap();
+        assert_eq!(h.request.principal.user.as_deref(), Some(user), "{claim:?}");
+        assert_eq!(
+            h.decision.team.as_ref().map(|t| t.as_str()),
+            Some(team),
+            "{claim:?}"
+        );
+    }
+    // A name without `@` is taken whole by `email_local_part`.
+    let inner = serde_json::json!({"task": "name: t\n", "request_name": "launch",
+        "user": "id: x\nname: root\n", "at_client_side": false});
+    let body = serde_json::to_vec(&inner.to_string()).unwrap();
+    let h = handle(
+        &with_claim(warden_core::SkypilotUserClaim::EmailLocalPart),
+        &body,
+    )
+    .unwrap();
+    assert_eq!(h.request.principal.user.as_deref(), Some("root"));
+}
