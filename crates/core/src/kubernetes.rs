@@ -76,8 +76,8 @@ pub fn is_dns_label(s: &str) -> bool {
         && b.len() <= 63
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+        && b.first() != Some(&b'-')
+        && b.last() != Some(&b'-')
 }
 
 /// Whether `s` is a Kubernetes quantity (`1`, `500m`, `4Gi`, `1.5`, `10Ti`,
@@ -137,8 +137,8 @@ pub fn is_label_value(s: &str) -> bool {
         || (b.len() <= 63
             && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric())
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric))
 }
 
 /// Validates `teams.<name>.kubernetes` for team `team`; problems are

@@ -103,7 +103,7 @@ impl Application {
             settings,
             vast,
             oidc,
-            kubernetes: _,
+            kubernetes,
         } = config;
         let store = match &storage {
             Some(url) => Some(
@@ -118,6 +118,7 @@ impl Application {
         };
         let state = AppState::with_store(policy, Some(config_path.to_path_buf()), store);
         state.apply_settings(settings);
+        state.set_kubernetes(kubernetes);
         // OIDC sign-in: the issuer's keys are fetched in the background now,
         // so the first sign-in does not wait (and a failure is logged
         // early); a token arriving first fetches them itself.

@@ -154,6 +154,10 @@ pub struct KubernetesConfig {
 }
 
 impl Default for KubernetesConfig {
+    #[expect(
+        clippy::expect_used,
+        reason = "the built-in defaults are constants, checked by `defaults_name_nvidia_amd_and_coreweave`"
+    )]
     fn default() -> Self {
         kubernetes_config(Path::new(""), KubernetesFile::default()).expect("the defaults are valid")
     }

@@ -131,7 +131,7 @@ pub const JSON_MAX_DEPTH: usize = 64;
 /// Whether the JSON text nests at most `max` levels: a count of brackets
 /// first (vectorized; SkyPilot's bodies have a handful), then, only when
 /// there are more than `max`, a scan that skips strings. Linear either way.
-fn json_depth_within(text: &[u8], max: usize) -> bool {
+pub(crate) fn json_depth_within(text: &[u8], max: usize) -> bool {
     // `[` (0x5B) and `{` (0x7B) differ only in bit 0x20: one compare a byte.
     let brackets = text.iter().filter(|b| **b | 0x20 == b'{').count();
     if brackets <= max {
