@@ -816,3 +816,160 @@ fn two_replicas_on_one_postgres_grant_exactly_8_gpus_of_200_pods() {
     assert!(out.contains("8 live allocation(s)"), "{out}");
     drop((a, b));
 }
+
+/// A pod as `kubectl get pods -A -o json` lists it.
+fn listed_pod(ns: &str, name: &str, allocation: Option<&str>, gpus: &str) -> Value {
+    let mut meta = json!({"name": name, "namespace": ns});
+    if let Some(a) = allocation {
+        meta["annotations"] = json!({"warden.dev/allocation": a});
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+           "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                    "containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": gpus}}}]},
+           "status": {"phase": "Running"}})
+}
+
+#[tokio::test]
+async fn the_sync_ends_what_is_gone_adopts_what_runs_and_reports_include_the_door() {
+    let (dir, store, _state, app) =
+        app_with(&format!("kubernetes: {{sync_grace_seconds: 0}}\n{CONFIG}")).await;
+    let cfg = dir.0.join("warden.yaml");
+    let cfg = cfg.to_str().unwrap();
+    admit(
+        &app,
+        &alice(
+            "uid-p",
+            "CREATE",
+            "ml",
+            Some(&fixture("pod-gpu.json")),
+            None,
+        ),
+    )
+    .await;
+    admit(
+        &app,
+        &alice(
+            "uid-w",
+            "CREATE",
+            "ml",
+            Some(&fixture("deployment-gpu.json")),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        live(&store).await,
+        [
+            ("ml/deployment/web".into(), 3),
+            ("ml/pod/train-pod".into(), 2)
+        ]
+        .into()
+    );
+    // The deployment's 3 pods run; the pod is gone; a GPU pod Warden never
+    // saw runs in `ml`; another in a namespace of no team.
+    let pods = json!({"apiVersion": "v1", "kind": "List", "items": [
+        listed_pod("ml", "web-7d4b9c-a", Some("ml/deployment/web"), "1"),
+        listed_pod("ml", "web-7d4b9c-b", Some("ml/deployment/web"), "1"),
+        listed_pod("ml", "web-7d4b9c-c", Some("ml/deployment/web"), "1"),
+        listed_pod("ml", "rogue", None, "2"),
+        listed_pod("sandbox", "stray", None, "1"),
+    ]});
+    let file = dir.0.join("pods.json");
+    std::fs::write(&file, pods.to_string()).unwrap();
+    let (code, out, err) = crate::cli::warden(&[
+        "sync",
+        "k8s",
+        "--config",
+        cfg,
+        "--pods",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["ended"],
+        json!([{"name": "ml/pod/train-pod", "team": "ml", "gpus": 2}])
+    );
+    assert_eq!(report["adopted"][0]["workload"]["name"], "ml/pod/rogue");
+    assert_eq!(report["adopted"][0]["hourly_usd"], "6.00");
+    assert_eq!(report["skipped"][0]["name"], "sandbox/pod/stray");
+    assert_eq!(
+        live(&store).await,
+        [("ml/deployment/web".into(), 3), ("ml/pod/rogue".into(), 2)].into()
+    );
+    // A second sync changes nothing.
+    let (code, out, _) = crate::cli::warden(&[
+        "sync",
+        "k8s",
+        "--config",
+        cfg,
+        "--pods",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            again["ended"].as_array().unwrap().len(),
+            again["adopted"].as_array().unwrap().len()
+        ),
+        (0, 0)
+    );
+
+    // Reports, budgets and chargeback count the `kubernetes` door as any:
+    // one hour of 2 H100 ($6.00) in November.
+    let at = |t: &str| {
+        warden_store::UnixMicros::from_micros(
+            t.parse::<jiff::Timestamp>().unwrap().as_microsecond(),
+        )
+    };
+    let request = warden_store::AllocationRequest {
+        door: warden_core::Door::Kubernetes,
+        team: warden_core::TeamName::parse("ml").unwrap(),
+        user: Some("alice".into()),
+        name: warden_store::AllocationName::parse("ml/job/november").unwrap(),
+        gpu_model: Some(warden_core::GpuModel::parse("H100").unwrap()),
+        gpus: 2,
+        hourly: warden_core::Usd::from_dollars(6.0).unwrap(),
+        context: None,
+    };
+    let granted = store
+        .reserve(&request, &[], at("2026-11-10T10:00:00Z"))
+        .await
+        .unwrap();
+    let warden_store::ReserveOutcome::Granted { allocation_id, .. } = granted else {
+        panic!("{granted:?}")
+    };
+    store
+        .end(
+            &warden_store::EndTarget::Id(allocation_id),
+            at("2026-11-10T11:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = crate::cli::warden(&[
+        "report",
+        "chargeback",
+        "--config",
+        cfg,
+        "--month",
+        "2026-11",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l == "2026-11,charge,ml,H100,1,2.00,6.00"),
+        "{out}"
+    );
+    let (code, out, err) = crate::cli::warden(&[
+        "report", "spend", "--config", cfg, "--month", "2026-11", "--by", "team", "--format", "csv",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ml,") && l.contains("6.00")),
+        "{out}"
+    );
+}
