@@ -39,6 +39,10 @@ rules:
   - name: tag-owner
     match: {doors: [k8s], teams: [research]}
     add_labels: {owner: "${user}"}
+  - name: reviewed
+    mode: warn
+    match: {doors: [k8s], teams: [research]}
+    deny: GPU pods in research are reviewed weekly
   - name: no-blocked
     match: {doors: [kubernetes], when: '"blocked" in request.labels'}
     deny: blocked workloads may not run
@@ -430,6 +434,10 @@ async fn access_rules_controllers_and_namespaces_are_judged_as_documented() {
         json!({"gpu.nvidia.com/class": "H100_NVLINK_80GB", "cloud.google.com/gke-preemptible": "true"})
     );
     assert_eq!(patched["metadata"]["labels"]["owner"], "alice");
+    assert_eq!(
+        r["warnings"],
+        json!(["Warden [reviewed]: would deny: GPU pods in research are reviewed weekly"])
+    );
     assert_eq!(patched["metadata"]["labels"]["warden.dev/team"], "research");
     assert!(patched["spec"].get("activeDeadlineSeconds").is_none());
     assert!(live(&store).await.contains_key("research-ns/pod/train-pod"));
