@@ -263,6 +263,7 @@ async fn kubectl_objects_get_the_documented_answers() {
     let r = admit(&app, &alice("uid-job", "CREATE", "ml", Some(&job), None)).await;
     let mut patched = job.clone();
     apply_patch(&mut patched, &patch_of(&r));
+    let job_admitted = patched.clone();
     assert_eq!(patched["spec"]["activeDeadlineSeconds"], 86400);
     assert_eq!(
         patched["spec"]["template"]["metadata"]["labels"]["warden.dev/team"],
@@ -378,8 +379,34 @@ async fn kubectl_objects_get_the_documented_answers() {
     )
     .await;
     assert_eq!(patch_of(&r), json!([]));
+    // A `kubectl replace` that dropped Warden's marks gets them back.
+    let mut replaced = web_admitted.clone();
+    replaced["spec"]["template"]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    let r = admit(
+        &app,
+        &alice(
+            "uid-rep",
+            "UPDATE",
+            "ml",
+            Some(&replaced),
+            Some(&web_admitted),
+        ),
+    )
+    .await;
+    assert_eq!(
+        patch_of(&r),
+        json!([{"op": "add", "path": "/spec/template/metadata/annotations",
+                "value": {"warden.dev/allocation": "ml/deployment/web"}}])
+    );
     // Without the job, 5 fit: one allocation of 5 under the same name.
-    let r = admit(&app, &alice("uid-deljob", "DELETE", "ml", None, Some(&job))).await;
+    let r = admit(
+        &app,
+        &alice("uid-deljob", "DELETE", "ml", None, Some(&job_admitted)),
+    )
+    .await;
     assert_eq!(r["allowed"], true);
     let r = admit(
         &app,
@@ -550,7 +577,13 @@ async fn generated_names_cronjobs_and_scale_have_stable_identities() {
     assert!(live(&store).await.is_empty());
     // A dry-run DELETE ends nothing.
     let job = fixture("job-gpu.json");
-    admit(&app, &alice("uid-j", "CREATE", "ml", Some(&job), None)).await;
+    let r = admit(&app, &alice("uid-j", "CREATE", "ml", Some(&job), None)).await;
+    let mut job_admitted = job.clone();
+    apply_patch(&mut job_admitted, &patch_of(&r));
+    // A DELETE of an object admission never marked (made before Warden, or
+    // this job as it was sent) ends nothing: the usage sync does.
+    admit(&app, &alice("uid-jn", "DELETE", "ml", None, Some(&job))).await;
+    assert_eq!(live(&store).await["ml/job/train-1"], 4);
     admit(
         &app,
         &review(
@@ -559,7 +592,7 @@ async fn generated_names_cronjobs_and_scale_have_stable_identities() {
             "ml",
             ("alice", &["ml-engineers"]),
             None,
-            Some(&job),
+            Some(&job_admitted),
             true,
         ),
     )
@@ -583,7 +616,11 @@ async fn generated_names_cronjobs_and_scale_have_stable_identities() {
 
     // `kubectl scale deployment web --replicas=N` (the scale subresource).
     let web = fixture("deployment-gpu.json");
-    admit(&app, &alice("uid-w", "DELETE", "ml", None, Some(&job))).await;
+    admit(
+        &app,
+        &alice("uid-w", "DELETE", "ml", None, Some(&job_admitted)),
+    )
+    .await;
     admit(&app, &alice("uid-w2", "CREATE", "ml", Some(&web), None)).await;
     assert_eq!(live(&store).await["ml/deployment/web"], 3);
     let scale = |uid: &str, from: u32, to: u32| {

@@ -79,20 +79,33 @@ pub fn existing_allocation(
     }
 }
 
-/// The allocation a DELETE ends, if the object is one Warden judges.
+/// The allocation a DELETE ends: the one the object was admitted as.
 pub fn deleted_allocation(config: &KubernetesConfig, review: &Review) -> Option<String> {
     let api_version = review.api_version();
     if review.sub_resource.is_some() || !workload::is_judged(config, &api_version, &review.kind) {
         return None;
     }
-    let empty = Map::new();
-    let old = review.old_object.as_ref().unwrap_or(&empty);
-    Some(existing_allocation(
-        &review.namespace,
-        &review.kind,
-        old,
-        review,
-    ))
+    let Some(old) = review.old_object.as_ref() else {
+        // An API server that sends no `oldObject`: the name says it.
+        return Some(format!(
+            "{}/{}/{}",
+            review.namespace,
+            review.kind.to_ascii_lowercase(),
+            review.name
+        ));
+    };
+    // Only an object admission marked as its own allocation has one (a
+    // Deployment's pods carry the Deployment's name): deleting anything
+    // else costs no store write. What Warden never admitted (made before
+    // it, or while the webhook was ignored) is ended by the usage sync.
+    let own = existing_allocation(&review.namespace, &review.kind, old, review);
+    let marked = old
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(ALLOCATION_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some(own.as_str());
+    marked.then_some(own)
 }
 
 /// The normalized request for `ask` in `team`.
@@ -188,7 +201,29 @@ pub async fn judge(
     };
     if let Some(old) = &old_ask {
         if same_footprint(old, &ask) {
-            return allow();
+            // Not judged again; Warden's marks are kept (a `kubectl replace`
+            // may have dropped them, and the pods' annotation is how the
+            // sync counts them).
+            let Some(team) = policy.team_of_namespace(&review.namespace) else {
+                return allow();
+            };
+            if !asks_gpus {
+                return allow();
+            }
+            let fixed = patch::Fixed {
+                team: team.name.as_str(),
+                labels: &team.kubernetes.labels,
+                max_deadline: team.kubernetes.max_active_deadline_seconds,
+                allocation: &name,
+                kind: &review.kind,
+            };
+            let mut changed = value.clone();
+            patch::apply(config, &[], &fixed, &ask.templates, &mut changed);
+            return Ok(wire::allow(
+                &review.uid,
+                &patch::diff(&value, &changed),
+                &[],
+            ));
         }
         if !asks_gpus {
             // No GPUs any more: the allocation ends with the old size.
@@ -240,7 +275,8 @@ pub async fn judge(
     };
     let apply = |d: &warden_core::Decision| {
         let mut changed = value.clone();
-        let not_applicable = patch::apply(config, d, &fixed, &ask.templates, &mut changed);
+        let not_applicable =
+            patch::apply(config, &d.mutations, &fixed, &ask.templates, &mut changed);
         Ok(Applied {
             value: patch::diff(&value, &changed),
             not_applicable,

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
-use warden_core::{eval::set_path, Decision, Doc, Mutation};
+use warden_core::{eval::set_path, AppliedMutation, Doc, Mutation};
 
 use super::workload::Template;
 use crate::config::KubernetesConfig;
@@ -86,11 +86,12 @@ fn label_ok(k: &str, v: &str) -> bool {
     warden_core::kubernetes::is_label_key(k) && warden_core::kubernetes::is_label_value(v)
 }
 
-/// Applies `fixed` and the decision's mutations to `object`; returns the
-/// mutations that have no meaning here.
+/// Applies `fixed` and the decision's `mutations` to `object` (with none:
+/// only Warden's own marks, for an UPDATE that is not judged again);
+/// returns the mutations that have no meaning here.
 pub fn apply(
     config: &KubernetesConfig,
-    decision: &Decision,
+    mutations: &[AppliedMutation],
     fixed: &Fixed<'_>,
     templates: &[Template],
     object: &mut Value,
@@ -99,7 +100,7 @@ pub fn apply(
     let mut labels: BTreeMap<String, String> = fixed.labels.clone();
     labels.insert(TEAM_LABEL.to_owned(), fixed.team.to_owned());
     let mut spot = false;
-    for applied in &decision.mutations {
+    for applied in mutations {
         let rule = applied.rule.as_str();
         match &applied.mutation {
             Mutation::AddLabels { labels: add } => {
