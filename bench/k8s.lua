@@ -25,8 +25,10 @@ function init(args)
   template = read_file(args[1])
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
-  -- A different start per run (warm-up, measured run), so names never repeat.
-  n = os.time() * 1000000
+  -- A different start per run (warm-up, measured run: seconds apart), so
+  -- names never repeat; kept below 2^53 and 14 digits, so `tostring`
+  -- writes it as a whole number (LuaJIT writes larger ones as 1.7e+15).
+  n = (os.time() % 100000) * 1000000
 end
 
 function request()
