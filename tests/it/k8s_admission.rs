@@ -1018,3 +1018,140 @@ async fn the_sync_ends_what_is_gone_adopts_what_runs_and_reports_include_the_doo
         "{out}"
     );
 }
+
+/// A stand-in API server: `GET /api/v1/pods` in two pages, for the bearer
+/// token `t0k-123` only (as the real one answers a forbidden list).
+async fn fake_api_server() -> String {
+    use axum::http::{HeaderMap, Uri};
+    async fn pods(headers: HeaderMap, uri: Uri) -> (StatusCode, String) {
+        let q: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect();
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer t0k-123") {
+            return (
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "pods is forbidden: User \"system:anonymous\" cannot list resource \"pods\" in API group \"\" at the cluster scope",
+                       "reason": "Forbidden", "code": 403})
+                .to_string(),
+            );
+        }
+        assert_eq!(q.get("limit").map(String::as_str), Some("500"));
+        let page = match q.get("continue").map(String::as_str) {
+            None => {
+                json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"continue": "page-2"},
+                "items": [listed_pod("ml", "web-a", Some("ml/deployment/web"), "1"),
+                          listed_pod("ml", "web-b", Some("ml/deployment/web"), "1")]})
+            }
+            Some("page-2") => json!({"kind": "PodList", "apiVersion": "v1", "metadata": {},
+                "items": [listed_pod("ml", "rogue", None, "2")]}),
+            Some(other) => panic!("unexpected continue token {other}"),
+        };
+        (StatusCode::OK, page.to_string())
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::Router::new().route("/api/v1/pods", axum::routing::get(pods)),
+        )
+        .await
+        .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn the_periodic_sync_lists_the_pods_through_the_kubeconfig() {
+    use warden_server::doors::kubernetes::{cluster::ClusterClient, sync};
+    let (dir, store, state, _app) = app_with(CONFIG).await;
+    let server = fake_api_server().await;
+    let kubeconfig = |user: &str| {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             contexts: [{{name: c, context: {{cluster: k, user: w}}}}]\n\
+             clusters: [{{name: k, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: w, user: {user}}}]\n"
+        )
+    };
+    std::fs::write(dir.0.join("token"), "t0k-123\n").unwrap();
+    let path = dir.0.join("kubeconfig");
+    std::fs::write(&path, kubeconfig("{tokenFile: token}")).unwrap();
+    let client = ClusterClient::from_kubeconfig(&path).unwrap();
+    let now = warden_store::UnixMicros::from_system_time(std::time::SystemTime::now());
+    let report = sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+        .await
+        .unwrap();
+    let adopted: Vec<(&str, u32)> = report
+        .adopted
+        .iter()
+        .map(|a| (a.workload.name.as_str(), a.workload.gpus))
+        .collect();
+    assert_eq!(adopted, [("ml/deployment/web", 2), ("ml/pod/rogue", 2)]);
+    assert_eq!(
+        live(&store).await,
+        [("ml/deployment/web".into(), 2), ("ml/pod/rogue".into(), 2)].into()
+    );
+
+    // A token the server refuses: the error says what Warden needs.
+    std::fs::write(dir.0.join("token"), "wrong\n").unwrap();
+    let e = sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("HTTP 403") && e.contains("pods is forbidden") && e.contains("ClusterRole"),
+        "{e}"
+    );
+
+    // What a kubeconfig may not use is refused with the reason.
+    std::fs::write(
+        &path,
+        kubeconfig("{exec: {command: aws, args: [eks, get-token]}}"),
+    )
+    .unwrap();
+    let e = ClusterClient::from_kubeconfig(&path).unwrap_err();
+    assert!(e.contains("`exec`") && e.contains("tokenFile"), "{e}");
+    std::fs::write(
+        &path,
+        kubeconfig("{token: x}").replace("server:", "insecure-skip-tls-verify: true, server:"),
+    )
+    .unwrap();
+    let e = ClusterClient::from_kubeconfig(&path).unwrap_err();
+    assert!(e.contains("insecure-skip-tls-verify"), "{e}");
+}
+
+#[test]
+fn serve_refuses_a_kubeconfig_it_cannot_use_naming_the_fix() {
+    let dir = TempDir::new("warden-k8s-kubeconfig");
+    std::fs::write(
+        dir.0.join("kubeconfig"),
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         contexts: [{name: c, context: {cluster: k, user: w}}]\n\
+         clusters: [{name: k, cluster: {server: \"https://127.0.0.1:6443\"}}]\n\
+         users: [{name: w, user: {auth-provider: {name: gcp}}}]\n",
+    )
+    .unwrap();
+    let config = dir.0.join("warden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: sqlite://{}\nkubernetes: {{kubeconfig: kubeconfig}}\n{QUOTA}",
+            dir.0.join("w.db").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = crate::cli::warden(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("kubernetes: kubeconfig") && err.contains("auth-provider"),
+        "{err}"
+    );
+}

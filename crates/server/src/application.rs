@@ -59,6 +59,14 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The Kubernetes usage sync cannot start (its kubeconfig).
+    #[error("{}: kubernetes: {reason}", config.display())]
+    Kubernetes {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {listen}: {source}")]
     Listen {
@@ -152,6 +160,11 @@ impl Application {
                 }
             })?;
         }
+        // The Kubernetes usage sync, when `kubernetes.kubeconfig` is set.
+        crate::doors::kubernetes::sync::spawn(&state).map_err(|reason| StartError::Kubernetes {
+            config: config_path.to_path_buf(),
+            reason,
+        })?;
         // The Vast door, in front of Vast.ai or the embedded simulator.
         let embedded_sim = if state.store().is_some() {
             let (door, sim) =

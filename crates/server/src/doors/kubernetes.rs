@@ -1,6 +1,8 @@
 //! The Kubernetes door: a validating and mutating admission webhook
 //! (`POST /k8s/admission`, `AdmissionReview` `admission.k8s.io/v1`), and
-//! the usage sync with the cluster's pods ([`sync`]).
+//! the usage sync with the cluster's pods ([`sync`]; from a pod list
+//! export, or periodically from the API server of `kubernetes.kubeconfig`,
+//! [`cluster`]).
 //!
 //! The door is the same three steps around the gate ([`crate::gate`]) as
 //! every door: the wire format ([`wire`]), normalization of the object to
@@ -52,6 +54,7 @@
 //! store fails, the answer is `allowed: false` with code 503 (fail closed
 //! whatever the webhook's `failurePolicy`). A malformed review is a 400.
 
+pub mod cluster;
 pub mod normalize;
 pub mod patch;
 pub mod sync;

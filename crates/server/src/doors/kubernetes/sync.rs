@@ -80,6 +80,11 @@ pub fn workloads(
     config: &KubernetesConfig,
     text: &[u8],
 ) -> Result<(Vec<Workload>, Vec<Problem>), String> {
+    let list = parse_pod_list(text)?;
+    workloads_of(config, &list)
+}
+
+fn parse_pod_list(text: &[u8]) -> Result<Value, String> {
     if text.len() > MAX_POD_LIST_BYTES {
         return Err(format!(
             "the pod list is {} bytes, over the {MAX_POD_LIST_BYTES}-byte limit; export one namespace at a time",
@@ -91,8 +96,14 @@ pub fn workloads(
             "the pod list nests deeper than {MAX_POD_LIST_DEPTH} levels; is it `kubectl get pods -A -o json`?"
         ));
     }
-    let list: Value =
-        serde_json::from_slice(text).map_err(|e| format!("the pod list is not JSON: {e}"))?;
+    serde_json::from_slice(text).map_err(|e| format!("the pod list is not JSON: {e}"))
+}
+
+/// [`workloads`] of a pod list already read.
+pub fn workloads_of(
+    config: &KubernetesConfig,
+    list: &Value,
+) -> Result<(Vec<Workload>, Vec<Problem>), String> {
     let items = list
         .get("items")
         .and_then(Value::as_array)
@@ -335,6 +346,73 @@ pub async fn reconcile(
         }
     }
     Ok(report)
+}
+
+/// One sync with the cluster: list its pods, then [`reconcile`]; pods that
+/// cannot be read are in the report's `skipped`.
+pub async fn poll_once(
+    client: &super::cluster::ClusterClient,
+    store: &Store,
+    policy: &Policy,
+    config: &KubernetesConfig,
+    now: UnixMicros,
+) -> Result<Report, String> {
+    let list = client.pods().await?;
+    let (workloads, problems) = workloads_of(config, &list)?;
+    let mut report = reconcile(store, policy, &workloads, now, config.sync_grace)
+        .await
+        .map_err(|e| format!("cannot read live allocations: {e}"))?;
+    report.skipped.extend(problems);
+    Ok(report)
+}
+
+/// Starts the periodic sync when `kubernetes.kubeconfig` is set and there
+/// is a store: every `kubernetes.sync_interval_seconds`, off the decision
+/// path; a failed sync is logged and retried at the next tick. The
+/// kubeconfig is read now: an unusable one is an error naming the fix.
+pub fn spawn(
+    state: &std::sync::Arc<crate::app::AppState>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let config = state.kubernetes();
+    let Some(path) = config.kubeconfig.clone() else {
+        return Ok(None);
+    };
+    let Some(store) = state.store().cloned() else {
+        tracing::warn!(target: "warden::sync", "`kubernetes.kubeconfig` is set but `storage` is `none`; the Kubernetes usage sync is off");
+        return Ok(None);
+    };
+    let client = super::cluster::ClusterClient::from_kubeconfig(&path)?;
+    let state = std::sync::Arc::clone(state);
+    Ok(Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(config.sync_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = UnixMicros::from_system_time(std::time::SystemTime::now());
+            let (policy, config) = (state.policy(), state.kubernetes());
+            match poll_once(&client, &store, &policy, &config, now).await {
+                Ok(r) => tracing::info!(
+                    target: "warden::sync",
+                    door = "kubernetes",
+                    server = client.server(),
+                    workloads = r.workloads,
+                    ended = r.ended.len(),
+                    adopted = r.adopted.len(),
+                    kept = r.kept.len(),
+                    skipped = r.skipped.len(),
+                    errors = r.errors.len(),
+                    "kubernetes usage sync"
+                ),
+                Err(error) => tracing::warn!(
+                    target: "warden::sync",
+                    door = "kubernetes",
+                    server = client.server(),
+                    %error,
+                    "kubernetes usage sync failed; retried at the next interval"
+                ),
+            }
+        }
+    })))
 }
 
 #[cfg(test)]
