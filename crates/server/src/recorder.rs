@@ -480,6 +480,73 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_allocation_is_credited_in_its_own_scopes_only() {
+        let h100 = warden_core::GpuModel::parse("H100").unwrap();
+        let old = warden_store::Allocation {
+            id: warden_store::AllocationId::new(1),
+            door: Door::Kubernetes,
+            team: TeamName::parse("ml").unwrap(),
+            user: Some("alice".to_owned()),
+            name: AllocationName::parse("ml/deployment/web").unwrap(),
+            gpu_model: Some(h100.clone()),
+            gpus: 3,
+            hourly: Usd::from_micros(9_000_000),
+            started: UnixMicros::from_micros(0),
+            ended: None,
+            state: warden_store::AllocationState::Live,
+        };
+        let mut l = vec![
+            Limit::Gpus {
+                scope: Scope::Team,
+                max: 8,
+            },
+            Limit::ModelGpus {
+                model: h100,
+                scope: Scope::Team,
+                max: 4,
+            },
+            Limit::ModelGpus {
+                model: warden_core::GpuModel::parse("A100").unwrap(),
+                scope: Scope::Team,
+                max: 4,
+            },
+            Limit::LiveAllocations {
+                scope: Scope::User,
+                max: 2,
+            },
+            Limit::HourlyCost {
+                scope: Scope::Team,
+                max: Usd::from_micros(10_000_000),
+            },
+            Limit::Launches {
+                scope: Scope::Team,
+                max: 5,
+                per: std::time::Duration::from_secs(60),
+            },
+        ];
+        credit(&mut l, &old, Some("alice"));
+        let maxes: Vec<String> = l.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            maxes,
+            [
+                "at most 11 concurrent GPUs per team",
+                "at most 7 concurrent `H100` GPUs per team",
+                "at most 4 concurrent `A100` GPUs per team",
+                "at most 3 live allocations per user",
+                "at most $19.00/h of live allocations per team",
+                "at most 5 launches per 1m per team",
+            ]
+        );
+        // Another user's: the per-user limit is not raised.
+        let mut l = vec![Limit::LiveAllocations {
+            scope: Scope::User,
+            max: 2,
+        }];
+        credit(&mut l, &old, Some("bob"));
+        assert_eq!(l[0].to_string(), "at most 2 live allocations per user");
+    }
+
+    #[test]
     fn the_payload_carries_the_capped_input() {
         let req = LaunchRequest::new(warden_core::Door::Vast, "launch");
         let policy = Policy::from_yaml("teams: {ml: {}}\n").unwrap();
