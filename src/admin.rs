@@ -286,6 +286,56 @@ pub fn sync_skypilot(config: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `warden sync k8s`: reconciles the `kubernetes` allocations with a pod
+/// list export (see [`warden_server::doors::kubernetes::sync`]).
+pub fn sync_k8s(config: &Path, pods: &Path) -> anyhow::Result<ExitCode> {
+    use warden_server::doors::kubernetes::sync;
+    let cfg = load_config(config).map_err(anyhow::Error::msg)?;
+    let Some(url) = cfg.storage.as_deref() else {
+        anyhow::bail!(
+            "{}: `storage: none` names no store to sync",
+            config.display()
+        );
+    };
+    let size = std::fs::metadata(pods)
+        .with_context(|| format!("cannot read the pod list {}", pods.display()))?
+        .len();
+    if size > sync::MAX_POD_LIST_BYTES as u64 {
+        anyhow::bail!(
+            "{}: {size} bytes, over the {}-byte limit; export one namespace at a time",
+            pods.display(),
+            sync::MAX_POD_LIST_BYTES
+        );
+    }
+    let text = std::fs::read(pods)
+        .with_context(|| format!("cannot read the pod list {}", pods.display()))?;
+    let (workloads, problems) = sync::workloads(&cfg.kubernetes, &text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", pods.display()))?;
+    runtime()?.block_on(async {
+        let store = Store::connect(url)
+            .await
+            .with_context(|| format!("cannot open the store named by {}", config.display()))?;
+        let now = UnixMicros::from_system_time(std::time::SystemTime::now());
+        let report = sync::reconcile(
+            &store,
+            &cfg.policy,
+            &workloads,
+            now,
+            cfg.kubernetes.sync_grace,
+        )
+        .await;
+        store.close().await;
+        let mut report = report?;
+        report.skipped.extend(problems);
+        say!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(if report.errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

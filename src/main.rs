@@ -197,6 +197,19 @@ enum SyncCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Reconcile the `kubernetes` allocations with the GPU pods of a
+    /// `kubectl get pods -A -o json` export: end allocations whose pods are
+    /// gone (after `kubernetes.sync_grace_seconds`), record GPU workloads
+    /// Warden never saw, and print the report (JSON); exit 1 if anything
+    /// failed.
+    K8s {
+        /// Config file (`storage`, `teams`, `kubernetes`).
+        #[arg(long)]
+        config: PathBuf,
+        /// The pod list (`kubectl get pods -A -o json > pods.json`).
+        #[arg(long)]
+        pods: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -331,6 +344,7 @@ fn main() -> ExitCode {
         Command::Access(command) => access::run(command),
         Command::K8s(command) => k8s::run(command),
         Command::Sync(SyncCommand::Skypilot { config }) => admin::sync_skypilot(&config),
+        Command::Sync(SyncCommand::K8s { config, pods }) => admin::sync_k8s(&config, &pods),
         Command::Sim {
             listen,
             seed,

@@ -17,6 +17,7 @@ mod door_limits;
 mod exceptions;
 mod gate;
 mod http;
+mod k8s_admission;
 mod k8s_render;
 mod keys;
 mod oidc;

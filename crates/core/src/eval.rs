@@ -466,7 +466,7 @@ impl Policy {
         }
         let subject = crate::access::Subject {
             user: p.user.clone(),
-            groups: Vec::new(),
+            groups: p.groups.clone(),
             key: p.role.map(|r| (r, team.clone())),
         };
         let review = self.access.review(&subject, verb, resource, team, None);

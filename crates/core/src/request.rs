@@ -143,6 +143,9 @@ pub struct Principal {
     /// The role of the Warden key the door authenticated, if any (a key
     /// holds this role in `team`; see [`crate::access`]).
     pub role: Option<crate::access::Role>,
+    /// The groups the door's identity source vouches for (Kubernetes
+    /// `userInfo.groups`), matched by group role bindings.
+    pub groups: Vec<String>,
 }
 
 /// The label that marks a launch as an inference endpoint where the door

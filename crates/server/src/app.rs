@@ -47,6 +47,8 @@ pub struct AppState {
     vast: std::sync::OnceLock<Arc<crate::doors::vast::VastDoor>>,
     /// OIDC sign-in (`identity.oidc`), when configured.
     oidc: arc_swap::ArcSwapOption<OidcVerifier>,
+    /// The Kubernetes door's settings (`kubernetes`).
+    kubernetes: ArcSwap<crate::config::KubernetesConfig>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             id_prefix: request_id_prefix(),
             vast: std::sync::OnceLock::new(),
             oidc: arc_swap::ArcSwapOption::empty(),
+            kubernetes: ArcSwap::from_pointee(crate::config::KubernetesConfig::default()),
         })
     }
 
@@ -142,6 +145,16 @@ impl AppState {
         self.vast.get()
     }
 
+    /// The Kubernetes door's settings in force.
+    pub fn kubernetes(&self) -> Arc<crate::config::KubernetesConfig> {
+        self.kubernetes.load_full()
+    }
+
+    /// Replaces the Kubernetes door's settings (startup, reload).
+    pub fn set_kubernetes(&self, config: crate::config::KubernetesConfig) {
+        self.kubernetes.store(Arc::new(config));
+    }
+
     /// The OIDC token verifier, when `identity.oidc` is configured.
     pub fn oidc(&self) -> Option<Arc<OidcVerifier>> {
         self.oidc.load_full()
@@ -173,6 +186,7 @@ impl AppState {
         };
         self.policy.store(Arc::new(config.policy));
         self.apply_settings(config.settings);
+        self.set_kubernetes(config.kubernetes);
         self.set_oidc(oidc);
         Ok(())
     }
@@ -238,6 +252,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/skypilot", post(skypilot_door))
         .route("/vast/{*rest}", any(crate::doors::vast::route))
+        .route(
+            crate::doors::kubernetes::PATH,
+            post(crate::doors::kubernetes::route),
+        )
         .merge(crate::reports::routes())
         .merge(crate::api::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -361,7 +379,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, DoorError> {
+pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, DoorError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             DoorError::PayloadTooLarge {
@@ -375,7 +393,7 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, DoorError
 
 /// Logs a request answered with an error: a store failure (503, the
 /// request was not decided) as such, anything else as a malformed request.
-fn log_refusal(request_id: &str, door: &str, err: &DoorError) {
+pub(crate) fn log_refusal(request_id: &str, door: &str, err: &DoorError) {
     let status = err.status_code().as_u16();
     match err {
         DoorError::StoreFailure(_) => tracing::error!(
@@ -463,6 +481,7 @@ async fn skypilot_admit(
         // The audit record's replay input, only when there is a store.
         input: state.store().and_then(|_| skypilot::replay_input(&body)),
         started,
+        replaces: None,
     };
     let admitted = crate::gate::admit(state, &policy, admission, |d| {
         rewrite.apply(d).map(crate::gate::Applied::all)

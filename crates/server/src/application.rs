@@ -59,6 +59,14 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The Kubernetes usage sync cannot start (its kubeconfig).
+    #[error("{}: kubernetes: {reason}", config.display())]
+    Kubernetes {
+        /// The config file.
+        config: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {listen}: {source}")]
     Listen {
@@ -114,7 +122,7 @@ impl Application {
             settings,
             vast,
             oidc,
-            kubernetes: _,
+            kubernetes,
         } = config;
         let store = match &storage {
             Some(url) => Some(
@@ -129,6 +137,7 @@ impl Application {
         };
         let state = AppState::with_store(policy, Some(config_path.to_path_buf()), store);
         state.apply_settings(settings);
+        state.set_kubernetes(kubernetes);
         // OIDC sign-in: the issuer's keys are fetched in the background now,
         // so the first sign-in does not wait (and a failure is logged
         // early); a token arriving first fetches them itself.
@@ -162,6 +171,11 @@ impl Application {
                 }
             })?;
         }
+        // The Kubernetes usage sync, when `kubernetes.kubeconfig` is set.
+        crate::doors::kubernetes::sync::spawn(&state).map_err(|reason| StartError::Kubernetes {
+            config: config_path.to_path_buf(),
+            reason,
+        })?;
         // The Vast door, in front of Vast.ai or the embedded simulator.
         let embedded_sim = if state.store().is_some() {
             let (door, sim) =

@@ -41,6 +41,11 @@ pub struct Admission<'a> {
     pub input: Option<Value>,
     /// When the door began handling the request (for `latency_us`).
     pub started: Instant,
+    /// The live allocation this request replaces once granted (a resized
+    /// Kubernetes workload): its share of the quotas is credited while the
+    /// new size is judged, so a resize is judged as if the old size were
+    /// already gone. The door ends it after the grant.
+    pub replaces: Option<&'a warden_store::Allocation>,
 }
 
 /// The outcome of a door's apply step.
@@ -133,6 +138,7 @@ pub async fn admit<A>(
                 request: admission.request,
                 decision: &decision,
                 input: admission.input.take(),
+                replaces: admission.replaces,
             };
             let recorded =
                 recorder::record(store, policy, decided, at, &settings.time_zone).await?;

@@ -113,6 +113,38 @@ pub fn limits(q: &Quotas) -> Vec<Limit> {
     out
 }
 
+/// Raises `limits` by what the live allocation `old` counts against each,
+/// so a request replacing it is judged as if it were already gone: GPUs
+/// (of its model), one live allocation, its hourly price; in the user's
+/// scope only when `old` is `user`'s. Launch rates are not credited (a
+/// resize counts as a launch), and budgets are not (the old allocation's
+/// hold stays until it ends: a resize near a hard budget may be refused).
+pub fn credit(limits: &mut [Limit], old: &warden_store::Allocation, user: Option<&str>) {
+    for limit in limits.iter_mut() {
+        let applies = |scope: &Scope| match scope {
+            Scope::Team => true,
+            Scope::User => old.user.as_deref() == user,
+        };
+        match limit {
+            Limit::Gpus { scope, max } if applies(scope) => {
+                *max = max.saturating_add(old.gpus);
+            }
+            Limit::ModelGpus { model, scope, max }
+                if applies(scope) && old.gpu_model.as_ref() == Some(model) =>
+            {
+                *max = max.saturating_add(old.gpus);
+            }
+            Limit::LiveAllocations { scope, max } if applies(scope) => {
+                *max = max.saturating_add(1);
+            }
+            Limit::HourlyCost { scope, max } if applies(scope) => {
+                *max = Usd::from_micros(max.micros().saturating_add(old.hourly.micros()));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The store limits of a team's hard budgets for a launch costing `hourly`,
 /// at `now` (periods are days and calendar months in `tz`); none for soft
 /// budgets, which only alert.
@@ -321,6 +353,9 @@ pub struct Decided<'a> {
     pub decision: &'a Decision,
     /// The door's redacted request, for `warden replay`.
     pub input: Option<serde_json::Value>,
+    /// The live allocation the request replaces (see
+    /// [`crate::gate::Admission::replaces`]): its share is credited.
+    pub replaces: Option<&'a warden_store::Allocation>,
 }
 
 /// Records one decision; reserves the allocation of an allowed launch.
@@ -338,6 +373,7 @@ pub async fn record(
         request: req,
         decision,
         input,
+        replaces,
     } = decided;
     let body = payload(request_id, req, decision, input);
     let team = decision.team.as_ref();
@@ -377,6 +413,9 @@ pub async fn record(
         .team(team)
         .map(|t| {
             let mut l = limits(&t.quotas);
+            if let Some(old) = replaces {
+                credit(&mut l, old, req.principal.user.as_deref());
+            }
             l.extend(budget_limits(&t.budgets, hourly, now, tz));
             l
         })
@@ -438,6 +477,73 @@ mod tests {
         assert!(prefix.len() <= TRUNCATED_PREFIX_BYTES && prefix.len() > 4000);
         assert!(text.starts_with(prefix));
         assert!(kept.to_string().len() < TRUNCATED_PREFIX_BYTES + 300);
+    }
+
+    #[test]
+    fn a_replaced_allocation_is_credited_in_its_own_scopes_only() {
+        let h100 = warden_core::GpuModel::parse("H100").unwrap();
+        let old = warden_store::Allocation {
+            id: warden_store::AllocationId::new(1),
+            door: Door::Kubernetes,
+            team: TeamName::parse("ml").unwrap(),
+            user: Some("alice".to_owned()),
+            name: AllocationName::parse("ml/deployment/web").unwrap(),
+            gpu_model: Some(h100.clone()),
+            gpus: 3,
+            hourly: Usd::from_micros(9_000_000),
+            started: UnixMicros::from_micros(0),
+            ended: None,
+            state: warden_store::AllocationState::Live,
+        };
+        let mut l = vec![
+            Limit::Gpus {
+                scope: Scope::Team,
+                max: 8,
+            },
+            Limit::ModelGpus {
+                model: h100,
+                scope: Scope::Team,
+                max: 4,
+            },
+            Limit::ModelGpus {
+                model: warden_core::GpuModel::parse("A100").unwrap(),
+                scope: Scope::Team,
+                max: 4,
+            },
+            Limit::LiveAllocations {
+                scope: Scope::User,
+                max: 2,
+            },
+            Limit::HourlyCost {
+                scope: Scope::Team,
+                max: Usd::from_micros(10_000_000),
+            },
+            Limit::Launches {
+                scope: Scope::Team,
+                max: 5,
+                per: std::time::Duration::from_secs(60),
+            },
+        ];
+        credit(&mut l, &old, Some("alice"));
+        let maxes: Vec<String> = l.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            maxes,
+            [
+                "at most 11 concurrent GPUs per team",
+                "at most 7 concurrent `H100` GPUs per team",
+                "at most 4 concurrent `A100` GPUs per team",
+                "at most 3 live allocations per user",
+                "at most $19.00/h of live allocations per team",
+                "at most 5 launches per 1m per team",
+            ]
+        );
+        // Another user's: the per-user limit is not raised.
+        let mut l = vec![Limit::LiveAllocations {
+            scope: Scope::User,
+            max: 2,
+        }];
+        credit(&mut l, &old, Some("bob"));
+        assert_eq!(l[0].to_string(), "at most 2 live allocations per user");
     }
 
     #[test]

@@ -499,10 +499,11 @@ fn compile_matcher(
             match d.as_str() {
                 "skypilot" => list.push(Door::Skypilot),
                 "vast" => list.push(Door::Vast),
-                "kubernetes" => list.push(Door::Kubernetes),
+                // `k8s` is the short name the Kubernetes door goes by.
+                "kubernetes" | "k8s" => list.push(Door::Kubernetes),
                 other => p.add(
                     format!("{path}.doors[{i}]"),
-                    format!("unknown door `{other}`; use skypilot, vast or kubernetes"),
+                    format!("unknown door `{other}`; use skypilot, vast or kubernetes (or k8s)"),
                 ),
             }
         }

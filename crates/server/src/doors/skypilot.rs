@@ -24,6 +24,7 @@ mod apply;
 mod normalize;
 pub mod sync;
 pub(crate) mod wire;
+pub(crate) use wire::json_depth_within;
 pub mod yaml;
 
 pub use apply::Rewrite;

@@ -227,6 +227,7 @@ impl Caller {
             team: Some(self.team_name().to_string()),
             workspace: None,
             role: Some(self.key.role),
+            groups: Vec::new(),
         }
     }
 }

@@ -379,6 +379,7 @@ pub async fn create(
         key: Some(caller.key.id.as_str()),
         input: Some(replay_input(offer_id, &offer, &body, caller.key.role)),
         started,
+        replaces: None,
     };
     let admitted = crate::gate::admit(state, &caller.policy, admission, |d| {
         let mut mutated = body.clone();

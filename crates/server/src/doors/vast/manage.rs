@@ -275,6 +275,7 @@ async fn start(
             json!({"start": id, "instance_facts": super::offline::decision_facts(&row), "body": body, "key_role": caller.key.role}),
         ),
         started,
+        replaces: None,
     };
     let admitted = crate::gate::admit(state, &caller.policy, admission, |_| {
         Ok(crate::gate::Applied::all(()))

@@ -89,6 +89,7 @@ pub fn decide(
         team: Some(team.to_owned()),
         workspace: None,
         role,
+        groups: Vec::new(),
     };
     let facts = |key: &str| -> Result<Map<String, Value>, DoorError> {
         match input.get(key) {
