@@ -123,6 +123,10 @@ async fn post(app: &axum::Router, body: &[u8]) -> (StatusCode, Value, String) {
         .oneshot(
             Request::post("/k8s/admission")
                 .header("content-type", "application/json")
+                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    40000,
+                ))))
                 .body(Body::from(body.to_vec()))
                 .unwrap(),
         )
@@ -1154,4 +1158,66 @@ fn serve_refuses_a_kubeconfig_it_cannot_use_naming_the_fix() {
         err.contains("kubernetes: kubeconfig") && err.contains("auth-provider"),
         "{err}"
     );
+}
+
+/// A review names the user it is for: only a trusted API server address
+/// (`kubernetes.trusted_api_servers`, default loopback) may send one.
+/// From anywhere else it is a 403 naming the key, and nothing is reserved.
+#[tokio::test]
+async fn reviews_are_judged_only_from_trusted_api_servers() {
+    let (_dir, store, _state, app) = app_with(CONFIG).await;
+    let pod = fixture("pod-gpu.json");
+    let body = alice("uid-forged", "CREATE", "ml", Some(&pod), None).to_string();
+    let send = |peer: Option<[u8; 4]>| {
+        let mut req = Request::post("/k8s/admission").header("content-type", "application/json");
+        if let Some(ip) = peer {
+            req = req.extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                ip, 40000,
+            ))));
+        }
+        app.clone()
+            .oneshot(req.body(Body::from(body.clone())).unwrap())
+    };
+    for peer in [Some([10, 0, 0, 9]), None] {
+        let resp = send(peer).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let text = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("kubernetes.trusted_api_servers")
+                && text.contains("only the cluster's API server"),
+            "{text}"
+        );
+    }
+    assert!(store.list_live(None).await.unwrap().is_empty());
+
+    // A configured address is trusted (and loopback no longer is).
+    let (_dir, _store, _state, app) = app_with(&format!(
+        "{CONFIG}kubernetes:\n  trusted_api_servers: [10.0.0.0/24]\n"
+    ))
+    .await;
+    let ok = app
+        .clone()
+        .oneshot(
+            Request::post("/k8s/admission")
+                .header("content-type", "application/json")
+                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [10, 0, 0, 9],
+                    40000,
+                ))))
+                .body(Body::from(body.clone()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let (status, _, text) = post(&app, body.as_bytes()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
 }

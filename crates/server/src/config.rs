@@ -250,8 +250,14 @@ impl Default for TrustedServers {
 }
 
 impl TrustedServers {
-    /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`10.1.2.3`).
+    /// Parses CIDRs (`10.0.0.0/8`) or single addresses (`10.1.2.3`) of
+    /// `skypilot.trusted_servers`.
     pub fn parse(list: &[String]) -> Result<Self, Vec<String>> {
+        Self::parse_key("skypilot.trusted_servers", list)
+    }
+
+    /// Parses the list of config key `key` (named in the errors).
+    pub fn parse_key(key: &str, list: &[String]) -> Result<Self, Vec<String>> {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for (i, text) in list.iter().enumerate() {
@@ -262,7 +268,7 @@ impl TrustedServers {
             match parsed {
                 Ok(net) => out.push(net.trunc()),
                 Err(_) => problems.push(format!(
-                    "skypilot.trusted_servers[{i}]: `{}` is not an address or CIDR; write e.g. `10.0.4.17` or `10.0.4.0/24`",
+                    "{key}[{i}]: `{}` is not an address or CIDR; write e.g. `10.0.4.17` or `10.0.4.0/24`",
                     t.chars().take(60).collect::<String>()
                 )),
             }

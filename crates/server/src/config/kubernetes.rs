@@ -58,6 +58,8 @@ pub(crate) struct KubernetesFile {
     #[serde(default)]
     system_namespaces: Vec<String>,
     #[serde(default)]
+    trusted_api_servers: Option<Vec<String>>,
+    #[serde(default)]
     webhook: Option<WebhookFile>,
     #[serde(default)]
     kubeconfig: Option<PathBuf>,
@@ -141,6 +143,10 @@ pub struct KubernetesConfig {
     /// Namespaces whose pods may reach every team namespace (ingress
     /// controller, monitoring).
     pub system_namespaces: Vec<String>,
+    /// The addresses whose admission reviews are judged
+    /// (`kubernetes.trusted_api_servers`; default loopback): a review
+    /// carries the user it is for, which only the API server may vouch for.
+    pub trusted_api_servers: super::TrustedServers,
     /// The webhook registration's `failurePolicy`.
     pub failure_policy: FailurePolicy,
     /// The webhook registration's `timeoutSeconds` (1–30).
@@ -267,6 +273,14 @@ pub(crate) fn kubernetes_config(
             ));
         }
     }
+    let trusted_api_servers = match &f.trusted_api_servers {
+        None => super::TrustedServers::default(),
+        Some(list) => super::TrustedServers::parse_key("kubernetes.trusted_api_servers", list)
+            .unwrap_or_else(|e| {
+                problems.extend(e);
+                super::TrustedServers::default()
+            }),
+    };
     let webhook = f.webhook.unwrap_or_default();
     let timeout = webhook
         .timeout_seconds
@@ -311,6 +325,7 @@ pub(crate) fn kubernetes_config(
             spot_tolerations,
             pod_templates,
             system_namespaces: f.system_namespaces,
+            trusted_api_servers,
             failure_policy: webhook.failure_policy.unwrap_or_default(),
             webhook_timeout: Duration::from_secs(timeout),
             kubeconfig,

@@ -61,14 +61,16 @@ pub mod sync;
 pub mod wire;
 pub mod workload;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::Value;
 use warden_core::Door;
 use warden_store::{Allocation, AllocationName, AllocationState, EndTarget, UnixMicros};
@@ -84,11 +86,14 @@ pub const PATH: &str = "/k8s/admission";
 pub async fn route(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let request_id = state.request_id(&headers);
-    let result = match crate::app::body_or_error(body) {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let trusted = check_api_server(&state.kubernetes().trusted_api_servers, peer);
+    let result = match trusted.and_then(|()| crate::app::body_or_error(body)) {
         Ok(body) => match wire::parse_review(&body) {
             Ok(review) => Ok(answer(&state, &review, &request_id, started).await),
             Err(e) => Err(e),
@@ -113,6 +118,27 @@ pub async fn route(
             e.into_response()
         }
     }
+}
+
+/// A review names the user it is for (`userInfo`), and a granted one
+/// reserves quota and budget in that user's team: only the cluster's API
+/// server may send one (`kubernetes.trusted_api_servers`, default
+/// loopback).
+fn check_api_server(
+    trusted: &crate::config::TrustedServers,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), DoorError> {
+    if peer.is_some_and(|p| trusted.contains(p)) {
+        return Ok(());
+    }
+    let from = peer.map_or_else(|| "an unknown address".to_owned(), |p| format!("`{p}`"));
+    Err(DoorError::Forbidden(format!(
+        "an admission review names the user it is for, which only the cluster's API server may \
+         vouch for, and this one came from {from}; Warden judges reviews only from \
+         `kubernetes.trusted_api_servers` ({}). If this is your API server (or the address its \
+         webhook calls come from), a platform admin adds it there",
+        trusted.describe()
+    )))
 }
 
 /// The answer to a well-formed review; a failure to decide is a refusal
