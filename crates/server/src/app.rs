@@ -259,7 +259,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::reports::routes())
         .merge(crate::api::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(tower::layer::layer_fn(BodyGuard))
         .with_state(state)
 }
 
@@ -274,16 +274,71 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// makes the client see a connection reset instead of the answer.
 /// Bodies declared within the limit go straight on (the extractor's limit
 /// still holds them to what they declared).
-async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use http_body_util::BodyExt as _;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n <= BODY_LIMIT_BYTES as u64) {
-        return next.run(req).await;
+///
+/// A hand-written layer rather than `middleware::from_fn`: a request that
+/// declares a length within the limit (every real client's) goes straight
+/// to the route, with no boxing or service clone.
+#[derive(Clone)]
+struct BodyGuard<S>(S);
+
+impl<S> tower::Service<axum::extract::Request> for BodyGuard<S>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        S::Future,
+        std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send,
+            >,
+        >,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
     }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n <= BODY_LIMIT_BYTES as u64) {
+            return futures_util::future::Either::Left(self.0.call(req));
+        }
+        // The ready service goes with the request; a fresh clone stays.
+        let clone = self.0.clone();
+        let mut inner = std::mem::replace(&mut self.0, clone);
+        futures_util::future::Either::Right(Box::pin(async move {
+            match read_within_limit(req, declared).await {
+                Ok(req) => inner.call(req).await,
+                Err(refused) => Ok(refused),
+            }
+        }))
+    }
+}
+
+/// Reads a body that declared no length, or too large a length, up to
+/// the limit: the request rebuilt with it, or the refusal (413 after
+/// draining, or 400 when the body cannot be read).
+async fn read_within_limit(
+    req: axum::extract::Request,
+    declared: Option<u64>,
+) -> Result<axum::extract::Request, Response> {
+    use http_body_util::BodyExt as _;
     let (parts, mut body) = req.into_parts();
     let mut over = declared.is_some();
     let mut kept: Vec<u8> = Vec::new();
@@ -303,8 +358,9 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
                 if over {
                     break;
                 }
-                return DoorError::bad(format!("cannot read the request body: {e}"))
-                    .into_response();
+                return Err(
+                    DoorError::bad(format!("cannot read the request body: {e}")).into_response()
+                );
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
@@ -332,13 +388,12 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return Err(response);
     }
-    next.run(axum::extract::Request::from_parts(
+    Ok(axum::extract::Request::from_parts(
         parts,
         axum::body::Body::from(kept),
     ))
-    .await
 }
 
 async fn healthz() -> &'static str {

@@ -352,13 +352,15 @@ impl Application {
     ) -> std::io::Result<()> {
         // The peer's address: the SkyPilot door trusts server-side
         // requests only from `skypilot.trusted_servers`.
+        let local = self.listener.local_addr()?;
         let mut app = router(self.state);
-        if self.tls.is_none() && !self.insecure_http {
+        // Bound to loopback, every peer is on loopback: the check could
+        // refuse nothing, so it is not installed.
+        if self.tls.is_none() && !self.insecure_http && !local.ip().is_loopback() {
             app = app.layer(axum::middleware::from_fn(
                 crate::tls::refuse_credentials_in_clear,
             ));
         }
-        let local = self.listener.local_addr()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
         let mut threads = Vec::with_capacity(self.http_threads);
