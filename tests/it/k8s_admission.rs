@@ -118,18 +118,24 @@ fn alice(uid: &str, op: &str, ns: &str, object: Option<&Value>, old: Option<&Val
 }
 
 async fn post(app: &axum::Router, body: &[u8]) -> (StatusCode, Value, String) {
+    post_from(app, body, Some([127, 0, 0, 1])).await
+}
+
+/// `post` from `peer` (`None`: no peer address known).
+async fn post_from(
+    app: &axum::Router,
+    body: &[u8],
+    peer: Option<[u8; 4]>,
+) -> (StatusCode, Value, String) {
+    let mut req = Request::post("/k8s/admission").header("content-type", "application/json");
+    if let Some(ip) = peer {
+        req = req.extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            ip, 40000,
+        ))));
+    }
     let resp = app
         .clone()
-        .oneshot(
-            Request::post("/k8s/admission")
-                .header("content-type", "application/json")
-                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-                    [127, 0, 0, 1],
-                    40000,
-                ))))
-                .body(Body::from(body.to_vec()))
-                .unwrap(),
-        )
+        .oneshot(req.body(Body::from(body.to_vec())).unwrap())
         .await
         .unwrap();
     let status = resp.status();
@@ -1168,28 +1174,9 @@ async fn reviews_are_judged_only_from_trusted_api_servers() {
     let (_dir, store, _state, app) = app_with(CONFIG).await;
     let pod = fixture("pod-gpu.json");
     let body = alice("uid-forged", "CREATE", "ml", Some(&pod), None).to_string();
-    let send = |peer: Option<[u8; 4]>| {
-        let mut req = Request::post("/k8s/admission").header("content-type", "application/json");
-        if let Some(ip) = peer {
-            req = req.extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-                ip, 40000,
-            ))));
-        }
-        app.clone()
-            .oneshot(req.body(Body::from(body.clone())).unwrap())
-    };
     for peer in [Some([10, 0, 0, 9]), None] {
-        let resp = send(peer).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        let text = String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap();
+        let (status, _, text) = post_from(&app, body.as_bytes(), peer).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
         assert!(
             text.contains("kubernetes.trusted_api_servers")
                 && text.contains("only the cluster's API server"),
@@ -1203,21 +1190,8 @@ async fn reviews_are_judged_only_from_trusted_api_servers() {
         "{CONFIG}kubernetes:\n  trusted_api_servers: [10.0.0.0/24]\n"
     ))
     .await;
-    let ok = app
-        .clone()
-        .oneshot(
-            Request::post("/k8s/admission")
-                .header("content-type", "application/json")
-                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-                    [10, 0, 0, 9],
-                    40000,
-                ))))
-                .body(Body::from(body.clone()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), StatusCode::OK);
+    let (status, _, text) = post_from(&app, body.as_bytes(), Some([10, 0, 0, 9])).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
     let (status, _, text) = post(&app, body.as_bytes()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
 }
