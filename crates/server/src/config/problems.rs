@@ -36,6 +36,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "skypilot",
     "exceptions",
     "identity",
+    "kubernetes",
 ];
 
 /// The problems of a config text that does not deserialize, each as
@@ -77,6 +78,9 @@ pub(super) fn parse_problems(text: &str) -> Vec<String> {
             "skypilot" => one::<Option<super::SkypilotDoorFile>>(&key, value, &mut found),
             "exceptions" => one::<Option<super::ExceptionsFile>>(&key, value, &mut found),
             "identity" => one::<Option<super::identity::IdentityFile>>(&key, value, &mut found),
+            "kubernetes" => {
+                one::<Option<super::kubernetes::KubernetesFile>>(&key, value, &mut found);
+            }
             other => found.push((
                 other.to_owned(),
                 format!(
@@ -250,6 +254,39 @@ pub(super) fn key_lines(text: &str) -> HashMap<String, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every top-level key the config file takes is known here too: a
+    /// key missing from the list would be reported as unknown whenever
+    /// another part of the file is wrong. serde's own list of the fields of
+    /// the file is the reference.
+    #[test]
+    fn the_known_keys_are_the_config_files_keys() {
+        let e = serde_norway::from_str::<super::super::ConfigFile>("no_such_key_x: 1\n")
+            .unwrap_err()
+            .to_string();
+        let listed = e.split("expected one of").nth(1).unwrap_or_default();
+        let mut fields: Vec<&str> = listed
+            .split(',')
+            .map(|f| {
+                f.trim()
+                    .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            })
+            .filter(|f| !f.is_empty())
+            .collect();
+        fields.sort_unstable();
+        let mut known = TOP_LEVEL_KEYS.to_vec();
+        known.sort_unstable();
+        assert_eq!(fields, known, "{e}");
+
+        // A wrong value inside `kubernetes` is named by its path, beside a
+        // problem elsewhere.
+        let p = parse_problems("teams: 7\nkubernetes:\n  gpu_resources: 5\n");
+        assert!(
+            p.iter().any(|l| l.contains("kubernetes.gpu_resources")),
+            "{p:#?}"
+        );
+        assert!(!p.iter().any(|l| l.contains("unknown key")), "{p:#?}");
+    }
 
     #[test]
     fn every_bad_section_and_entry_is_named_with_its_line() {
