@@ -20,6 +20,7 @@ mod identity;
 mod kubernetes;
 mod problems;
 mod quote;
+mod seconds;
 mod vast;
 pub use identity::{
     check_fetch_url, OidcConfig, ASYMMETRIC_ALGORITHMS, DEFAULT_ALGORITHMS, DEFAULT_GROUPS_CLAIM,
@@ -536,13 +537,13 @@ fn skypilot_api(path: &Path, f: SkypilotApiFile) -> Result<SkypilotApi, Vec<Stri
         }
     }
     let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
-        let v = given.unwrap_or(default);
-        if v < min || v > 86_400 {
-            problems.push(format!(
-                "skypilot_api.{key}: `{v}` is out of range; use {min} to 86400 seconds"
-            ));
-        }
-        Duration::from_secs(v)
+        seconds::seconds(
+            &mut problems,
+            &format!("skypilot_api.{key}"),
+            given,
+            default,
+            min,
+        )
     };
     let interval = seconds(
         "interval_seconds",

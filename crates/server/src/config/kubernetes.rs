@@ -292,13 +292,13 @@ pub(crate) fn kubernetes_config(
         ));
     }
     let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
-        let v = given.unwrap_or(default);
-        if v < min || v > 86_400 {
-            problems.push(format!(
-                "kubernetes.{key}: `{v}` is out of range; use {min} to 86400 seconds"
-            ));
-        }
-        Duration::from_secs(v)
+        super::seconds::seconds(
+            &mut problems,
+            &format!("kubernetes.{key}"),
+            given,
+            default,
+            min,
+        )
     };
     let sync_interval = seconds(
         "sync_interval_seconds",

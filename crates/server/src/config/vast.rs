@@ -150,13 +150,7 @@ pub(crate) fn vast_config(path: &Path, f: VastFile) -> Result<VastConfig, Vec<St
         (None, None) => default_key(),
     };
     let mut seconds = |key: &str, given: Option<u64>, default: u64, min: u64| {
-        let v = given.unwrap_or(default);
-        if v < min || v > 86_400 {
-            problems.push(format!(
-                "vast.{key}: `{v}` is out of range; use {min} to 86400 seconds"
-            ));
-        }
-        Duration::from_secs(v)
+        super::seconds::seconds(&mut problems, &format!("vast.{key}"), given, default, min)
     };
     let timeout = seconds(
         "timeout_seconds",

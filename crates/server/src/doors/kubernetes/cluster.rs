@@ -32,6 +32,29 @@ use serde_json::Value;
 
 use crate::http_client::{read_limited, transport_detail, ReadError};
 
+/// The largest pod list read, in bytes (a cluster of 10 000 pods exports
+/// about 100 MB).
+pub const MAX_POD_LIST_BYTES: usize = 256 * 1024 * 1024;
+/// The deepest nesting a pod list may have.
+pub const MAX_POD_LIST_DEPTH: usize = 64;
+
+/// A pod list (`kubectl get pods -A -o json`, or one page of the API
+/// server's), bounded in size and depth before it is parsed.
+pub fn parse_pod_list(text: &[u8]) -> Result<Value, String> {
+    if text.len() > MAX_POD_LIST_BYTES {
+        return Err(format!(
+            "the pod list is {} bytes, over the {MAX_POD_LIST_BYTES}-byte limit; export one namespace at a time",
+            text.len()
+        ));
+    }
+    if !crate::doors::skypilot::json_depth_within(text, MAX_POD_LIST_DEPTH) {
+        return Err(format!(
+            "the pod list nests deeper than {MAX_POD_LIST_DEPTH} levels; is it `kubectl get pods -A -o json`?"
+        ));
+    }
+    serde_json::from_slice(text).map_err(|e| format!("the pod list is not JSON: {e}"))
+}
+
 /// The largest page of the pod list read.
 pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Pods asked for per page.
@@ -332,11 +355,7 @@ impl ClusterClient {
                     if message.is_empty() { "" } else { ": " }
                 ));
             }
-            if !crate::doors::skypilot::json_depth_within(&body, super::sync::MAX_POD_LIST_DEPTH) {
-                return Err("the pod list nests too deep".to_owned());
-            }
-            let mut page: Value = serde_json::from_slice(&body)
-                .map_err(|e| format!("the pod list is not JSON: {e}"))?;
+            let mut page = parse_pod_list(&body)?;
             if let Some(Value::Array(list)) = page.get_mut("items").map(Value::take) {
                 items.extend(list);
             }

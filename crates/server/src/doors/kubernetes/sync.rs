@@ -42,11 +42,7 @@ use crate::config::KubernetesConfig;
 pub const SOURCE: &str = "kubernetes-sync";
 /// The audit kind of a sync's summary record.
 pub const AUDIT_KIND: &str = "sync.kubernetes";
-/// The largest pod list read, in bytes (a cluster of 10 000 pods exports
-/// about 100 MB).
-pub const MAX_POD_LIST_BYTES: usize = 256 * 1024 * 1024;
-/// The deepest nesting a pod list may have.
-pub const MAX_POD_LIST_DEPTH: usize = 64;
+pub use super::cluster::{MAX_POD_LIST_BYTES, MAX_POD_LIST_DEPTH};
 
 /// A workload: the GPU pods naming one allocation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,23 +76,8 @@ pub fn workloads(
     config: &KubernetesConfig,
     text: &[u8],
 ) -> Result<(Vec<Workload>, Vec<Problem>), String> {
-    let list = parse_pod_list(text)?;
+    let list = super::cluster::parse_pod_list(text)?;
     workloads_of(config, &list)
-}
-
-fn parse_pod_list(text: &[u8]) -> Result<Value, String> {
-    if text.len() > MAX_POD_LIST_BYTES {
-        return Err(format!(
-            "the pod list is {} bytes, over the {MAX_POD_LIST_BYTES}-byte limit; export one namespace at a time",
-            text.len()
-        ));
-    }
-    if !crate::doors::skypilot::json_depth_within(text, MAX_POD_LIST_DEPTH) {
-        return Err(format!(
-            "the pod list nests deeper than {MAX_POD_LIST_DEPTH} levels; is it `kubectl get pods -A -o json`?"
-        ));
-    }
-    serde_json::from_slice(text).map_err(|e| format!("the pod list is not JSON: {e}"))
 }
 
 /// [`workloads`] of a pod list already read.
