@@ -266,9 +266,9 @@ impl Application {
     /// Serves HTTP on `n` threads (at least 1, at most
     /// [`MAX_HTTP_THREADS`]; default [`default_http_threads`]).
     ///
-    /// Each thread runs its own single-threaded event loop and accepts
-    /// connections from the one listening socket; a connection stays on the
-    /// thread that accepted it. The shared state (policy, store, key cache)
+    /// Each thread runs its own single-threaded event loop; one accept
+    /// loop hands new connections to the threads in turn, and a connection
+    /// stays on the thread it was handed to. The shared state (policy, store, key cache)
     /// is the same for all. Against one work-stealing runtime this saves
     /// the wake-ups and hand-overs between threads that cost more than the
     /// door's own work at high request rates (see `bench/README.md`).
