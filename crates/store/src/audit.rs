@@ -59,7 +59,7 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
+use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, values_params, Tx};
 use crate::error::{InputError, StoreError};
 use crate::time::UnixMicros;
 use crate::writer::{Op, Written};
@@ -386,11 +386,14 @@ impl Tx {
                 .await?;
             }
             Tx::Sqlite { tx, .. } => {
-                for range in sqlite_chunks(chained.len()) {
+                for (range, rows) in sqlite_padded_chunks(chained.len()) {
                     let chunk = chained.get(range).unwrap_or_default();
+                    // The padding's NULL rows are filtered out (`seq` is
+                    // never NULL).
                     let sql = format!(
-                        "INSERT INTO audit (seq, at_us, kind, payload, prev_hash, hash) VALUES {}",
-                        values_params(chunk.len(), 6)
+                        "INSERT INTO audit (seq, at_us, kind, payload, prev_hash, hash) \
+                         SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
+                        values_params(rows, 6)
                     );
                     let mut query = sqlx::query(&sql);
                     for r in chunk {
@@ -401,6 +404,9 @@ impl Tx {
                             .bind(r.payload.as_str())
                             .bind(r.prev_hash.as_str())
                             .bind(r.hash.as_str());
+                    }
+                    for _ in chunk.len() * 6..rows * 6 {
+                        query = query.bind(None::<&str>);
                     }
                     query.execute(&mut **tx).await?;
                 }

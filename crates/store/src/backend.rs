@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{ConnectOptions, Postgres, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use warden_core::TeamName;
 
@@ -68,9 +68,15 @@ pub struct Store {
 pub(crate) enum Backend {
     Sqlite {
         pool: SqlitePool,
-        /// Serializes this process's write transactions before they reach
-        /// SQLite, whose own busy handler waits by sleeping and polling.
-        write_lock: Arc<Mutex<()>>,
+        /// The connection every write transaction of this process runs on,
+        /// outside the pool. Its mutex serializes this process's write
+        /// transactions before they reach SQLite, whose own busy handler
+        /// waits by sleeping and polling. One connection keeps one SQLite
+        /// worker thread warm and skips the pool's checkout and its ping on
+        /// return: a write transaction is a chain of round trips to that
+        /// thread, and each one it saves is latency saved for every write
+        /// of the batch.
+        writer: Arc<Mutex<WriterConn>>,
     },
     Postgres {
         pool: PgPool,
@@ -103,7 +109,7 @@ impl Store {
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .acquire_timeout(timeout)
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await
                     .map_err(|source| connect_error("sqlite", source))?;
                 SQLITE_MIGRATIONS
@@ -113,9 +119,17 @@ impl Store {
                         backend: "sqlite",
                         source,
                     })?;
+                let writer = options
+                    .connect()
+                    .await
+                    .map_err(|source| connect_error("sqlite", source))?;
                 Backend::Sqlite {
+                    writer: Arc::new(Mutex::new(WriterConn {
+                        conn: writer,
+                        abandoned: false,
+                        closed: false,
+                    })),
                     pool,
-                    write_lock: Arc::new(Mutex::new(())),
                 }
             }
             "postgres" | "postgresql" => {
@@ -172,7 +186,16 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         match &self.backend {
-            Backend::Sqlite { pool, .. } => pool.close().await,
+            Backend::Sqlite { pool, writer } => {
+                // After the writer task's last batch; waits for a write
+                // transaction in progress. The connection itself closes
+                // with the last clone of the store.
+                let mut writer = writer.lock().await;
+                let _ = writer.recover().await;
+                writer.closed = true;
+                drop(writer);
+                pool.close().await;
+            }
             Backend::Postgres { pool } => pool.close().await,
         }
     }
@@ -214,14 +237,9 @@ impl Backend {
     ///   explicit locks of [`Tx::lock_teams`] and the audit head row.
     pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
         match self {
-            Self::Sqlite { pool, write_lock } => {
-                let guard = Arc::clone(write_lock).lock_owned().await;
-                let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(Tx::Sqlite {
-                    tx,
-                    _writer: Some(guard),
-                })
-            }
+            Self::Sqlite { writer, .. } => Ok(Tx::Sqlite {
+                tx: SqliteTx::Writer(WriterTx::begin(writer).await?),
+            }),
             Self::Postgres { pool } => {
                 let tx = pool
                     .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -238,7 +256,9 @@ impl Backend {
         match self {
             Self::Sqlite { pool, .. } => {
                 let tx = pool.begin_with("BEGIN DEFERRED").await?;
-                Ok(Tx::Sqlite { tx, _writer: None })
+                Ok(Tx::Sqlite {
+                    tx: SqliteTx::Pool(tx),
+                })
             }
             Self::Postgres { pool } => {
                 let tx = pool
@@ -262,15 +282,139 @@ fn connect_error(backend: &'static str, source: sqlx::Error) -> StoreError {
 
 /// An open transaction on either backend. Dropping it rolls back.
 pub(crate) enum Tx {
-    Sqlite {
-        // Field order matters: the transaction must end before the writer
-        // mutex is released.
-        tx: Transaction<'static, Sqlite>,
-        _writer: Option<OwnedMutexGuard<()>>,
-    },
-    Postgres {
-        tx: Transaction<'static, Postgres>,
-    },
+    Sqlite { tx: SqliteTx },
+    Postgres { tx: Transaction<'static, Postgres> },
+}
+
+/// A SQLite transaction: a write transaction on the store's writer
+/// connection, or a read snapshot on a pooled one. Derefs to the
+/// connection, for [`on_tx!`].
+pub(crate) enum SqliteTx {
+    Writer(WriterTx),
+    Pool(Transaction<'static, Sqlite>),
+}
+
+impl SqliteTx {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            SqliteTx::Writer(tx) => tx.commit().await,
+            SqliteTx::Pool(tx) => tx.commit().await,
+        }
+    }
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            SqliteTx::Writer(tx) => tx,
+            SqliteTx::Pool(tx) => tx,
+        }
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            SqliteTx::Writer(tx) => tx,
+            SqliteTx::Pool(tx) => tx,
+        }
+    }
+}
+
+/// The connection write transactions run on, and whether an abandoned
+/// transaction is still open on it.
+#[derive(Debug)]
+pub(crate) struct WriterConn {
+    conn: SqliteConnection,
+    /// A [`WriterTx`] was dropped without committing: the next holder rolls
+    /// it back before anything else.
+    abandoned: bool,
+    /// [`Store::close`] ran: no transaction begins any more.
+    closed: bool,
+}
+
+impl WriterConn {
+    /// Rolls back what an abandoned transaction left open.
+    async fn recover(&mut self) -> Result<(), sqlx::Error> {
+        if self.abandoned {
+            // Fails only when SQLite already ended the transaction itself
+            // (it does on some I/O errors), which leaves nothing to undo.
+            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+            self.abandoned = false;
+        }
+        Ok(())
+    }
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, which
+/// it holds, and with it this process's write lock, until it ends. Dropped
+/// without [`WriterTx::commit`] (an error, or a caller that gave up), it
+/// marks the connection abandoned and starts a task that rolls back; the
+/// next writer rolls back first if that task has not yet run, so no write
+/// ever runs inside an abandoned transaction, and SQLite's write lock is
+/// given up promptly for other processes.
+pub(crate) struct WriterTx {
+    conn: OwnedMutexGuard<WriterConn>,
+    writer: Arc<Mutex<WriterConn>>,
+    open: bool,
+}
+
+impl WriterTx {
+    /// Waits for the writer connection and begins a write transaction on it.
+    async fn begin(writer: &Arc<Mutex<WriterConn>>) -> Result<WriterTx, sqlx::Error> {
+        let mut conn = Arc::clone(writer).lock_owned().await;
+        if conn.closed {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        conn.recover().await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn.conn)
+            .await?;
+        Ok(WriterTx {
+            conn,
+            writer: Arc::clone(writer),
+            open: true,
+        })
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("COMMIT").execute(&mut self.conn.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for WriterTx {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        self.conn.abandoned = true;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let writer = Arc::clone(&self.writer);
+            runtime.spawn(async move {
+                let _ = writer.lock().await.recover().await;
+            });
+        }
+        // Without a runtime (the store's ended) the connection is closing:
+        // SQLite rolls back what it leaves open.
+    }
+}
+
+impl std::ops::Deref for WriterTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn.conn
+    }
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection
@@ -308,7 +452,7 @@ impl Tx {
     /// Commits. Nothing the transaction did is visible before this returns.
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite { tx, _writer } => tx.commit().await?,
+            Tx::Sqlite { tx } => tx.commit().await?,
             Tx::Postgres { tx } => tx.commit().await?,
         }
         Ok(())
@@ -439,6 +583,31 @@ pub(crate) fn sqlite_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
     })
 }
 
+/// The most rows one padded SQLite statement carries: a whole batch of the
+/// writer ([`crate::writer::MAX_BATCH`]), so that a batch's rows go in one
+/// statement, one round trip to SQLite's worker thread.
+const MAX_SQLITE_PADDED: usize = 256;
+
+/// Splits `0..n` into consecutive ranges of at most [`MAX_SQLITE_PADDED`]
+/// rows, each with the number of rows its statement is written for: its
+/// length rounded up to a power of two. The statement binds the range's
+/// rows and then NULL rows up to that number, and drops the NULL rows
+/// itself (`WHERE column1 IS NOT NULL`, or a join that NULL never matches).
+///
+/// Against [`sqlite_chunks`]: one statement, one round trip, for a whole
+/// batch, at the price of a few NULL parameters; still nine statement
+/// texts per statement, which stay in the connection's statement cache.
+pub(crate) fn sqlite_padded_chunks(n: usize) -> impl Iterator<Item = (Range<usize>, usize)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let left = n.checked_sub(start).filter(|&left| left > 0)?;
+        let len = MAX_SQLITE_PADDED.min(left);
+        let range = start..start + len;
+        start = range.end;
+        Some((range, len.next_power_of_two()))
+    })
+}
+
 /// `($1, $2), ($3, $4)`: a `VALUES` list of `rows` rows of `cols`
 /// parameters each.
 pub(crate) fn values_params(rows: usize, cols: usize) -> String {
@@ -474,6 +643,24 @@ mod tests {
             assert_eq!(chunks.iter().map(Range::len).sum::<usize>(), n);
             for pair in chunks.windows(2) {
                 assert_eq!(pair[0].end, pair[1].start);
+            }
+        }
+    }
+
+    #[test]
+    fn sqlite_padded_chunks_cover_n_in_few_statements_of_few_sizes() {
+        let chunks = |n| sqlite_padded_chunks(n).collect::<Vec<_>>();
+        assert_eq!(chunks(0), []);
+        assert_eq!(chunks(1), [(0..1, 1)]);
+        assert_eq!(chunks(7), [(0..7, 8)]);
+        assert_eq!(chunks(256), [(0..256, 256)]);
+        assert_eq!(chunks(300), [(0..256, 256), (256..300, 64)]);
+        for n in 0..600 {
+            let chunks = chunks(n);
+            assert_eq!(chunks.iter().map(|(r, _)| r.len()).sum::<usize>(), n);
+            for (range, rows) in &chunks {
+                assert!(rows.is_power_of_two() && *rows >= range.len());
+                assert!(*rows < 2 * range.len() && *rows <= MAX_SQLITE_PADDED);
             }
         }
     }

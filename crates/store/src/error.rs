@@ -135,7 +135,9 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        if let Some(why) = unreachable(&err) {
+        if matches!(err, sqlx::Error::PoolClosed) {
+            StoreError::Closed
+        } else if let Some(why) = unreachable(&err) {
             StoreError::Unreachable(why)
         } else if is_busy(&err) {
             StoreError::Busy(err)

@@ -10,7 +10,7 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 use super::limits::reserved_micros;
 use super::reserve::{LiveKey, Reservation};
 use super::{Allocation, AllocationId, AllocationName, AllocationState, EndTarget};
-use crate::backend::{on_pool, on_tx, sqlite_chunks, values_params, Tx};
+use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, values_params, Tx};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 use crate::Store;
@@ -114,21 +114,25 @@ impl Tx {
             }
             Tx::Sqlite { tx, .. } => {
                 let mut rows = Vec::new();
-                for range in sqlite_chunks(keys.len()) {
+                for (range, padded) in sqlite_padded_chunks(keys.len()) {
                     let chunk = keys.get(range).unwrap_or_default();
                     // A join, not `(door, team, name) IN (VALUES ...)`:
-                    // SQLite plans that as a scan of every live row.
+                    // SQLite plans that as a scan of every live row. The
+                    // NULL rows of the padding join nothing.
                     let sql = format!(
                         "SELECT a.id, a.door, a.team, a.name FROM (VALUES {}) AS k \
                          CROSS JOIN allocations a \
                            ON a.door = k.column1 AND a.team = k.column2 \
                           AND a.name = k.column3 \
                          WHERE a.state = 'live'",
-                        values_params(chunk.len(), 3)
+                        values_params(padded, 3)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for (door, team, name) in chunk {
                         query = query.bind(*door).bind(*team).bind(*name);
+                    }
+                    for _ in chunk.len() * 3..padded * 3 {
+                        query = query.bind(None::<&str>);
                     }
                     rows.extend(query.fetch_all(&mut **tx).await?);
                 }
@@ -186,14 +190,17 @@ impl Tx {
                 .await?;
             }
             Tx::Sqlite { tx, .. } => {
-                for range in sqlite_chunks(fresh.len()) {
+                for (range, rows) in sqlite_padded_chunks(fresh.len()) {
                     let chunk = fresh.get(range).unwrap_or_default();
+                    // The padding's NULL rows are filtered out (`door` is
+                    // never NULL).
                     let sql = format!(
                         "INSERT INTO allocations \
                            (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
                             started_us, ended_us, state, reserved_micros, held_until_us) \
-                         VALUES {} RETURNING id, door, team, name",
-                        values_params(chunk.len(), 12)
+                         SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
+                         RETURNING id, door, team, name",
+                        values_params(rows, 12)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for r in chunk {
@@ -211,6 +218,9 @@ impl Tx {
                             .bind("live")
                             .bind(reserved_micros(r.limits))
                             .bind(r.held_until());
+                    }
+                    for _ in chunk.len() * 12..rows * 12 {
+                        query = query.bind(None::<&str>);
                     }
                     returned.extend(query.fetch_all(&mut **tx).await?);
                 }
