@@ -1029,16 +1029,51 @@ async fn the_sync_ends_what_is_gone_adopts_what_runs_and_reports_include_the_doo
     );
 }
 
+/// What the stand-in API server saw and how it answers.
+#[derive(Default)]
+struct FakeApi {
+    /// The `Authorization` header of every request.
+    seen: std::sync::Mutex<Vec<String>>,
+    /// `exec-t0k-456` is answered 401 (as an expired token would be).
+    revoked: std::sync::atomic::AtomicBool,
+}
+
 /// A stand-in API server: `GET /api/v1/pods` in two pages, for the bearer
-/// token `t0k-123` only (as the real one answers a forbidden list).
-async fn fake_api_server() -> String {
+/// tokens `t0k-123`, `exec-t0k-456` and `exec-t0k-789` only (as the real one
+/// answers a forbidden list).
+async fn fake_api_server() -> (String, Arc<FakeApi>) {
+    use axum::extract::State;
     use axum::http::{HeaderMap, Uri};
-    async fn pods(headers: HeaderMap, uri: Uri) -> (StatusCode, String) {
+    async fn pods(
+        State(fake): State<Arc<FakeApi>>,
+        headers: HeaderMap,
+        uri: Uri,
+    ) -> (StatusCode, String) {
         let q: std::collections::HashMap<String, String> =
             form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
                 .into_owned()
                 .collect();
-        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer t0k-123") {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        fake.seen.lock().unwrap().push(auth.clone());
+        if auth == "Bearer exec-t0k-456" && fake.revoked.load(Ordering::SeqCst) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+                .to_string(),
+            );
+        }
+        if ![
+            "Bearer t0k-123",
+            "Bearer exec-t0k-456",
+            "Bearer exec-t0k-789",
+        ]
+        .contains(&auth.as_str())
+        {
             return (
                 StatusCode::FORBIDDEN,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -1060,35 +1095,36 @@ async fn fake_api_server() -> String {
         };
         (StatusCode::OK, page.to_string())
     }
+    let fake = Arc::new(FakeApi::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new()
+        .route("/api/v1/pods", axum::routing::get(pods))
+        .with_state(Arc::clone(&fake));
     tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/api/v1/pods", axum::routing::get(pods)),
-        )
-        .await
-        .unwrap();
+        axum::serve(listener, router).await.unwrap();
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), fake)
+}
+
+/// A kubeconfig of one context for the API server at `server`.
+fn kubeconfig_for(server: &str, user: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         contexts: [{{name: c, context: {{cluster: k, user: w}}}}]\n\
+         clusters: [{{name: k, cluster: {{server: \"{server}\"}}}}]\n\
+         users: [{{name: w, user: {user}}}]\n"
+    )
 }
 
 #[tokio::test]
 async fn the_periodic_sync_lists_the_pods_through_the_kubeconfig() {
     use warden_server::doors::kubernetes::{cluster::ClusterClient, sync};
     let (dir, store, state, _app) = app_with(CONFIG).await;
-    let server = fake_api_server().await;
-    let kubeconfig = |user: &str| {
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
-             contexts: [{{name: c, context: {{cluster: k, user: w}}}}]\n\
-             clusters: [{{name: k, cluster: {{server: \"{server}\"}}}}]\n\
-             users: [{{name: w, user: {user}}}]\n"
-        )
-    };
+    let (server, fake) = fake_api_server().await;
     std::fs::write(dir.0.join("token"), "t0k-123\n").unwrap();
     let path = dir.0.join("kubeconfig");
-    std::fs::write(&path, kubeconfig("{tokenFile: token}")).unwrap();
+    std::fs::write(&path, kubeconfig_for(&server, "{tokenFile: token}")).unwrap();
     let client = ClusterClient::from_kubeconfig(&path).unwrap();
     let now = warden_store::UnixMicros::from_system_time(std::time::SystemTime::now());
     let report = sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
@@ -1104,8 +1140,10 @@ async fn the_periodic_sync_lists_the_pods_through_the_kubeconfig() {
         live(&store).await,
         [("ml/deployment/web".into(), 2), ("ml/pod/rogue".into(), 2)].into()
     );
+    assert_eq!(fake.seen.lock().unwrap().as_slice(), ["Bearer t0k-123"; 2]);
 
-    // A token the server refuses: the error says what Warden needs.
+    // A token the server refuses (the file is read again at every sync):
+    // the error says what Warden needs.
     std::fs::write(dir.0.join("token"), "wrong\n").unwrap();
     let e = sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
         .await
@@ -1115,21 +1153,152 @@ async fn the_periodic_sync_lists_the_pods_through_the_kubeconfig() {
         "{e}"
     );
 
+    // An exec plugin's token (`aws eks get-token` and the like): kube-rs
+    // runs the plugin; the client is kept from one sync to the next, and
+    // made again (the plugin run again) when the server answers 401.
+    let plugin = dir.0.join("plugin.sh");
+    std::fs::write(
+        &plugin,
+        "echo run >> \"$(dirname \"$0\")/plugin-runs\"\n\
+         printf '{\"apiVersion\": \"client.authentication.k8s.io/v1\", \"kind\": \"ExecCredential\", \"status\": {\"token\": \"%s\"}}' \"$(cat \"$(dirname \"$0\")/plugin-token\")\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("plugin-token"), "exec-t0k-456").unwrap();
+    let runs = || {
+        std::fs::read_to_string(dir.0.join("plugin-runs"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    std::fs::write(
+        &path,
+        kubeconfig_for(
+            &server,
+            &format!(
+                "{{exec: {{apiVersion: client.authentication.k8s.io/v1, command: sh, args: [\"{}\"]}}}}",
+                plugin.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let client = ClusterClient::from_kubeconfig(&path).unwrap();
+    assert_eq!(runs(), 0, "the plugin runs at the first sync, not before");
+    fake.seen.lock().unwrap().clear();
+    sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.seen.lock().unwrap().as_slice(),
+        ["Bearer exec-t0k-456"; 2]
+    );
+    let first = runs();
+    assert!(first > 0);
+    sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+        .await
+        .unwrap();
+    assert_eq!(runs(), first, "the client is kept");
+    fake.revoked.store(true, Ordering::SeqCst);
+    std::fs::write(dir.0.join("plugin-token"), "exec-t0k-789").unwrap();
+    fake.seen.lock().unwrap().clear();
+    sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.seen.lock().unwrap().as_slice(),
+        [
+            "Bearer exec-t0k-456",
+            "Bearer exec-t0k-789",
+            "Bearer exec-t0k-789"
+        ]
+    );
+    assert!(runs() > first);
+
+    // A plugin that fails: the sync's error says so.
+    std::fs::write(
+        &path,
+        kubeconfig_for(&server, "{exec: {command: \"false\"}}"),
+    )
+    .unwrap();
+    let client = ClusterClient::from_kubeconfig(&path).unwrap();
+    let e = sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("cannot make the client") && e.contains("false"),
+        "{e}"
+    );
+
     // What a kubeconfig may not use is refused with the reason.
     std::fs::write(
         &path,
-        kubeconfig("{exec: {command: aws, args: [eks, get-token]}}"),
-    )
-    .unwrap();
-    let e = ClusterClient::from_kubeconfig(&path).unwrap_err();
-    assert!(e.contains("`exec`") && e.contains("tokenFile"), "{e}");
-    std::fs::write(
-        &path,
-        kubeconfig("{token: x}").replace("server:", "insecure-skip-tls-verify: true, server:"),
+        kubeconfig_for(&server, "{token: x}")
+            .replace("server:", "insecure-skip-tls-verify: true, server:"),
     )
     .unwrap();
     let e = ClusterClient::from_kubeconfig(&path).unwrap_err();
     assert!(e.contains("insecure-skip-tls-verify"), "{e}");
+}
+
+/// A stand-in API server that answers every request with `head` and then
+/// `chunks` chunks of 1 MiB (chunked encoding), on raw TCP.
+async fn oversized_api_server(head: &'static str, chunks: usize) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("100000\r\n{}\r\n", " ".repeat(1 << 20));
+                for _ in 0..chunks {
+                    if socket.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A page over 64 MiB is refused, whether its `Content-Length` says so or
+/// it only turns out so while being read.
+#[tokio::test]
+async fn a_page_over_the_byte_limit_is_refused_naming_the_limit() {
+    use warden_server::doors::kubernetes::cluster::{ClusterClient, MAX_PAGE_BYTES};
+    let dir = TempDir::new("warden-k8s-page-limit");
+    let path = dir.0.join("kubeconfig");
+    let declared = oversized_api_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 67108865\r\n\r\n",
+        0,
+    )
+    .await;
+    let chunked = oversized_api_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        MAX_PAGE_BYTES / (1 << 20) + 1,
+    )
+    .await;
+    for server in [declared, chunked] {
+        std::fs::write(&path, kubeconfig_for(&server, "{token: t0k-123}")).unwrap();
+        let client = ClusterClient::from_kubeconfig(&path).unwrap();
+        let e = client.pods().await.unwrap_err();
+        assert_eq!(
+            e,
+            format!("a page of the pod list is larger than {MAX_PAGE_BYTES} bytes"),
+            "{server}"
+        );
+    }
 }
 
 #[test]
@@ -1139,8 +1308,8 @@ fn serve_refuses_a_kubeconfig_it_cannot_use_naming_the_fix() {
         dir.0.join("kubeconfig"),
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
          contexts: [{name: c, context: {cluster: k, user: w}}]\n\
-         clusters: [{name: k, cluster: {server: \"https://127.0.0.1:6443\"}}]\n\
-         users: [{name: w, user: {auth-provider: {name: gcp}}}]\n",
+         clusters: [{name: k, cluster: {server: \"https://127.0.0.1:6443\", insecure-skip-tls-verify: true}}]\n\
+         users: [{name: w, user: {token: x}}]\n",
     )
     .unwrap();
     let config = dir.0.join("warden.yaml");
@@ -1161,7 +1330,8 @@ fn serve_refuses_a_kubeconfig_it_cannot_use_naming_the_fix() {
     ]);
     assert_ne!(code, 0, "{err}");
     assert!(
-        err.contains("kubernetes: kubeconfig") && err.contains("auth-provider"),
+        err.contains("kubernetes: kubeconfig")
+            && err.contains("`insecure-skip-tls-verify` is refused: name the cluster's CA"),
         "{err}"
     );
 }
