@@ -59,7 +59,7 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, values_params, Tx};
+use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, values_params, Param, Tx};
 use crate::error::{InputError, StoreError};
 use crate::time::UnixMicros;
 use crate::writer::{Op, Written};
@@ -384,7 +384,13 @@ impl Tx {
                 .bind(chained.iter().map(|r| r.hash.as_str()).collect::<Vec<_>>())
                 .execute(&mut **tx)
                 .await?;
+                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(seq)
+                    .bind(&prev_hash)
+                    .execute(&mut **tx)
+                    .await?;
             }
+            // Written last, these may wait for the commit (`Tx::defer_writes`).
             Tx::Sqlite { tx, .. } => {
                 for (range, rows) in sqlite_padded_chunks(chained.len()) {
                     let chunk = chained.get(range).unwrap_or_default();
@@ -395,30 +401,27 @@ impl Tx {
                          SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
                         values_params(rows, 6)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(rows * 6);
                     for r in chunk {
-                        query = query
-                            .bind(r.seq)
-                            .bind(r.at.micros())
-                            .bind(r.kind.as_str())
-                            .bind(r.payload.as_str())
-                            .bind(r.prev_hash.as_str())
-                            .bind(r.hash.as_str());
+                        params.extend([
+                            r.seq.into(),
+                            r.at.micros().into(),
+                            r.kind.as_str().into(),
+                            r.payload.as_str().into(),
+                            r.prev_hash.as_str().into(),
+                            r.hash.as_str().into(),
+                        ]);
                     }
-                    for _ in chunk.len() * 6..rows * 6 {
-                        query = query.bind(None::<&str>);
-                    }
-                    query.execute(&mut **tx).await?;
+                    params.resize(rows * 6, Param::Null);
+                    tx.run_or_defer(&sql, params).await?;
                 }
+                tx.run_or_defer(
+                    "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+                    vec![seq.into(), prev_hash.as_str().into()],
+                )
+                .await?;
             }
         }
-        on_tx!(self, |conn| {
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                .bind(seq)
-                .bind(&prev_hash)
-                .execute(&mut *conn)
-                .await?;
-        });
         Ok(chained)
     }
 }

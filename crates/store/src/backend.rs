@@ -295,6 +295,28 @@ pub(crate) enum SqliteTx {
 }
 
 impl SqliteTx {
+    /// Runs `sql` (with `$n` parameters) now or, in a write transaction
+    /// that defers its writes ([`Tx::defer_writes`]), queues it to be sent
+    /// with the `COMMIT`.
+    pub(crate) async fn run_or_defer(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+    ) -> Result<(), sqlx::Error> {
+        if let SqliteTx::Writer(tx) = self {
+            if tx.deferring {
+                tx.deferred.push(sql, params);
+                return Ok(());
+            }
+        }
+        let mut query = sqlx::query(sql);
+        for param in params {
+            query = param.bind(query);
+        }
+        query.execute(&mut **self).await?;
+        Ok(())
+    }
+
     async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             SqliteTx::Writer(tx) => tx.commit().await,
@@ -359,6 +381,10 @@ pub(crate) struct WriterTx {
     conn: OwnedMutexGuard<WriterConn>,
     writer: Arc<Mutex<WriterConn>>,
     open: bool,
+    /// Whether [`SqliteTx::run_or_defer`] queues statements now.
+    deferring: bool,
+    /// Statements queued for the commit.
+    deferred: Deferred,
 }
 
 impl WriterTx {
@@ -376,11 +402,23 @@ impl WriterTx {
             conn,
             writer: Arc::clone(writer),
             open: true,
+            deferring: false,
+            deferred: Deferred::default(),
         })
     }
 
+    /// Sends the deferred statements and `COMMIT` together, in one round
+    /// trip: SQLite runs them in order and stops at the first error, which
+    /// leaves the transaction open, to be rolled back.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
-        sqlx::query("COMMIT").execute(&mut self.conn.conn).await?;
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut sql = deferred.sql;
+        sql.push_str("COMMIT");
+        let mut query = sqlx::query(&sql);
+        for param in deferred.params {
+            query = param.bind(query);
+        }
+        query.execute(&mut self.conn.conn).await?;
         self.open = false;
         Ok(())
     }
@@ -417,6 +455,98 @@ impl std::ops::DerefMut for WriterTx {
     }
 }
 
+/// A parameter of a statement [`SqliteTx::run_or_defer`] may hold back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl Param {
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+        match self {
+            Param::Null => query.bind(None::<i64>),
+            Param::Int(v) => query.bind(v),
+            Param::Real(v) => query.bind(v),
+            Param::Text(v) => query.bind(v),
+        }
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Param {
+        Param::Int(v)
+    }
+}
+
+impl From<f64> for Param {
+    fn from(v: f64) -> Param {
+        Param::Real(v)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Param {
+        Param::Text(v.to_owned())
+    }
+}
+
+impl<T: Into<Param>> From<Option<T>> for Param {
+    fn from(v: Option<T>) -> Param {
+        v.map_or(Param::Null, Into::into)
+    }
+}
+
+/// Write statements held back to go with the `COMMIT`, as one text of
+/// `;`-separated statements whose `$n` parameters are renumbered to follow
+/// each other, and their values.
+#[derive(Debug, Default)]
+pub(crate) struct Deferred {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Deferred {
+    fn push(&mut self, sql: &str, params: Vec<Param>) {
+        renumber_params(sql, self.params.len(), &mut self.sql);
+        self.sql.push_str(";\n");
+        self.params.extend(params);
+    }
+}
+
+/// Appends `sql` to `out` with every `$n` parameter outside quotes made
+/// `$(n + offset)`.
+fn renumber_params(sql: &str, offset: usize, out: &mut String) {
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '$') => {
+                let mut n = 0usize;
+                let mut digits = false;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    n = n.saturating_mul(10).saturating_add(d as usize);
+                    digits = true;
+                    chars.next();
+                }
+                if digits {
+                    out.push_str(&n.saturating_add(offset).to_string());
+                }
+            }
+            (None, _) => {}
+        }
+    }
+}
+
 /// Runs `$body` with `$conn` bound to the transaction's connection
 /// (`&mut SqliteConnection` or `&mut PgConnection`). The body is written once
 /// and type-checked against each backend; pass `&mut *$conn` to each query.
@@ -449,6 +579,21 @@ macro_rules! on_pool {
 pub(crate) use {on_pool, on_tx};
 
 impl Tx {
+    /// From now on, the write statements that go through
+    /// [`SqliteTx::run_or_defer`] are held back and sent with the `COMMIT`
+    /// in one round trip (on SQLite's writer connection; elsewhere they run
+    /// at once). Only for a transaction that reads nothing those statements
+    /// write before it commits: [`Tx::apply`](crate::writer), whose last
+    /// steps are writes.
+    pub(crate) fn defer_writes(&mut self) {
+        if let Tx::Sqlite {
+            tx: SqliteTx::Writer(tx),
+        } = self
+        {
+            tx.deferring = true;
+        }
+    }
+
     /// Commits. Nothing the transaction did is visible before this returns.
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
@@ -663,6 +808,26 @@ mod tests {
                 assert!(*rows < 2 * range.len() && *rows <= MAX_SQLITE_PADDED);
             }
         }
+    }
+
+    #[test]
+    fn deferred_statements_number_their_params_in_sequence() {
+        let mut deferred = Deferred::default();
+        deferred.push(
+            "UPDATE t SET a = $1, b = $2 WHERE c = 'x$1'",
+            vec![1i64.into(), "b".into()],
+        );
+        deferred.push(
+            "INSERT INTO t VALUES ($1), ($2), ($10)",
+            vec![Param::Null; 10],
+        );
+        assert_eq!(
+            deferred.sql,
+            "UPDATE t SET a = $1, b = $2 WHERE c = 'x$1';\nINSERT INTO t VALUES ($3), ($4), ($12);\n"
+        );
+        assert_eq!(deferred.params.len(), 12);
+        assert_eq!(deferred.params[0], Param::Int(1));
+        assert_eq!(deferred.params[1], Param::Text("b".to_owned()));
     }
 
     #[test]

@@ -74,7 +74,7 @@ use std::collections::HashMap;
 
 use warden_core::TeamName;
 
-use crate::backend::{on_tx, sqlite_chunks, values_params, Tx};
+use crate::backend::{on_tx, sqlite_chunks, values_params, Param, Tx};
 use crate::error::StoreError;
 use crate::spend::MICROS_PER_HOUR;
 
@@ -656,23 +656,24 @@ impl Tx {
                            last_break_us = excluded.last_break_us",
                         values_params(chunk.len(), 5)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 5);
                     for &(team, swept, accruing, fresh_until, last_break) in chunk {
-                        query = query
-                            .bind(team)
-                            .bind(swept)
-                            .bind(accruing)
-                            .bind(fresh_until)
-                            .bind(last_break);
+                        params.extend([
+                            team.into(),
+                            swept.into(),
+                            accruing.into(),
+                            fresh_until.into(),
+                            last_break.into(),
+                        ]);
                     }
-                    query.execute(&mut **tx).await?;
+                    tx.run_or_defer(&sql, params).await?;
                 }
                 for (team, from) in dropped {
-                    sqlx::query("DELETE FROM budget_periods WHERE team = $1 AND from_us = $2")
-                        .bind(team)
-                        .bind(from)
-                        .execute(&mut **tx)
-                        .await?;
+                    tx.run_or_defer(
+                        "DELETE FROM budget_periods WHERE team = $1 AND from_us = $2",
+                        vec![team.into(), from.into()],
+                    )
+                    .await?;
                 }
                 for range in sqlite_chunks(periods.len()) {
                     let chunk = periods.get(range).unwrap_or_default();
@@ -683,15 +684,16 @@ impl Tx {
                            used = excluded.used, touched_us = excluded.touched_us",
                         values_params(chunk.len(), 4)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
                     for (team, from, used, touched) in chunk {
-                        query = query
-                            .bind(*team)
-                            .bind(*from)
-                            .bind(used.as_str())
-                            .bind(*touched);
+                        params.extend([
+                            (*team).into(),
+                            (*from).into(),
+                            used.as_str().into(),
+                            (*touched).into(),
+                        ]);
                     }
-                    query.execute(&mut **tx).await?;
+                    tx.run_or_defer(&sql, params).await?;
                 }
             }
         }

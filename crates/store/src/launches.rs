@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 
 use crate::allocations::{AllocationRequest, Limit, Scope};
-use crate::backend::{sqlite_chunks, values_params, Tx};
+use crate::backend::{sqlite_chunks, values_params, Param, Tx};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 
@@ -324,11 +324,11 @@ impl Tx {
                          FROM (VALUES {}) AS k WHERE launch_buckets.id = k.column1",
                         values_params(chunk.len(), 3)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 3);
                     for (id, _, at, frac) in chunk {
-                        query = query.bind(*id).bind(*at).bind(*frac);
+                        params.extend([(*id).into(), (*at).into(), (*frac).into()]);
                     }
-                    query.execute(&mut **tx).await?;
+                    tx.run_or_defer(&sql, params).await?;
                 }
                 for range in sqlite_chunks(inserted.len()) {
                     let chunk = inserted.get(range).unwrap_or_default();
@@ -337,18 +337,19 @@ impl Tx {
                            per_us, full_at_us, full_at_frac) VALUES {}",
                         values_params(chunk.len(), 7)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 7);
                     for (_, key, at, frac) in chunk {
-                        query = query
-                            .bind(key.team.as_str())
-                            .bind(key.scope_text())
-                            .bind(key.user.as_deref())
-                            .bind(key.max)
-                            .bind(key.per)
-                            .bind(*at)
-                            .bind(*frac);
+                        params.extend([
+                            key.team.as_str().into(),
+                            key.scope_text().into(),
+                            key.user.as_deref().into(),
+                            key.max.into(),
+                            key.per.into(),
+                            (*at).into(),
+                            (*frac).into(),
+                        ]);
                     }
-                    query.execute(&mut **tx).await?;
+                    tx.run_or_defer(&sql, params).await?;
                 }
             }
         }

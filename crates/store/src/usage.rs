@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use warden_core::{GpuModel, TeamName};
 
 use crate::allocations::{Allocation, AllocationRequest};
-use crate::backend::{sqlite_chunks, values_params, Tx};
+use crate::backend::{sqlite_chunks, values_params, Param, Tx};
 use crate::error::StoreError;
 
 /// Live usage of one team, or of one user within it.
@@ -282,20 +282,19 @@ impl Tx {
                          FROM (VALUES {}) AS k WHERE live_usage.id = k.column1",
                         values_params(chunk.len(), 4)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
                     for (id, u) in chunk {
-                        query = query
-                            .bind(*id)
-                            .bind(u.gpus)
-                            .bind(u.live)
-                            .bind(u.hourly_micros);
+                        params.extend([
+                            (*id).into(),
+                            u.gpus.into(),
+                            u.live.into(),
+                            u.hourly_micros.into(),
+                        ]);
                     }
-                    query.execute(&mut **tx).await?;
+                    tx.run_or_defer(&sql, params).await?;
                 }
                 for id in deleted {
-                    sqlx::query("DELETE FROM live_usage WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut **tx)
+                    tx.run_or_defer("DELETE FROM live_usage WHERE id = $1", vec![id.into()])
                         .await?;
                 }
                 for range in sqlite_chunks(inserted.len()) {
@@ -305,17 +304,18 @@ impl Tx {
                            (team, user_name, gpu_model, gpus, live, hourly_micros) VALUES {}",
                         values_params(chunk.len(), 6)
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 6);
                     for (team, g) in chunk {
-                        query = query
-                            .bind(*team)
-                            .bind(g.user.as_deref())
-                            .bind(g.model.as_deref())
-                            .bind(g.usage.gpus)
-                            .bind(g.usage.live)
-                            .bind(g.usage.hourly_micros);
+                        params.extend([
+                            (*team).into(),
+                            g.user.as_deref().into(),
+                            g.model.as_deref().into(),
+                            g.usage.gpus.into(),
+                            g.usage.live.into(),
+                            g.usage.hourly_micros.into(),
+                        ]);
                     }
-                    query.execute(&mut **tx).await?;
+                    tx.run_or_defer(&sql, params).await?;
                 }
             }
         }

@@ -10,8 +10,14 @@
 //! then paid once per batch: a batch of reservations reads each team's usage
 //! once (one statement for all teams on PostgreSQL) and inserts all granted
 //! rows and all audit records with one statement each (PostgreSQL binds
-//! whole columns as arrays; on SQLite, a few multi-row statements of
-//! power-of-two sizes). Hashes are computed in Rust.
+//! whole columns as arrays; SQLite takes a multi-row `VALUES` list padded
+//! to a power of two rows). Hashes are computed in Rust. On SQLite, where
+//! every statement is a round trip to the connection's worker thread, the
+//! batch runs on the store's one writer connection, and its closing writes
+//! (usage and budget summaries, audit records, the audit head) go with the
+//! `COMMIT` in one round trip ([`Tx::defer_writes`](crate::backend)): a
+//! batch of reservations for one team costs seven round trips, whatever
+//! its size.
 //!
 //! Arrival order is the order in which [`Store::write`] calls got their
 //! place in the queue. Each [`Store`] (each replica) has one writer task;

@@ -227,6 +227,9 @@ impl Tx {
         }
 
         let new_ids = self.insert_allocations(&fresh).await?;
+        // What is left are writes (and the audit head's read, which they do
+        // not touch): on SQLite they go with the commit, in one round trip.
+        self.defer_writes();
         self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
             .await?;
         self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
