@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, conflicts_with = "tls_cert")]
         insecure_http: bool,
         /// Threads serving HTTP, each with its own event loop (1 to 256;
-        /// default: one per CPU).
+        /// default: one fewer than the CPUs, at least 1).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         http_threads: Option<u16>,
     },
