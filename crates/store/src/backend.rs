@@ -191,7 +191,7 @@ impl Store {
                 // transaction in progress. The connection itself closes
                 // with the last clone of the store.
                 let mut writer = writer.lock().await;
-                let _ = writer.recover().await;
+                writer.recover().await;
                 writer.closed = true;
                 drop(writer);
                 pool.close().await;
@@ -309,11 +309,7 @@ impl SqliteTx {
                 return Ok(());
             }
         }
-        let mut query = sqlx::query(sql);
-        for param in params {
-            query = param.bind(query);
-        }
-        query.execute(&mut **self).await?;
+        bound(sql, params).execute(&mut **self).await?;
         Ok(())
     }
 
@@ -359,14 +355,13 @@ pub(crate) struct WriterConn {
 
 impl WriterConn {
     /// Rolls back what an abandoned transaction left open.
-    async fn recover(&mut self) -> Result<(), sqlx::Error> {
+    async fn recover(&mut self) {
         if self.abandoned {
             // Fails only when SQLite already ended the transaction itself
             // (it does on some I/O errors), which leaves nothing to undo.
             let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
             self.abandoned = false;
         }
-        Ok(())
     }
 }
 
@@ -394,7 +389,7 @@ impl WriterTx {
         if conn.closed {
             return Err(sqlx::Error::PoolClosed);
         }
-        conn.recover().await?;
+        conn.recover().await;
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut conn.conn)
             .await?;
@@ -411,14 +406,9 @@ impl WriterTx {
     /// trip: SQLite runs them in order and stops at the first error, which
     /// leaves the transaction open, to be rolled back.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut sql = deferred.sql;
+        let Deferred { mut sql, params } = std::mem::take(&mut self.deferred);
         sql.push_str("COMMIT");
-        let mut query = sqlx::query(&sql);
-        for param in deferred.params {
-            query = param.bind(query);
-        }
-        query.execute(&mut self.conn.conn).await?;
+        bound(&sql, params).execute(&mut self.conn.conn).await?;
         self.open = false;
         Ok(())
     }
@@ -433,7 +423,7 @@ impl Drop for WriterTx {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let writer = Arc::clone(&self.writer);
             runtime.spawn(async move {
-                let _ = writer.lock().await.recover().await;
+                writer.lock().await.recover().await;
             });
         }
         // Without a runtime (the store's ended) the connection is closing:
@@ -464,18 +454,19 @@ pub(crate) enum Param {
     Text(String),
 }
 
-impl Param {
-    fn bind<'q>(
-        self,
-        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-        match self {
+/// `sql` with `params` bound in order.
+fn bound(
+    sql: &str,
+    params: Vec<Param>,
+) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    params
+        .into_iter()
+        .fold(sqlx::query(sql), |query, param| match param {
             Param::Null => query.bind(None::<i64>),
             Param::Int(v) => query.bind(v),
             Param::Real(v) => query.bind(v),
             Param::Text(v) => query.bind(v),
-        }
-    }
+        })
 }
 
 impl From<i64> for Param {
@@ -729,9 +720,9 @@ pub(crate) fn sqlite_chunks(n: usize) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// The most rows one padded SQLite statement carries: a whole batch of the
-/// writer ([`crate::writer::MAX_BATCH`]), so that a batch's rows go in one
-/// statement, one round trip to SQLite's worker thread.
-const MAX_SQLITE_PADDED: usize = 256;
+/// writer, so that a batch's rows go in one statement, one round trip to
+/// SQLite's worker thread.
+const MAX_SQLITE_PADDED: usize = crate::writer::MAX_BATCH;
 
 /// Splits `0..n` into consecutive ranges of at most [`MAX_SQLITE_PADDED`]
 /// rows, each with the number of rows its statement is written for: its
