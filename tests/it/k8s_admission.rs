@@ -1183,14 +1183,15 @@ async fn the_periodic_sync_lists_the_pods_through_the_kubeconfig() {
     .unwrap();
     let client = ClusterClient::from_kubeconfig(&path).unwrap();
     assert_eq!(runs(), 0, "the plugin runs at the first sync, not before");
-    fake.seen.lock().unwrap().clear();
-    sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
-        .await
-        .unwrap();
-    assert_eq!(
-        fake.seen.lock().unwrap().as_slice(),
-        ["Bearer exec-t0k-456"; 2]
-    );
+    // What the API server was sent as `Authorization` during one sync.
+    let sent_by_a_sync = async || {
+        fake.seen.lock().unwrap().clear();
+        sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
+            .await
+            .unwrap();
+        fake.seen.lock().unwrap().clone()
+    };
+    assert_eq!(sent_by_a_sync().await, ["Bearer exec-t0k-456"; 2]);
     let first = runs();
     assert!(first > 0);
     sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
@@ -1199,12 +1200,8 @@ async fn the_periodic_sync_lists_the_pods_through_the_kubeconfig() {
     assert_eq!(runs(), first, "the client is kept");
     fake.revoked.store(true, Ordering::SeqCst);
     std::fs::write(dir.0.join("plugin-token"), "exec-t0k-789").unwrap();
-    fake.seen.lock().unwrap().clear();
-    sync::poll_once(&client, &store, &state.policy(), &state.kubernetes(), now)
-        .await
-        .unwrap();
     assert_eq!(
-        fake.seen.lock().unwrap().as_slice(),
+        sent_by_a_sync().await,
         [
             "Bearer exec-t0k-456",
             "Bearer exec-t0k-789",

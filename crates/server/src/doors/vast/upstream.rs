@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
+use crate::http_client::transport_detail;
 use crate::secret::Secret;
 
 /// A row of an offer or instance listing.
@@ -77,18 +78,6 @@ pub struct Upstream {
     base: String,
     key: Secret,
     timeout: Duration,
-}
-
-fn transport_detail(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    detail
 }
 
 impl Upstream {
