@@ -59,7 +59,7 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, values_params, Param, Tx};
+use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, sqlite_values, Param, Tx};
 use crate::error::{InputError, StoreError};
 use crate::time::UnixMicros;
 use crate::writer::{Op, Written};
@@ -399,7 +399,7 @@ impl Tx {
                     let sql = format!(
                         "INSERT INTO audit (seq, at_us, kind, payload, prev_hash, hash) \
                          SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
-                        values_params(rows, 6)
+                        sqlite_values(rows, 6)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(rows * 6);
                     for r in chunk {

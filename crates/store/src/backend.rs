@@ -295,7 +295,7 @@ pub(crate) enum SqliteTx {
 }
 
 impl SqliteTx {
-    /// Runs `sql` (with `$n` parameters) now or, in a write transaction
+    /// Runs `sql` (with `$n` or `?` parameters) now or, in a write transaction
     /// that defers its writes ([`Tx::defer_writes`]), queues it to be sent
     /// with the `COMMIT`.
     pub(crate) async fn run_or_defer(
@@ -305,11 +305,13 @@ impl SqliteTx {
     ) -> Result<(), sqlx::Error> {
         if let SqliteTx::Writer(tx) = self {
             if tx.deferring {
-                tx.deferred.push(sql, params);
+                tx.deferred.push(sql, &params);
                 return Ok(());
             }
         }
-        bound(sql, params).execute(&mut **self).await?;
+        let mut text = String::with_capacity(sql.len());
+        let params = anonymize_params(sql, &params, &mut text);
+        bound(&text, params).execute(&mut **self).await?;
         Ok(())
     }
 
@@ -494,8 +496,9 @@ impl<T: Into<Param>> From<Option<T>> for Param {
 }
 
 /// Write statements held back to go with the `COMMIT`, as one text of
-/// `;`-separated statements whose `$n` parameters are renumbered to follow
-/// each other, and their values.
+/// `;`-separated statements with anonymous (`?`) parameters, and their
+/// values in order: sqlx gives each statement of such a text the values
+/// after the previous statement's ([`anonymize_params`]).
 #[derive(Debug, Default)]
 pub(crate) struct Deferred {
     sql: String,
@@ -503,39 +506,54 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
-    fn push(&mut self, sql: &str, params: Vec<Param>) {
-        renumber_params(sql, self.params.len(), &mut self.sql);
+    fn push(&mut self, sql: &str, params: &[Param]) {
+        let params = anonymize_params(sql, params, &mut self.sql);
         self.sql.push_str(";\n");
         self.params.extend(params);
     }
 }
 
-/// Appends `sql` to `out` with every `$n` parameter outside quotes made
-/// `$(n + offset)`.
-fn renumber_params(sql: &str, offset: usize, out: &mut String) {
+/// Appends `sql` to `out` with every parameter outside quotes made an
+/// anonymous `?`, and returns the values those take in order: `$n` takes
+/// `params[n - 1]` (again at each use), and a `?` already there the next
+/// value not yet taken by an earlier `?`, as sqlx binds them. A parameter
+/// beyond `params` is bound NULL, as sqlx and SQLite leave it.
+///
+/// Why: sqlx asks SQLite the name of every parameter of a statement before
+/// binding it, and SQLite finds a named parameter's (`$n`'s) name by a
+/// linear search of the statement's parameter list, so binding a
+/// multi-row statement of `n` named parameters costs `O(n²)`; an anonymous
+/// one has no name to search for.
+pub(crate) fn anonymize_params(sql: &str, params: &[Param], out: &mut String) -> Vec<Param> {
+    let value = |i: usize| params.get(i).cloned().unwrap_or(Param::Null);
+    let mut taken = Vec::with_capacity(params.len());
+    let mut next_anonymous = 0usize;
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
     while let Some(c) = chars.next() {
-        out.push(c);
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '\'' | '"') => quote = Some(c),
-            (None, '$') => {
+            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
                 let mut n = 0usize;
-                let mut digits = false;
                 while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
                     n = n.saturating_mul(10).saturating_add(d as usize);
-                    digits = true;
                     chars.next();
                 }
-                if digits {
-                    out.push_str(&n.saturating_add(offset).to_string());
-                }
+                out.push('?');
+                taken.push(value(n.saturating_sub(1)));
+                continue;
+            }
+            (None, '?') => {
+                taken.push(value(next_anonymous));
+                next_anonymous += 1;
             }
             (None, _) => {}
         }
+        out.push(c);
     }
+    taken
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection
@@ -686,7 +704,7 @@ impl Tx {
                     let chunk = teams.get(range).unwrap_or_default();
                     let sql = format!(
                         "{select} WHERE {column} IN (VALUES {})",
-                        values_params(chunk.len(), 1)
+                        sqlite_values(chunk.len(), 1)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for team in chunk {
@@ -744,20 +762,22 @@ pub(crate) fn sqlite_padded_chunks(n: usize) -> impl Iterator<Item = (Range<usiz
     })
 }
 
-/// `($1, $2), ($3, $4)`: a `VALUES` list of `rows` rows of `cols`
-/// parameters each.
-pub(crate) fn values_params(rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    for row in 0..rows {
-        out.push_str(if row == 0 { "(" } else { ", (" });
-        for col in 0..cols {
-            if col > 0 {
-                out.push_str(", ");
-            }
-            out.push('$');
-            out.push_str(&(row * cols + col + 1).to_string());
+/// `(?, ?), (?, ?)`: a `VALUES` list of `rows` rows of `cols` anonymous
+/// parameters each, bound in row order (SQLite only; anonymous parameters
+/// bind in constant time each, see [`anonymize_params`]).
+pub(crate) fn sqlite_values(rows: usize, cols: usize) -> String {
+    let mut row = String::with_capacity(cols * 3 + 2);
+    row.push('(');
+    for col in 0..cols {
+        row.push_str(if col == 0 { "?" } else { ", ?" });
+    }
+    row.push(')');
+    let mut out = String::with_capacity(rows * (row.len() + 2));
+    for i in 0..rows {
+        if i > 0 {
+            out.push_str(", ");
         }
-        out.push(')');
+        out.push_str(&row);
     }
     out
 }
@@ -802,29 +822,42 @@ mod tests {
     }
 
     #[test]
-    fn deferred_statements_number_their_params_in_sequence() {
+    fn deferred_statements_take_their_values_in_order() {
         let mut deferred = Deferred::default();
         deferred.push(
-            "UPDATE t SET a = $1, b = $2 WHERE c = 'x$1'",
-            vec![1i64.into(), "b".into()],
+            "UPDATE t SET a = $2, b = $1, c = $2 WHERE d = 'x$1?'",
+            &[1i64.into(), "b".into()],
         );
         deferred.push(
-            "INSERT INTO t VALUES ($1), ($2), ($10)",
-            vec![Param::Null; 10],
+            "INSERT INTO t VALUES (?), (?), (?)",
+            &[Param::Int(7), Param::Int(7)],
         );
+        deferred.push("DELETE FROM t WHERE a = $1", &[]);
         assert_eq!(
             deferred.sql,
-            "UPDATE t SET a = $1, b = $2 WHERE c = 'x$1';\nINSERT INTO t VALUES ($3), ($4), ($12);\n"
+            "UPDATE t SET a = ?, b = ?, c = ? WHERE d = 'x$1?';\n\
+             INSERT INTO t VALUES (?), (?), (?);\n\
+             DELETE FROM t WHERE a = ?;\n"
         );
-        assert_eq!(deferred.params.len(), 12);
-        assert_eq!(deferred.params[0], Param::Int(1));
-        assert_eq!(deferred.params[1], Param::Text("b".to_owned()));
+        assert_eq!(
+            deferred.params,
+            [
+                Param::Text("b".to_owned()),
+                Param::Int(1),
+                Param::Text("b".to_owned()),
+                Param::Int(7),
+                Param::Int(7),
+                Param::Null,
+                Param::Null,
+            ]
+        );
     }
 
     #[test]
-    fn values_params_number_rows_then_columns() {
-        assert_eq!(values_params(1, 1), "($1)");
-        assert_eq!(values_params(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    fn sqlite_values_lists_rows_of_anonymous_parameters() {
+        assert_eq!(sqlite_values(1, 1), "(?)");
+        assert_eq!(sqlite_values(2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(sqlite_values(0, 3), "");
     }
 
     #[test]

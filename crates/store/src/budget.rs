@@ -74,7 +74,7 @@ use std::collections::HashMap;
 
 use warden_core::TeamName;
 
-use crate::backend::{on_tx, sqlite_chunks, values_params, Param, Tx};
+use crate::backend::{on_tx, sqlite_chunks, sqlite_values, Param, Tx};
 use crate::error::StoreError;
 use crate::spend::MICROS_PER_HOUR;
 
@@ -654,7 +654,7 @@ impl Tx {
                            accruing_hourly_micros = excluded.accruing_hourly_micros, \
                            fresh_until_us = excluded.fresh_until_us, \
                            last_break_us = excluded.last_break_us",
-                        values_params(chunk.len(), 5)
+                        sqlite_values(chunk.len(), 5)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 5);
                     for &(team, swept, accruing, fresh_until, last_break) in chunk {
@@ -682,7 +682,7 @@ impl Tx {
                          VALUES {} \
                          ON CONFLICT (team, from_us) DO UPDATE SET \
                            used = excluded.used, touched_us = excluded.touched_us",
-                        values_params(chunk.len(), 4)
+                        sqlite_values(chunk.len(), 4)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
                     for (team, from, used, touched) in chunk {

@@ -35,7 +35,7 @@
 use std::collections::HashMap;
 
 use crate::allocations::{AllocationRequest, Limit, Scope};
-use crate::backend::{sqlite_chunks, values_params, Param, Tx};
+use crate::backend::{sqlite_chunks, sqlite_values, Param, Tx};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 
@@ -211,7 +211,7 @@ impl Tx {
                          ON b.team = k.column1 AND b.scope = k.column2 \
                            AND b.user_name IS NOT DISTINCT FROM k.column3 \
                            AND b.max_launches = k.column4 AND b.per_us = k.column5",
-                        values_params(chunk.len(), 5)
+                        sqlite_values(chunk.len(), 5)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for k in chunk {
@@ -322,7 +322,7 @@ impl Tx {
                     let sql = format!(
                         "UPDATE launch_buckets SET full_at_us = k.column2, full_at_frac = k.column3 \
                          FROM (VALUES {}) AS k WHERE launch_buckets.id = k.column1",
-                        values_params(chunk.len(), 3)
+                        sqlite_values(chunk.len(), 3)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 3);
                     for (id, _, at, frac) in chunk {
@@ -335,7 +335,7 @@ impl Tx {
                     let sql = format!(
                         "INSERT INTO launch_buckets (team, scope, user_name, max_launches, \
                            per_us, full_at_us, full_at_frac) VALUES {}",
-                        values_params(chunk.len(), 7)
+                        sqlite_values(chunk.len(), 7)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 7);
                     for (_, key, at, frac) in chunk {

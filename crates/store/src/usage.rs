@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use warden_core::{GpuModel, TeamName};
 
 use crate::allocations::{Allocation, AllocationRequest};
-use crate::backend::{sqlite_chunks, values_params, Param, Tx};
+use crate::backend::{sqlite_chunks, sqlite_values, Param, Tx};
 use crate::error::StoreError;
 
 /// Live usage of one team, or of one user within it.
@@ -280,7 +280,7 @@ impl Tx {
                         "UPDATE live_usage \
                          SET gpus = k.column2, live = k.column3, hourly_micros = k.column4 \
                          FROM (VALUES {}) AS k WHERE live_usage.id = k.column1",
-                        values_params(chunk.len(), 4)
+                        sqlite_values(chunk.len(), 4)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
                     for (id, u) in chunk {
@@ -302,7 +302,7 @@ impl Tx {
                     let sql = format!(
                         "INSERT INTO live_usage \
                            (team, user_name, gpu_model, gpus, live, hourly_micros) VALUES {}",
-                        values_params(chunk.len(), 6)
+                        sqlite_values(chunk.len(), 6)
                     );
                     let mut params: Vec<Param> = Vec::with_capacity(chunk.len() * 6);
                     for (team, g) in chunk {

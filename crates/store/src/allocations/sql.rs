@@ -10,7 +10,7 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 use super::limits::reserved_micros;
 use super::reserve::{LiveKey, Reservation};
 use super::{Allocation, AllocationId, AllocationName, AllocationState, EndTarget};
-use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, values_params, Tx};
+use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, sqlite_values, Tx};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 use crate::Store;
@@ -125,7 +125,7 @@ impl Tx {
                            ON a.door = k.column1 AND a.team = k.column2 \
                           AND a.name = k.column3 \
                          WHERE a.state = 'live'",
-                        values_params(padded, 3)
+                        sqlite_values(padded, 3)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for (door, team, name) in chunk {
@@ -200,7 +200,7 @@ impl Tx {
                             started_us, ended_us, state, reserved_micros, held_until_us) \
                          SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
                          RETURNING id, door, team, name",
-                        values_params(rows, 12)
+                        sqlite_values(rows, 12)
                     );
                     let mut query = sqlx::query_as(&sql);
                     for r in chunk {
