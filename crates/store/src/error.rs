@@ -34,6 +34,10 @@ pub enum InputError {
     /// An audit record kind was not a short lowercase dotted word.
     #[error("audit kind `{0}` is invalid; use 1 to 64 lowercase letters, digits, `.`, `_` or `-`")]
     AuditKind(String),
+    /// An allocation's audit record (its request's context, say) could not
+    /// be written as JSON.
+    #[error("cannot write the audit record as JSON: {0}")]
+    Json(String),
 }
 
 /// Everything that can go wrong in the store.

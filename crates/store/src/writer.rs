@@ -79,10 +79,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 
-use crate::allocations::{check_request, Reservation};
+use crate::allocations::{check_request, context_json, Reservation};
 use crate::audit::check_kind;
 use crate::backend::{Backend, Tx};
 use crate::error::{InputError, StoreError};
@@ -156,6 +157,7 @@ enum Entry {
         request: AllocationRequest,
         limits: Vec<Limit>,
         now: UnixMicros,
+        context: Box<RawValue>,
     },
 }
 
@@ -173,6 +175,7 @@ impl Entry {
             Write::Reserve { request, limits } => {
                 check_request(&request, &limits)?;
                 Entry::Reserve {
+                    context: context_json(&request)?,
                     request,
                     limits,
                     now,
@@ -192,10 +195,12 @@ impl Entry {
                 request,
                 limits,
                 now,
+                context,
             } => Op::Reserve(Reservation {
                 request,
                 limits,
                 now: *now,
+                context,
             }),
         }
     }

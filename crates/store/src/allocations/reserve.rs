@@ -6,31 +6,70 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use serde_json::json;
-use warden_core::TeamName;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use warden_core::{Door, GpuModel, TeamName};
 
 use super::limits::{check_request, first_exceeded, reserved_micros, Counted};
-use super::{AllocationId, AllocationRequest, Denial, Limit, ReserveOutcome};
+use super::{AllocationId, AllocationName, AllocationRequest, Denial, Limit, ReserveOutcome};
 use crate::audit::NewRecord;
 use crate::backend::Tx;
 use crate::budget::{held_until, Charge, TeamBudget};
-use crate::error::StoreError;
+use crate::error::{InputError, StoreError};
 use crate::launches::BucketKey;
 use crate::spend::scaled_held;
 use crate::time::UnixMicros;
 use crate::writer::{Op, Written};
 use crate::Store;
 
-fn request_json(req: &AllocationRequest) -> serde_json::Value {
-    json!({
-        "door": req.door,
-        "team": req.team,
-        "user": req.user,
-        "name": req.name,
-        "gpu_model": req.gpu_model,
-        "gpus": req.gpus,
-        "hourly_micros": req.hourly.micros(),
-    })
+fn json_error(e: serde_json::Error) -> InputError {
+    InputError::Json(e.to_string())
+}
+
+/// The `request` of a reservation's audit record. Fields, here and in the
+/// payloads below, in name order, as a JSON object's keys are written.
+#[derive(Serialize)]
+struct RequestJson<'a> {
+    door: Door,
+    gpu_model: Option<&'a GpuModel>,
+    gpus: u32,
+    hourly_micros: i64,
+    name: &'a AllocationName,
+    team: &'a TeamName,
+    user: Option<&'a str>,
+}
+
+impl<'a> RequestJson<'a> {
+    fn of(req: &'a AllocationRequest) -> RequestJson<'a> {
+        RequestJson {
+            door: req.door,
+            gpu_model: req.gpu_model.as_ref(),
+            gpus: req.gpus,
+            hourly_micros: req.hourly.micros(),
+            name: &req.name,
+            team: &req.team,
+            user: req.user.as_deref(),
+        }
+    }
+}
+
+/// The payload of an `allocation.granted` record.
+#[derive(Serialize)]
+struct GrantedJson<'a> {
+    allocation_id: AllocationId,
+    context: &'a RawValue,
+    relaunch: bool,
+    request: RequestJson<'a>,
+}
+
+/// The payload of an `allocation.denied` record.
+#[derive(Serialize)]
+struct DeniedJson<'a> {
+    context: &'a RawValue,
+    /// As a JSON value, so its keys are in name order too.
+    denial: serde_json::Value,
+    message: String,
+    request: RequestJson<'a>,
 }
 
 /// A reservation to decide inside a write transaction: [`Store::reserve`]'s
@@ -40,6 +79,17 @@ pub(crate) struct Reservation<'a> {
     pub(crate) request: &'a AllocationRequest,
     pub(crate) limits: &'a [Limit],
     pub(crate) now: UnixMicros,
+    /// `request.context` as JSON text ([`context_json`]), written before
+    /// the transaction so the writer only copies it into the record.
+    pub(crate) context: &'a RawValue,
+}
+
+/// `req.context` as JSON text (`null` when there is none), for its audit
+/// record. Done by the caller, off the writer task, whose time every write
+/// of a batch waits for: a decision's context is the largest part of its
+/// record.
+pub(crate) fn context_json(req: &AllocationRequest) -> Result<Box<RawValue>, InputError> {
+    serde_json::value::to_raw_value(&req.context).map_err(json_error)
 }
 
 /// The identity of a live allocation: door, team, name.
@@ -243,18 +293,18 @@ impl Tx {
                     Pending::Reservation(r, verdict) => (r, verdict),
                 };
                 let req = r.request;
-                let context = req.context.as_ref().unwrap_or(&serde_json::Value::Null);
+                let context = r.context;
                 let (kind, payload, outcome) = match verdict {
                     Verdict::Granted { slot, relaunch } => {
                         let allocation_id = match slot {
                             Slot::Stored(id) => id,
                             Slot::New(n) => *new_ids.get(n).ok_or(sqlx::Error::RowNotFound)?,
                         };
-                        let payload = json!({
-                            "allocation_id": allocation_id,
-                            "relaunch": relaunch,
-                            "request": request_json(req),
-                            "context": context,
+                        let payload = serde_json::to_string(&GrantedJson {
+                            allocation_id,
+                            context,
+                            relaunch,
+                            request: RequestJson::of(req),
                         });
                         let outcome = ReserveOutcome::Granted {
                             allocation_id,
@@ -263,18 +313,20 @@ impl Tx {
                         ("allocation.granted", payload, outcome)
                     }
                     Verdict::Denied(denial) => {
-                        let payload = json!({
-                            "request": request_json(req),
-                            "denial": &denial,
-                            "message": denial.to_string(),
-                            "context": context,
+                        let payload = serde_json::to_value(&denial).and_then(|denial_json| {
+                            serde_json::to_string(&DeniedJson {
+                                context,
+                                denial: denial_json,
+                                message: denial.to_string(),
+                                request: RequestJson::of(req),
+                            })
                         });
                         ("allocation.denied", payload, ReserveOutcome::Denied(denial))
                     }
                 };
                 let record = NewRecord {
                     kind: kind.to_owned(),
-                    payload: payload.to_string(),
+                    payload: payload.map_err(|e| StoreError::Input(json_error(e)))?,
                     at: r.now,
                 };
                 Ok((record, Some(outcome)))
@@ -407,14 +459,91 @@ impl Store {
         now: UnixMicros,
     ) -> Result<ReserveOutcome, StoreError> {
         check_request(req, limits)?;
+        let context = context_json(req)?;
         let op = Op::Reserve(Reservation {
             request: req,
             limits,
             now,
+            context: &context,
         });
         match self.apply_alone(op).await? {
             Written::Reserved(outcome) => Ok(outcome),
             Written::Audited(_) => Err(StoreError::Unanswered),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_core::Usd;
+
+    use super::*;
+    use crate::allocations::Scope;
+
+    /// A payload written field by field must read as JSON written from a
+    /// value: keys in name order at every level, compact. (Records written
+    /// before these structs came from `json!` values.)
+    fn assert_canonical(text: &str) {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(text, value.to_string());
+    }
+
+    #[test]
+    fn reservation_payloads_are_canonical_json() {
+        let req = AllocationRequest {
+            door: Door::Kubernetes,
+            team: TeamName::parse("ml").unwrap(),
+            user: Some("alice".to_owned()),
+            name: AllocationName::parse("ml/p-1").unwrap(),
+            gpu_model: Some(GpuModel::parse("H100").unwrap()),
+            gpus: 2,
+            hourly: Usd::from_micros(4_500_000),
+            context: Some(
+                serde_json::json!({"z": 1, "a": {"y": [1, {"b": 2, "a": 1}], "x": null}}),
+            ),
+        };
+        let context = context_json(&req).unwrap();
+        assert_eq!(
+            context.get(),
+            r#"{"a":{"x":null,"y":[1,{"a":1,"b":2}]},"z":1}"#
+        );
+        let granted = serde_json::to_string(&GrantedJson {
+            allocation_id: AllocationId(7),
+            context: &context,
+            relaunch: false,
+            request: RequestJson::of(&req),
+        })
+        .unwrap();
+        assert_canonical(&granted);
+        // The same text as the `json!` value records were written from.
+        let request = serde_json::json!({
+            "door": req.door, "team": req.team, "user": req.user, "name": req.name,
+            "gpu_model": req.gpu_model, "gpus": req.gpus, "hourly_micros": 4_500_000,
+        });
+        let expected = serde_json::json!({
+            "allocation_id": 7, "relaunch": false, "request": request, "context": req.context,
+        });
+        assert_eq!(granted, expected.to_string());
+        let denial = Denial {
+            limit: Limit::Gpus {
+                scope: Scope::Team,
+                max: 1,
+            },
+            in_use: 0,
+            requested: 2,
+            max: 1,
+            retry_at: None,
+        };
+        let denied = serde_json::to_string(&DeniedJson {
+            context: &context,
+            denial: serde_json::to_value(&denial).unwrap(),
+            message: denial.to_string(),
+            request: RequestJson::of(&AllocationRequest {
+                context: None,
+                ..req
+            }),
+        })
+        .unwrap();
+        assert_canonical(&denied);
     }
 }
