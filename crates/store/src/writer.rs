@@ -172,10 +172,17 @@ impl Entry {
                     at: now,
                 }
             }
-            Write::Reserve { request, limits } => {
+            Write::Reserve {
+                mut request,
+                limits,
+            } => {
                 check_request(&request, &limits)?;
+                let context = context_json(&request)?;
+                // Written out above, the value itself is dropped here, not
+                // on the writer task.
+                request.context = None;
                 Entry::Reserve {
-                    context: context_json(&request)?,
+                    context,
                     request,
                     limits,
                     now,

@@ -85,7 +85,7 @@ pub fn deleted_allocation(config: &KubernetesConfig, review: &Review) -> Option<
     if review.sub_resource.is_some() || !workload::is_judged(config, &api_version, &review.kind) {
         return None;
     }
-    let Some(old) = review.old_object.as_ref() else {
+    let Some(old) = review.old_object.as_ref().and_then(Value::as_object) else {
         // An API server that sends no `oldObject`: the name says it.
         return Some(format!(
             "{}/{}/{}",
@@ -169,7 +169,10 @@ pub async fn judge(
     if !workload::is_judged(config, &api_version, &review.kind) {
         return allow();
     }
-    let Some(object) = review.object.as_ref() else {
+    let Some(value) = review.object.as_ref() else {
+        return allow();
+    };
+    let Some(object) = value.as_object() else {
         return allow();
     };
     if let Some((owner_version, owner_kind, _)) = workload::controller_owner(object) {
@@ -180,21 +183,20 @@ pub async fn judge(
             return allow();
         }
     }
-    let value = Value::Object(object.clone());
-    let ask = workload::workload_ask(config, &api_version, &review.kind, &value)?;
+    let ask = workload::workload_ask(config, &api_version, &review.kind, value)?;
     let old_ask = match (&review.old_object, review.operation) {
         (Some(old), wire::Operation::Update) => Some(workload::workload_ask(
             config,
             &api_version,
             &review.kind,
-            &Value::Object(old.clone()),
+            old,
         )?),
         _ => None,
     };
     let asks_gpus = ask.gpus_per_pod > 0;
     let policy = state.policy();
     let name = match &review.old_object {
-        Some(old) if review.operation == wire::Operation::Update => {
+        Some(Value::Object(old)) if review.operation == wire::Operation::Update => {
             existing_allocation(&review.namespace, &review.kind, old, review)
         }
         _ => allocation_name(&review.namespace, &review.kind, object, review),
@@ -221,7 +223,7 @@ pub async fn judge(
             patch::apply(config, &[], &fixed, &ask.templates, &mut changed);
             return Ok(wire::allow(
                 &review.uid,
-                &patch::diff(&value, &changed),
+                &patch::diff(value, &changed),
                 &[],
             ));
         }
@@ -278,7 +280,7 @@ pub async fn judge(
         let not_applicable =
             patch::apply(config, &d.mutations, &fixed, &ask.templates, &mut changed);
         Ok(Applied {
-            value: patch::diff(&value, &changed),
+            value: patch::diff(value, &changed),
             not_applicable,
         })
     };
@@ -330,7 +332,7 @@ fn scaled_kind(review: &Review) -> Option<&'static str> {
     }
 }
 
-fn replicas(o: Option<&Map<String, Value>>) -> Option<u32> {
+fn replicas(o: Option<&Value>) -> Option<u32> {
     o?.get("spec")?
         .get("replicas")
         .and_then(Value::as_u64)
@@ -393,8 +395,13 @@ pub async fn scale(
         templates: Vec::new(),
     };
     let target = format!("{name}#{}", review.uid);
-    let object = review.object.clone().unwrap_or_default();
-    let req = launch_request(review, live.team.as_str(), &ask, &object, &target)?;
+    let empty = Map::new();
+    let object = review
+        .object
+        .as_ref()
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let req = launch_request(review, live.team.as_str(), &ask, object, &target)?;
     let no_patch = |_: &warden_core::Decision| Ok(Applied::all(Vec::<Value>::new()));
     if review.dry_run {
         let (decision, applied) = crate::gate::decide(&policy, &req, no_patch)?;

@@ -60,10 +60,10 @@ pub struct Review {
     pub username: Option<String>,
     /// `userInfo.groups`.
     pub groups: Vec<String>,
-    /// The new object (CREATE, UPDATE).
-    pub object: Option<Map<String, Value>>,
-    /// The object before (UPDATE, DELETE).
-    pub old_object: Option<Map<String, Value>>,
+    /// The new object (CREATE, UPDATE); always a JSON object.
+    pub object: Option<Value>,
+    /// The object before (UPDATE, DELETE); always a JSON object.
+    pub old_object: Option<Value>,
     /// `dryRun`: decide, change nothing.
     pub dry_run: bool,
 }
@@ -106,13 +106,14 @@ pub fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn object(m: &Map<String, Value>, key: &str) -> Result<Option<Map<String, Value>>, DoorError> {
-    match m.get(key) {
+/// Takes `m[key]`, which must be an object or absent.
+fn take_object(m: &mut Map<String, Value>, key: &str) -> Result<Option<Value>, DoorError> {
+    match m.remove(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(o)) => Ok(Some(o.clone())),
+        Some(o @ Value::Object(_)) => Ok(Some(o)),
         Some(other) => Err(DoorError::bad(format!(
             "`request.{key}` must be a Kubernetes object (a JSON object), not {}",
-            kind_of(other)
+            kind_of(&other)
         ))),
     }
 }
@@ -131,7 +132,7 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| DoorError::bad(format!("the request body is not JSON: {e}")))?;
-    let Value::Object(top) = value else {
+    let Value::Object(mut top) = value else {
         return Err(DoorError::bad(format!(
             "the request body must be an AdmissionReview object, not {}",
             kind_of(&value)
@@ -149,8 +150,8 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             "`kind` is `{kind}`; expected `AdmissionReview`"
         )));
     }
-    let request =
-        match top.get("request") {
+    let mut request =
+        match top.remove("request") {
             Some(Value::Object(r)) => r,
             None | Some(Value::Null) => return Err(DoorError::bad(
                 "the AdmissionReview has no `request`; the API server sends one with every review",
@@ -158,11 +159,11 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             Some(other) => {
                 return Err(DoorError::bad(format!(
                     "`request` must be an object, not {}",
-                    kind_of(other)
+                    kind_of(&other)
                 )))
             }
         };
-    let uid = string(request, "request.", "uid")?;
+    let uid = string(&request, "request.", "uid")?;
     if uid.is_empty() {
         return Err(DoorError::bad(
             "`request.uid` is missing or empty; the answer must echo it",
@@ -196,7 +197,7 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             "`request.kind` must name the object's `version` and `kind`",
         ));
     }
-    let operation = match string(request, "request.", "operation")?.as_str() {
+    let operation = match string(&request, "request.", "operation")?.as_str() {
         "CREATE" => Operation::Create,
         "UPDATE" => Operation::Update,
         "DELETE" => Operation::Delete,
@@ -237,7 +238,7 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             )))
         }
     };
-    let dry_run = match field(request, "dryRun") {
+    let dry_run = match field(&request, "dryRun") {
         None => false,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
@@ -247,8 +248,9 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             )))
         }
     };
-    let object = object(request, "object")?;
-    let old_object = object_old(request)?;
+    // Moved out, not copied: the objects are most of the review.
+    let object = take_object(&mut request, "object")?;
+    let old_object = take_object(&mut request, "oldObject")?;
     match operation {
         Operation::Create | Operation::Update if object.is_none() => {
             return Err(DoorError::bad(
@@ -261,7 +263,7 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
         Some(Value::Object(r)) => string(r, "request.resource.", "resource")?,
         _ => String::new(),
     };
-    let sub_resource = Some(string(request, "request.", "subResource")?).filter(|s| !s.is_empty());
+    let sub_resource = Some(string(&request, "request.", "subResource")?).filter(|s| !s.is_empty());
     Ok(Review {
         uid,
         group,
@@ -269,8 +271,8 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
         kind,
         resource,
         sub_resource,
-        namespace: string(request, "request.", "namespace")?,
-        name: string(request, "request.", "name")?,
+        namespace: string(&request, "request.", "namespace")?,
+        name: string(&request, "request.", "name")?,
         operation,
         username,
         groups,
@@ -278,10 +280,6 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
         old_object,
         dry_run,
     })
-}
-
-fn object_old(request: &Map<String, Value>) -> Result<Option<Map<String, Value>>, DoorError> {
-    object(request, "oldObject")
 }
 
 /// The answer: allowed, with a JSONPatch (applied by the API server) and
