@@ -1362,3 +1362,33 @@ async fn reviews_are_judged_only_from_trusted_api_servers() {
     let (status, _, text) = post(&app, body.as_bytes()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
 }
+
+/// A rule that reads the native document (`task`, here the pod) judges
+/// the object itself at this door: the door only copies the object into
+/// the request when a rule reads it, and must when one does.
+#[tokio::test]
+async fn rules_that_read_the_task_see_the_kubernetes_object() {
+    let (_dir, store, _state, app) = app_with(
+        r#"
+teams:
+  ml:
+    quotas: {max_gpus: 8}
+rules:
+  - name: no-pytorch-latest
+    match: {doors: [kubernetes], when: 'task.spec.containers[0].image.endsWith(":latest")'}
+    deny: pin the image to a version
+"#,
+    )
+    .await;
+    let pinned = fixture("pod-gpu.json");
+    let response = admit(&app, &alice("t-1", "CREATE", "ml", Some(&pinned), None)).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let mut latest = fixture("pod-gpu.json");
+    latest["metadata"]["name"] = json!("latest");
+    latest["spec"]["containers"][0]["image"] = json!("pytorch/pytorch:latest");
+    let response = admit(&app, &alice("t-2", "CREATE", "ml", Some(&latest), None)).await;
+    let message = denial(&response);
+    assert!(message.contains("no-pytorch-latest"), "{message}");
+    assert!(message.contains("pin the image to a version"), "{message}");
+    assert_eq!(live(&store).await.len(), 1);
+}

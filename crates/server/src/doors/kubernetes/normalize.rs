@@ -108,12 +108,14 @@ pub fn deleted_allocation(config: &KubernetesConfig, review: &Review) -> Option<
     marked.then_some(own)
 }
 
-/// The normalized request for `ask` in `team`.
+/// The normalized request for `ask` in `team`. Its `task` is a copy of
+/// `object` when the policy reads it (`needs_task`), else left empty: the
+/// copy is the costliest part of a request, and nothing else reads it.
 fn launch_request(
     review: &Review,
     team: &str,
     ask: &WorkloadAsk,
-    object: &Map<String, Value>,
+    object: Option<&Map<String, Value>>,
     target: &str,
 ) -> Result<LaunchRequest, DoorError> {
     let mut req = LaunchRequest::new(Door::Kubernetes, "launch");
@@ -146,7 +148,9 @@ fn launch_request(
         })
         .collect();
     req.labels = ask.labels.clone();
-    req.task = Value::Object(object.clone());
+    if let Some(object) = object {
+        req.task = Value::Object(object.clone());
+    }
     Ok(req)
 }
 
@@ -221,11 +225,7 @@ pub async fn judge(
             };
             let mut changed = value.clone();
             patch::apply(config, &[], &fixed, &ask.templates, &mut changed);
-            return Ok(wire::allow(
-                &review.uid,
-                &patch::diff(value, &changed),
-                &[],
-            ));
+            return Ok(wire::allow(&review.uid, &patch::diff(value, &changed), &[]));
         }
         if !asks_gpus {
             // No GPUs any more: the allocation ends with the old size.
@@ -267,7 +267,8 @@ pub async fn judge(
         Some(_) => format!("{name}#{}", review.uid),
         None => name.clone(),
     };
-    let req = launch_request(review, team.name.as_str(), &ask, object, &target)?;
+    let task = policy.needs_task().then_some(object);
+    let req = launch_request(review, team.name.as_str(), &ask, task, &target)?;
     let fixed = patch::Fixed {
         team: team.name.as_str(),
         labels: &team.kubernetes.labels,
@@ -396,12 +397,14 @@ pub async fn scale(
     };
     let target = format!("{name}#{}", review.uid);
     let empty = Map::new();
-    let object = review
-        .object
-        .as_ref()
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    let req = launch_request(review, live.team.as_str(), &ask, object, &target)?;
+    let task = policy.needs_task().then(|| {
+        review
+            .object
+            .as_ref()
+            .and_then(Value::as_object)
+            .unwrap_or(&empty)
+    });
+    let req = launch_request(review, live.team.as_str(), &ask, task, &target)?;
     let no_patch = |_: &warden_core::Decision| Ok(Applied::all(Vec::<Value>::new()));
     if review.dry_run {
         let (decision, applied) = crate::gate::decide(&policy, &req, no_patch)?;

@@ -288,7 +288,10 @@ pub fn allow(uid: &str, patch: &[Value], warnings: &[String]) -> Value {
     let mut response = json!({"uid": uid, "allowed": true});
     if let Value::Object(r) = &mut response {
         if !patch.is_empty() {
-            let text = Value::Array(patch.to_vec()).to_string();
+            // A slice of values writes as the same JSON array, uncopied
+            // (writing a `Value` cannot fail; the fallback is the copy).
+            let text = serde_json::to_string(patch)
+                .unwrap_or_else(|_| Value::Array(patch.to_vec()).to_string());
             r.insert("patchType".to_owned(), json!("JSONPatch"));
             r.insert(
                 "patch".to_owned(),
