@@ -336,9 +336,12 @@ impl Tx {
         } else {
             "SELECT seq, hash FROM audit_head WHERE id = 1"
         };
-        let head: Option<(i64, String)> = on_tx!(self, |conn| {
-            sqlx::query_as(read_head).fetch_optional(&mut *conn).await?
-        });
+        let head: Option<(i64, String)> = match self.take_audit_head() {
+            Some(head) => Some(head),
+            None => on_tx!(self, |conn| {
+                sqlx::query_as(read_head).fetch_optional(&mut *conn).await?
+            }),
+        };
         let (mut seq, mut prev_hash) =
             head.ok_or_else(|| corrupt_head("the row is missing".to_owned()))?;
 
@@ -422,6 +425,7 @@ impl Tx {
                 .await?;
             }
         }
+        self.keep_audit_head(seq, &prev_hash);
         Ok(chained)
     }
 }
@@ -731,5 +735,52 @@ mod tests {
             walk(&good, (6, GENESIS_HASH)),
             Some(ChainProblem::HeadMismatch { seq: 6 })
         );
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    /// Appends in one transaction chain on from each other, whether the
+    /// head comes from `BEGIN` (SQLite's writer) or from the row, and a
+    /// transaction rolled back leaves the head where it was.
+    #[tokio::test]
+    async fn appends_in_one_transaction_chain_on_and_rollback_keeps_the_head() {
+        let dir = std::env::temp_dir().join(format!(
+            "warden-audit-head-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.join("w.db").display()))
+            .await
+            .unwrap();
+        let record = |n: i64| NewRecord {
+            kind: "test.append".to_owned(),
+            payload: format!(r#"{{"n":{n}}}"#),
+            at: UnixMicros::from_micros(1_700_000_000_000_000 + n),
+        };
+        let mut tx = store.begin_write().await.unwrap();
+        let first = tx.append_records(vec![record(1), record(2)]).await.unwrap();
+        let second = tx.append_records(vec![record(3)]).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(second[0].seq, first[1].seq + 1);
+        assert_eq!(second[0].prev_hash, first[1].hash);
+
+        let mut tx = store.begin_write().await.unwrap();
+        tx.append_records(vec![record(4)]).await.unwrap();
+        drop(tx);
+        let mut tx = store.begin_write().await.unwrap();
+        let after = tx.append_records(vec![record(5)]).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(after[0].seq, second[0].seq + 1);
+        assert_eq!(after[0].prev_hash, second[0].hash);
+
+        let report = store.verify_audit().await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.records_checked, 4);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

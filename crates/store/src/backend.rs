@@ -392,6 +392,10 @@ pub(crate) struct WriterTx {
     open: bool,
     /// Whether [`SqliteTx::run_or_defer`] queues statements now.
     deferring: bool,
+    /// The audit head (`seq`, `hash`) read with `BEGIN`, while no append of
+    /// this transaction has used it ([`Tx::take_audit_head`]): the write
+    /// lock held since then means no one else can have moved it.
+    audit_head: Option<(i64, String)>,
     /// Statements queued for the commit.
     deferred: Deferred,
 }
@@ -404,15 +408,22 @@ impl WriterTx {
             return Err(sqlx::Error::PoolClosed);
         }
         conn.recover().await;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut conn.conn)
-            .await?;
+        // The audit head in the same round trip: nearly every write
+        // transaction appends to the chain. Should the read fail after
+        // `BEGIN` succeeded, the next holder rolls back.
+        conn.abandoned = true;
+        let audit_head: Option<(i64, String)> =
+            sqlx::query_as("BEGIN IMMEDIATE; SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_optional(&mut conn.conn)
+                .await?;
+        conn.abandoned = false;
         Ok(WriterTx {
             conn,
             writer: Arc::clone(writer),
             open: true,
             deferring: false,
             deferred: Deferred::default(),
+            audit_head,
         })
     }
 
@@ -612,6 +623,30 @@ impl Tx {
         } = self
         {
             tx.deferring = true;
+        }
+    }
+
+    /// The audit head as read when the transaction began, if that read is
+    /// still current (SQLite's writer connection, before the first append);
+    /// `None` means read it now. An append that takes it must
+    /// [`Tx::keep_audit_head`] the new head.
+    pub(crate) fn take_audit_head(&mut self) -> Option<(i64, String)> {
+        match self {
+            Tx::Sqlite {
+                tx: SqliteTx::Writer(tx),
+            } => tx.audit_head.take(),
+            _ => None,
+        }
+    }
+
+    /// Records the audit head an append of this transaction left, for the
+    /// next append of the same transaction ([`Tx::take_audit_head`]).
+    pub(crate) fn keep_audit_head(&mut self, seq: i64, hash: &str) {
+        if let Tx::Sqlite {
+            tx: SqliteTx::Writer(tx),
+        } = self
+        {
+            tx.audit_head = Some((seq, hash.to_owned()));
         }
     }
 

@@ -15,9 +15,9 @@
 //! every statement is a round trip to the connection's worker thread, the
 //! batch runs on the store's one writer connection, and its closing writes
 //! (usage and budget summaries, audit records, the audit head) go with the
-//! `COMMIT` in one round trip ([`Tx::defer_writes`](crate::backend)): a
-//! batch of reservations for one team costs seven round trips, whatever
-//! its size.
+//! `COMMIT` in one round trip ([`Tx::defer_writes`](crate::backend)), and
+//! the audit head is read in the round trip of `BEGIN`: a batch of
+//! reservations for one team costs six round trips, whatever its size.
 //!
 //! Arrival order is the order in which [`Store::write`] calls got their
 //! place in the queue. Each [`Store`] (each replica) has one writer task;
