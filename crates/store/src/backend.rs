@@ -33,11 +33,11 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// (SQLite's `wal_autocheckpoint`; its default is 1000). The commit that
 /// crosses it pays for the copy, and every write of its batch (and of the
 /// batch queued behind it) waits: a quarter of the default makes that
-/// stall a quarter as long, four times as often. Measured with
-/// `bench/k8s.sh` (p99 of GPU admissions at 32 connections, three
-/// interleaved runs each): 4000 pages 8.8–9.2 ms, 1000 pages 6.2–6.6 ms,
-/// 250 pages 5.6–6.3 ms, 100 pages 7.0–7.6 ms (the per-checkpoint fsync
-/// starts to dominate).
+/// stall a quarter as long, four times as often. Measured with the setup
+/// of `bench/k8s.sh` (p99 of GPU admissions at 32 connections, three
+/// interleaved runs each, 2 vCPUs): 4000 pages 8.8–9.2 ms, 1000 pages
+/// 6.2–6.6 ms, 250 pages 5.6–6.3 ms, 100 pages 7.0–7.6 ms (checkpoints
+/// so frequent that their fixed cost shows).
 const SQLITE_WAL_AUTOCHECKPOINT: &str = "250";
 
 /// How long a store call waits for a database connection by default
@@ -540,7 +540,8 @@ impl Deferred {
 /// anonymous `?`, and returns the values those take in order: `$n` takes
 /// `params[n - 1]` (again at each use), and a `?` already there the next
 /// value not yet taken by an earlier `?`, as sqlx binds them. A parameter
-/// beyond `params` is bound NULL, as sqlx and SQLite leave it.
+/// beyond `params` is bound NULL, as sqlx and SQLite leave it. (`?NNN`
+/// and `:name` parameters are not used in this crate and not handled.)
 ///
 /// Why: sqlx asks SQLite the name of every parameter of a statement before
 /// binding it, and SQLite finds a named parameter's (`$n`'s) name by a
