@@ -21,7 +21,7 @@ mod sql;
 mod types;
 
 pub(crate) use limits::check_request;
-pub(crate) use reserve::{context_json, Reservation};
+pub(crate) use reserve::{batch_reads, context_json, Reservation};
 pub(crate) use sql::{allocation, allocation_columns, AllocationRow};
 pub use types::{
     Allocation, AllocationId, AllocationName, AllocationRequest, AllocationState, Denial,

@@ -5,16 +5,21 @@
 //! one body for each backend's concrete connection type. Only beginning a
 //! transaction and taking locks differ, and they live here.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{ConnectOptions, Postgres, Sqlite, SqliteConnection, Transaction};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::Either;
+use sqlx::{ConnectOptions, Executor, FromRow, Postgres, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use warden_core::TeamName;
 
@@ -140,6 +145,7 @@ impl Store {
                         conn: writer,
                         abandoned: false,
                         closed: false,
+                        reads: FetchCounts::default(),
                     })),
                     pool,
                 }
@@ -217,6 +223,25 @@ impl Store {
         self.backend.begin_write().await
     }
 
+    /// How the writer connection's reads were answered so far (SQLite;
+    /// zero on PostgreSQL).
+    #[cfg(test)]
+    pub(crate) async fn writer_reads(&self) -> FetchCounts {
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => writer.lock().await.reads,
+            Backend::Postgres { .. } => FetchCounts::default(),
+        }
+    }
+
+    /// Begins a write transaction with reads; see
+    /// [`Backend::begin_write_reading`].
+    pub(crate) async fn begin_write_reading(
+        &self,
+        prefetch: impl FnOnce() -> Vec<Stmt>,
+    ) -> Result<Tx, StoreError> {
+        self.backend.begin_write_reading(prefetch).await
+    }
+
     /// Begins a read-only snapshot; see [`Backend::begin_snapshot`].
     pub(crate) async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
         self.backend.begin_snapshot().await
@@ -248,9 +273,20 @@ impl Backend {
     ///   snapshot could predate the lock wait.) Writers serialize on the
     ///   explicit locks of [`Tx::lock_teams`] and the audit head row.
     pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        self.begin_write_reading(Vec::new).await
+    }
+
+    /// [`Backend::begin_write`], and on SQLite also runs the reads
+    /// `prefetch` returns in the round trip of `BEGIN`, for the
+    /// transaction's first reads to take ([`SqliteTx::fetch`]). PostgreSQL
+    /// runs each read when it is asked for; `prefetch` is not called.
+    pub(crate) async fn begin_write_reading(
+        &self,
+        prefetch: impl FnOnce() -> Vec<Stmt>,
+    ) -> Result<Tx, StoreError> {
         match self {
             Self::Sqlite { writer, .. } => Ok(Tx::Sqlite {
-                tx: SqliteTx::Writer(WriterTx::begin(writer).await?),
+                tx: SqliteTx::Writer(WriterTx::begin(writer, prefetch()).await?),
             }),
             Self::Postgres { pool } => {
                 let tx = pool
@@ -316,6 +352,7 @@ impl SqliteTx {
         params: Vec<Param>,
     ) -> Result<(), sqlx::Error> {
         if let SqliteTx::Writer(tx) = self {
+            tx.prefetched.clear();
             if tx.deferring {
                 tx.deferred.push(sql, &params);
                 return Ok(());
@@ -325,6 +362,31 @@ impl SqliteTx {
         let params = anonymize_params(sql, &params, &mut text);
         bound(&text, params).execute(&mut **self).await?;
         Ok(())
+    }
+
+    /// The rows of `stmt`: the ones read for it with `BEGIN` when it is
+    /// the next of the reads prefetched there, else read now. Prefetched
+    /// rows are taken only in order and only before any other statement of
+    /// the transaction (one that runs through the connection, or through
+    /// [`SqliteTx::run_or_defer`], drops what is left of them), so what they
+    /// say is what reading now would say.
+    pub(crate) async fn fetch(&mut self, stmt: Stmt) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        let conn = match self {
+            SqliteTx::Writer(tx) => {
+                match tx.prefetched.pop_front() {
+                    Some((read, rows)) if read == stmt => {
+                        tx.conn.reads.prefetched += 1;
+                        return Ok(rows);
+                    }
+                    Some(_) => tx.prefetched.clear(),
+                    None => {}
+                }
+                tx.conn.reads.run += 1;
+                &mut tx.conn.conn
+            }
+            SqliteTx::Pool(tx) => &mut **tx,
+        };
+        bound(&stmt.sql, stmt.params).fetch_all(conn).await
     }
 
     async fn commit(self) -> Result<(), sqlx::Error> {
@@ -365,6 +427,17 @@ pub(crate) struct WriterConn {
     abandoned: bool,
     /// [`Store::close`] ran: no transaction begins any more.
     closed: bool,
+    /// How the reads of [`SqliteTx::fetch`] were answered.
+    reads: FetchCounts,
+}
+
+/// How many reads of [`SqliteTx::fetch`] on the writer connection took rows
+/// read with `BEGIN`, and how many were run when asked for: a read that
+/// `BEGIN` could have carried but did not costs a round trip.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FetchCounts {
+    pub(crate) prefetched: u64,
+    pub(crate) run: u64,
 }
 
 impl WriterConn {
@@ -398,24 +471,61 @@ pub(crate) struct WriterTx {
     audit_head: Option<(i64, String)>,
     /// Statements queued for the commit.
     deferred: Deferred,
+    /// Reads run with `BEGIN` and not yet taken, in order, with their rows
+    /// ([`SqliteTx::fetch`]).
+    prefetched: VecDeque<(Stmt, Vec<SqliteRow>)>,
 }
 
 impl WriterTx {
-    /// Waits for the writer connection and begins a write transaction on it.
-    async fn begin(writer: &Arc<Mutex<WriterConn>>) -> Result<WriterTx, sqlx::Error> {
+    /// Waits for the writer connection and begins a write transaction on
+    /// it. The audit head and the `prefetch` reads go in the same round trip
+    /// as `BEGIN IMMEDIATE`, after it: they see what its lock keeps current.
+    async fn begin(
+        writer: &Arc<Mutex<WriterConn>>,
+        prefetch: Vec<Stmt>,
+    ) -> Result<WriterTx, sqlx::Error> {
         let mut conn = Arc::clone(writer).lock_owned().await;
         if conn.closed {
             return Err(sqlx::Error::PoolClosed);
         }
         conn.recover().await;
-        // The audit head in the same round trip: nearly every write
-        // transaction appends to the chain. Should the read fail after
-        // `BEGIN` succeeded, the next holder rolls back.
+        // Nearly every write transaction appends to the chain. Should a
+        // read fail after `BEGIN` succeeded, the next holder rolls back.
         conn.abandoned = true;
-        let audit_head: Option<(i64, String)> =
-            sqlx::query_as("BEGIN IMMEDIATE; SELECT seq, hash FROM audit_head WHERE id = 1")
-                .fetch_optional(&mut conn.conn)
-                .await?;
+        let mut sql =
+            String::from("BEGIN IMMEDIATE;\nSELECT seq, hash FROM audit_head WHERE id = 1");
+        let mut params = Vec::new();
+        for read in &prefetch {
+            sql.push_str(";\n");
+            sql.push_str(&read.sql);
+            params.extend(read.params.iter().cloned());
+        }
+        // One result set per statement, each closed by its `Left`.
+        let mut sets: Vec<Vec<SqliteRow>> = Vec::with_capacity(prefetch.len() + 2);
+        let mut rows = Vec::new();
+        // sqlx runs every statement of a text on SQLite, binding each its
+        // parameters in turn (as the commit's deferred writes rely on too),
+        // and ends each statement's rows with its `Left`.
+        let mut results = conn.conn.fetch_many(bound(&sql, params));
+        while let Some(item) = results.try_next().await? {
+            match item {
+                Either::Left(_) => sets.push(std::mem::take(&mut rows)),
+                Either::Right(row) => rows.push(row),
+            }
+        }
+        drop(results);
+        if sets.len() != prefetch.len() + 2 {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} result sets for {} statements",
+                sets.len(),
+                prefetch.len() + 2
+            )));
+        }
+        let mut sets = sets.into_iter().skip(1);
+        let audit_head = match sets.next().and_then(|rows| rows.into_iter().next()) {
+            Some(row) => Some(<(i64, String)>::from_row(&row)?),
+            None => None,
+        };
         conn.abandoned = false;
         Ok(WriterTx {
             conn,
@@ -424,6 +534,7 @@ impl WriterTx {
             deferring: false,
             deferred: Deferred::default(),
             audit_head,
+            prefetched: prefetch.into_iter().zip(sets).collect(),
         })
     }
 
@@ -465,9 +576,20 @@ impl std::ops::Deref for WriterTx {
 }
 
 impl std::ops::DerefMut for WriterTx {
+    /// A statement run through the connection ends the prefetched reads'
+    /// turn ([`SqliteTx::fetch`]).
     fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.prefetched.clear();
         &mut self.conn.conn
     }
+}
+
+/// A SQLite statement with anonymous (`?`) parameters and their values,
+/// to read in a round trip shared with others ([`SqliteTx::fetch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stmt {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Param>,
 }
 
 /// A parameter of a statement [`SqliteTx::run_or_defer`] may hold back.
@@ -722,8 +844,8 @@ const MAX_SQLITE_CHUNK: usize = 64;
 
 impl Tx {
     /// The rows of `select` (a query without `WHERE`) whose `column` names
-    /// one of `teams`: one `= ANY` statement on PostgreSQL, chunked
-    /// `IN (VALUES ...)` statements on SQLite.
+    /// one of `teams`: one `= ANY` statement on PostgreSQL, padded
+    /// `IN (VALUES ...)` statements on SQLite ([`sqlite_rows_for_teams`]).
     pub(crate) async fn rows_for_teams<R>(
         &mut self,
         select: &str,
@@ -748,22 +870,35 @@ impl Tx {
                 }
             }
             Tx::Sqlite { tx, .. } => {
-                for range in sqlite_chunks(teams.len()) {
-                    let chunk = teams.get(range).unwrap_or_default();
-                    let sql = format!(
-                        "{select} WHERE {column} IN (VALUES {})",
-                        sqlite_values(chunk.len(), 1)
-                    );
-                    let mut query = sqlx::query_as(&sql);
-                    for team in chunk {
-                        query = query.bind(team.as_str());
+                for stmt in sqlite_rows_for_teams(select, column, teams) {
+                    for row in tx.fetch(stmt).await? {
+                        rows.push(R::from_row(&row)?);
                     }
-                    rows.extend(query.fetch_all(&mut **tx).await?);
                 }
             }
         }
         Ok(rows)
     }
+}
+
+/// The SQLite statements of [`Tx::rows_for_teams`]: `IN (VALUES ...)`,
+/// padded with NULL rows (which match no team) so that few texts serve
+/// every number of teams ([`sqlite_padded_chunks`]).
+pub(crate) fn sqlite_rows_for_teams(select: &str, column: &str, teams: &[&TeamName]) -> Vec<Stmt> {
+    sqlite_padded_chunks(teams.len())
+        .map(|(range, padded)| {
+            let chunk = teams.get(range).unwrap_or_default();
+            let mut params: Vec<Param> = chunk.iter().map(|team| team.as_str().into()).collect();
+            params.resize(padded, Param::Null);
+            Stmt {
+                sql: format!(
+                    "{select} WHERE {column} IN (VALUES {})",
+                    sqlite_values(padded, 1)
+                ),
+                params,
+            }
+        })
+        .collect()
 }
 
 /// Splits `0..n` into consecutive ranges whose lengths are powers of two of
@@ -926,5 +1061,90 @@ mod tests {
             .to_string();
         assert!(err.contains("`mysql`"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    /// A store on a new SQLite file, and the directory to remove.
+    async fn temp_sqlite(tag: u32) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("warden-backend-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("w.db").display());
+        (Store::connect(&url).await.unwrap(), dir)
+    }
+
+    /// Reads prefetched with `BEGIN` answer only in their order and only
+    /// before any other statement of the transaction: a read out of order,
+    /// or after a write through the connection or `run_or_defer`, runs
+    /// afresh and sees the write.
+    #[tokio::test]
+    async fn prefetched_reads_answer_in_order_and_only_before_other_statements() {
+        let (store, dir) = temp_sqlite(line!()).await;
+        let count = Stmt {
+            sql: "SELECT COUNT(*) FROM allocations".to_owned(),
+            params: Vec::new(),
+        };
+        let echo = Stmt {
+            sql: "SELECT ?".to_owned(),
+            params: vec![Param::Int(7)],
+        };
+        let insert = "INSERT INTO allocations \
+             (door, team, name, gpus, hourly_micros, started_us, state, reserved_micros) \
+             VALUES ('vast', 'ml', ?, 1, 1, 1, 'live', 0)";
+        async fn read(tx: &mut Tx, stmt: &Stmt) -> i64 {
+            let Tx::Sqlite { tx } = tx else {
+                unreachable!("a SQLite store")
+            };
+            let rows = tx.fetch(stmt.clone()).await.unwrap();
+            <(i64,)>::from_row(&rows[0]).unwrap().0
+        }
+        let both = || vec![count.clone(), echo.clone()];
+
+        let mut tx = store.begin_write_reading(both).await.unwrap();
+        assert_eq!(read(&mut tx, &count).await, 0);
+        assert_eq!(read(&mut tx, &echo).await, 7);
+        tx.commit().await.unwrap();
+        let taken = FetchCounts {
+            prefetched: 2,
+            run: 0,
+        };
+        assert_eq!(store.writer_reads().await, taken);
+
+        // Out of order: what is left of them is dropped.
+        let mut tx = store.begin_write_reading(both).await.unwrap();
+        assert_eq!(read(&mut tx, &echo).await, 7);
+        assert_eq!(read(&mut tx, &count).await, 0);
+        tx.commit().await.unwrap();
+        let taken = FetchCounts { run: 2, ..taken };
+        assert_eq!(store.writer_reads().await, taken);
+
+        // A write through the connection.
+        let mut tx = store.begin_write_reading(both).await.unwrap();
+        on_tx!(&mut tx, |conn| {
+            sqlx::query(insert)
+                .bind("a")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        });
+        assert_eq!(read(&mut tx, &count).await, 1);
+        tx.commit().await.unwrap();
+        let taken = FetchCounts { run: 3, ..taken };
+        assert_eq!(store.writer_reads().await, taken);
+
+        // A write through `run_or_defer`, not deferring.
+        let mut tx = store.begin_write_reading(both).await.unwrap();
+        let Tx::Sqlite { tx: sqlite } = &mut tx else {
+            unreachable!("a SQLite store")
+        };
+        sqlite
+            .run_or_defer(insert, vec![Param::from("b")])
+            .await
+            .unwrap();
+        assert_eq!(read(&mut tx, &count).await, 2);
+        tx.commit().await.unwrap();
+        let taken = FetchCounts { run: 4, ..taken };
+        assert_eq!(store.writer_reads().await, taken);
+
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -186,6 +186,15 @@ pub(crate) struct TeamBudget {
     dropped: Vec<i64>,
 }
 
+/// What [`Tx::load_budgets`] reads, of the teams asked for.
+pub(crate) const BUDGET_SELECT: &str = "SELECT t.team, t.swept_us, t.accruing_hourly_micros, \
+       t.fresh_until_us, t.last_break_us, \
+       p.from_us, p.used, p.touched_us \
+     FROM budget_teams t LEFT JOIN budget_periods p ON p.team = t.team";
+
+/// The column [`BUDGET_SELECT`] is filtered on.
+pub(crate) const BUDGET_TEAM: &str = "t.team";
+
 /// A row of the load query: team, swept, accruing hourly, fresh until,
 /// last break, then the period's from, used, touched.
 type StateRow = (
@@ -298,11 +307,9 @@ impl Tx {
         &mut self,
         teams: &[&'t TeamName],
     ) -> Result<HashMap<&'t str, TeamBudget>, StoreError> {
-        const COLUMNS: &str = "SELECT t.team, t.swept_us, t.accruing_hourly_micros, \
-               t.fresh_until_us, t.last_break_us, \
-               p.from_us, p.used, p.touched_us \
-             FROM budget_teams t LEFT JOIN budget_periods p ON p.team = t.team";
-        let rows: Vec<StateRow> = self.rows_for_teams(COLUMNS, "t.team", teams).await?;
+        let rows: Vec<StateRow> = self
+            .rows_for_teams(BUDGET_SELECT, BUDGET_TEAM, teams)
+            .await?;
         let mut states: HashMap<&str, TeamBudget> = HashMap::new();
         for (team, swept, accruing, fresh_until, last_break, from, used, touched) in rows {
             let Some(&name) = teams.iter().find(|t| t.as_str() == team) else {

@@ -145,6 +145,13 @@ impl TeamUsage {
 /// A `live_usage` row: id, team, user, model, gpus, live, hourly.
 type UsageRow = (i64, String, Option<String>, Option<String>, i64, i64, i64);
 
+/// The column [`USAGE_SELECT`] is filtered on.
+pub(crate) const USAGE_TEAM: &str = "team";
+
+/// What [`Tx::load_usage`] reads, of the teams asked for.
+pub(crate) const USAGE_SELECT: &str =
+    "SELECT id, team, user_name, gpu_model, gpus, live, hourly_micros FROM live_usage";
+
 impl Tx {
     /// The `live_usage` rows of `teams` (locked), one statement on
     /// PostgreSQL. Every team asked for is in the map.
@@ -152,13 +159,7 @@ impl Tx {
         &mut self,
         teams: &[&'t TeamName],
     ) -> Result<HashMap<&'t str, TeamUsage>, StoreError> {
-        let rows: Vec<UsageRow> = self
-            .rows_for_teams(
-                "SELECT id, team, user_name, gpu_model, gpus, live, hourly_micros FROM live_usage",
-                "team",
-                teams,
-            )
-            .await?;
+        let rows: Vec<UsageRow> = self.rows_for_teams(USAGE_SELECT, USAGE_TEAM, teams).await?;
         let mut usage: HashMap<&str, TeamUsage> = teams
             .iter()
             .map(|t| (t.as_str(), TeamUsage::default()))

@@ -13,11 +13,14 @@
 //! whole columns as arrays; SQLite takes a multi-row `VALUES` list padded
 //! to a power of two rows). Hashes are computed in Rust. On SQLite, where
 //! every statement is a round trip to the connection's worker thread, the
-//! batch runs on the store's one writer connection, and its closing writes
-//! (usage and budget summaries, audit records, the audit head) go with the
-//! `COMMIT` in one round trip ([`Tx::defer_writes`](crate::backend)), and
-//! the audit head is read in the round trip of `BEGIN`: a batch of
-//! reservations for one team costs six round trips, whatever its size.
+//! batch runs on the store's one writer connection in two round trips
+//! whatever its size, when its teams' budget states need no rebuilding:
+//! its reads (the audit head, the live allocations of its keys, the next
+//! allocation id, its teams' usage summaries and budget states) go with
+//! `BEGIN` ([`batch_reads`](crate::allocations::batch_reads)), and its
+//! writes (the allocations, with ids given from that next id, the
+//! summaries, the audit records and head) go with the `COMMIT`
+//! ([`Tx::defer_writes`](crate::backend)).
 //!
 //! Arrival order is the order in which [`Store::write`] calls got their
 //! place in the queue. Each [`Store`] (each replica) has one writer task;
@@ -83,7 +86,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 
-use crate::allocations::{check_request, context_json, Reservation};
+use crate::allocations::{batch_reads, check_request, context_json, Reservation};
 use crate::audit::check_kind;
 use crate::backend::{Backend, Tx};
 use crate::error::{InputError, StoreError};
@@ -288,8 +291,9 @@ impl Store {
 
     /// Applies one op in a transaction of its own, in the caller's task.
     pub(crate) async fn apply_alone(&self, op: Op<'_>) -> Result<Written, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let written = tx.apply(&[op]).await?.pop().ok_or(StoreError::Unanswered)?;
+        let ops = [op];
+        let mut tx = self.begin_write_reading(|| batch_reads(&ops)).await?;
+        let written = tx.apply(&ops).await?.pop().ok_or(StoreError::Unanswered)?;
         tx.commit().await?;
         Ok(written)
     }
@@ -453,7 +457,7 @@ async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) ->
 
 /// One try of a batch: begin, apply, commit. An error rolls everything back.
 async fn attempt(backend: &Backend, ops: &[Op<'_>]) -> Result<Vec<Written>, StoreError> {
-    let mut tx = backend.begin_write().await?;
+    let mut tx = backend.begin_write_reading(|| batch_reads(ops)).await?;
     let written = tx.apply(ops).await?;
     tx.commit().await?;
     Ok(written)

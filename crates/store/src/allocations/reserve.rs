@@ -11,14 +11,17 @@ use serde_json::value::RawValue;
 use warden_core::{Door, GpuModel, TeamName};
 
 use super::limits::{check_request, first_exceeded, reserved_micros, Counted};
+use super::sql::{sqlite_live_ids, sqlite_next_allocation_id};
 use super::{AllocationId, AllocationName, AllocationRequest, Denial, Limit, ReserveOutcome};
 use crate::audit::NewRecord;
-use crate::backend::Tx;
+use crate::backend::{sqlite_rows_for_teams, Stmt, Tx};
 use crate::budget::{held_until, Charge, TeamBudget};
+use crate::budget::{BUDGET_SELECT, BUDGET_TEAM};
 use crate::error::{InputError, StoreError};
 use crate::launches::BucketKey;
 use crate::spend::scaled_held;
 use crate::time::UnixMicros;
+use crate::usage::{USAGE_SELECT, USAGE_TEAM};
 use crate::writer::{Op, Written};
 use crate::Store;
 
@@ -149,6 +152,45 @@ enum Pending<'o> {
     Reservation(&'o Reservation<'o>, Verdict),
 }
 
+/// The live keys and the teams of `reservations`, sorted, without
+/// repeats: what [`Tx::decide`] reads by.
+fn batch_keys<'r>(reservations: &[&'r Reservation<'_>]) -> (Vec<LiveKey<'r>>, Vec<&'r TeamName>) {
+    let mut keys: Vec<LiveKey<'_>> = reservations.iter().map(|r| r.key()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut teams: Vec<&TeamName> = reservations.iter().map(|r| &r.request.team).collect();
+    teams.sort_unstable();
+    teams.dedup();
+    (keys, teams)
+}
+
+/// On SQLite, the reads [`Tx::decide`] starts with for `ops`, in its order,
+/// to run with `BEGIN` ([`Backend::begin_write_reading`]): the live
+/// allocations of the batch's keys, the next allocation id, the usage
+/// summaries and the budget states of its teams. A batch's transaction then
+/// costs two round trips to SQLite's worker thread when nothing else needs
+/// reading: this one and the commit's.
+///
+/// [`Backend::begin_write_reading`]: crate::backend::Backend::begin_write_reading
+pub(crate) fn batch_reads(ops: &[Op<'_>]) -> Vec<Stmt> {
+    let reservations: Vec<&Reservation<'_>> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Reserve(r) => Some(r),
+            Op::Audit { .. } => None,
+        })
+        .collect();
+    if reservations.is_empty() {
+        return Vec::new();
+    }
+    let (keys, teams) = batch_keys(&reservations);
+    let mut reads = sqlite_live_ids(&keys);
+    reads.push(sqlite_next_allocation_id());
+    reads.extend(sqlite_rows_for_teams(USAGE_SELECT, USAGE_TEAM, &teams));
+    reads.extend(sqlite_rows_for_teams(BUDGET_SELECT, BUDGET_TEAM, &teams));
+    reads
+}
+
 impl Tx {
     /// Decides the reservations of `ops` in order, as if each ran alone
     /// after the ones before it, and returns every op's audit record to
@@ -170,13 +212,20 @@ impl Tx {
                 Op::Audit { .. } => None,
             })
             .collect();
-        let teams: Vec<&TeamName> = reservations.iter().map(|r| &r.request.team).collect();
+        let (keys, teams) = batch_keys(&reservations);
         self.lock_teams(&teams).await?;
 
-        let mut keys: Vec<LiveKey<'_>> = reservations.iter().map(|r| r.key()).collect();
-        keys.sort_unstable();
-        keys.dedup();
+        // The reads, in the order of `batch_reads`: on SQLite they were
+        // read with `BEGIN`.
         let stored = self.live_ids(&keys).await?;
+        let next_id = match reservations.is_empty() {
+            true => None,
+            false => self.next_allocation_id().await?,
+        };
+        // Every team's: what a team with only relaunches loads is not
+        // written back (nothing of it changes).
+        let mut usage = self.load_usage(&teams).await?;
+        let mut budgets = self.load_budgets(&teams).await?;
         let mut live: HashMap<LiveKey<'_>, Slot> = HashMap::with_capacity(keys.len());
         for (id, door, team, name) in &stored {
             live.insert(
@@ -194,8 +243,6 @@ impl Tx {
         let mut needed: Vec<&TeamName> = undecided.iter().map(|r| &r.request.team).collect();
         needed.sort_unstable();
         needed.dedup();
-        let mut usage = self.load_usage(&needed).await?;
-        let mut budgets = self.load_budgets(&needed).await?;
         self.prepare_budgets(&needed, &undecided, &mut budgets)
             .await?;
         let mut bucket_keys: Vec<BucketKey> = Vec::new();
@@ -241,7 +288,7 @@ impl Tx {
                     .find(|(f, _)| *f == from)
                     .map_or(0, |(_, used)| *used)
             };
-            // The team is one of `needed`, so its usage is loaded.
+            // The team is one of `teams`, so its usage is loaded.
             let team_usage = usage.entry(team_name).or_default();
             let (team, user) = team_usage.of(req.user.as_deref(), req.gpu_model.as_ref());
             let counted = Counted {
@@ -276,10 +323,10 @@ impl Tx {
             pending.push(Pending::Reservation(r, verdict));
         }
 
-        let new_ids = self.insert_allocations(&fresh).await?;
         // What is left are writes (and the audit head's read, which they do
         // not touch): on SQLite they go with the commit, in one round trip.
         self.defer_writes();
+        let new_ids = self.insert_allocations(&fresh, next_id).await?;
         self.save_usage(usage.iter().map(|(team, u)| (*team, u)))
             .await?;
         self.save_budgets(budgets.iter_mut().map(|(team, b)| (*team, b)))
@@ -545,5 +592,128 @@ mod tests {
         })
         .unwrap();
         assert_canonical(&denied);
+    }
+
+    /// On SQLite, batches of reservations under quotas and a budget read
+    /// all they need with `BEGIN` (no read runs on its own), and the ids
+    /// given before the insert are the rows' ids, new and increasing.
+    #[tokio::test]
+    async fn sqlite_batches_read_with_begin_and_give_the_rows_ids() {
+        use crate::{Write, Written};
+        let dir =
+            std::env::temp_dir().join(format!("warden-reserve-{}-{}", std::process::id(), line!()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.join("w.db").display()))
+            .await
+            .unwrap();
+        let limits = vec![
+            Limit::Gpus {
+                scope: Scope::Team,
+                max: 20,
+            },
+            Limit::Budget {
+                from: UnixMicros::from_micros(0),
+                max: Usd::from_micros(1_000_000_000),
+                reservation: Usd::from_micros(1_000_000),
+            },
+        ];
+        let request = |team: &str, name: &str| AllocationRequest {
+            door: Door::Kubernetes,
+            team: TeamName::parse(team).unwrap(),
+            user: Some("alice".to_owned()),
+            name: AllocationName::parse(name).unwrap(),
+            gpu_model: Some(GpuModel::parse("H100").unwrap()),
+            gpus: 1,
+            hourly: Usd::from_micros(2_000_000),
+            context: None,
+        };
+        let now = UnixMicros::from_micros(1_700_000_000_000_000);
+        let mut granted: Vec<(i64, String)> = Vec::new();
+        for round in 0..3 {
+            // Queued together: the writer takes them as one batch or a few.
+            let writes: Vec<_> = (0..10)
+                .map(|n| {
+                    let team = if n % 2 == 0 { "ml" } else { "cv" };
+                    let name = format!("{team}/p-{round}-{n}");
+                    let write = Write::Reserve {
+                        request: request(team, &name),
+                        limits: limits.clone(),
+                    };
+                    let store = store.clone();
+                    tokio::spawn(async move { (name, store.write(write, now).await.unwrap()) })
+                })
+                .collect();
+            for write in writes {
+                let (name, written) = write.await.unwrap();
+                match written {
+                    Written::Reserved(ReserveOutcome::Granted {
+                        allocation_id,
+                        relaunch: false,
+                    }) => granted.push((allocation_id.0, name)),
+                    other => panic!("{name}: {other:?}"),
+                }
+            }
+        }
+        // 15 of each team fit its 20 GPUs; a relaunch is granted as itself.
+        let again = store
+            .write(
+                Write::Reserve {
+                    request: request("ml", "ml/p-0-0"),
+                    limits: limits.clone(),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let first = granted
+            .iter()
+            .find(|(_, name)| name == "ml/p-0-0")
+            .unwrap()
+            .0;
+        assert_eq!(
+            again,
+            Written::Reserved(ReserveOutcome::Granted {
+                allocation_id: AllocationId(first),
+                relaunch: true,
+            })
+        );
+
+        let reads = store.writer_reads().await;
+        assert_eq!(reads.run, 0, "{reads:?}");
+        assert!(reads.prefetched >= 4 * 4, "{reads:?}");
+        let mut live: Vec<(i64, String)> = store
+            .list_live(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.id.0, a.name.as_str().to_owned()))
+            .collect();
+        live.sort();
+        granted.sort();
+        assert_eq!(live, granted);
+        assert_eq!(live.len(), 30);
+        // Ids go on from the highest ever given, even after that row is
+        // gone.
+        let (last, _) = live[29].clone();
+        crate::backend::on_pool!(store, |pool| {
+            sqlx::query("DELETE FROM allocations WHERE id = $1")
+                .bind(last)
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        let after = store
+            .reserve(&request("cv", "cv/after"), &limits, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            after,
+            ReserveOutcome::Granted {
+                allocation_id: AllocationId(last + 1),
+                relaunch: false,
+            }
+        );
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

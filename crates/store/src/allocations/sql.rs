@@ -10,7 +10,9 @@ use warden_core::{Door, GpuModel, TeamName, Usd};
 use super::limits::reserved_micros;
 use super::reserve::{LiveKey, Reservation};
 use super::{Allocation, AllocationId, AllocationName, AllocationState, EndTarget};
-use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, sqlite_values, Tx};
+use sqlx::FromRow;
+
+use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, sqlite_values, Param, Stmt, Tx};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
 use crate::Store;
@@ -76,6 +78,46 @@ pub(crate) fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
     })
 }
 
+/// On SQLite, the statements of [`Tx::live_ids`] for `keys`: a join, not
+/// `(door, team, name) IN (VALUES ...)`, which SQLite plans as a scan of
+/// every live row; the NULL rows of the padding join nothing.
+pub(crate) fn sqlite_live_ids(keys: &[LiveKey<'_>]) -> Vec<Stmt> {
+    sqlite_padded_chunks(keys.len())
+        .map(|(range, padded)| {
+            let chunk = keys.get(range).unwrap_or_default();
+            let mut params: Vec<Param> = Vec::with_capacity(padded * 3);
+            for (door, team, name) in chunk {
+                params.extend([(*door).into(), (*team).into(), (*name).into()]);
+            }
+            params.resize(padded * 3, Param::Null);
+            Stmt {
+                sql: format!(
+                    "SELECT a.id, a.door, a.team, a.name FROM (VALUES {}) AS k \
+                     CROSS JOIN allocations a \
+                       ON a.door = k.column1 AND a.team = k.column2 \
+                      AND a.name = k.column3 \
+                     WHERE a.state = 'live'",
+                    sqlite_values(padded, 3)
+                ),
+                params,
+            }
+        })
+        .collect()
+}
+
+/// On SQLite, the statement of [`Tx::next_allocation_id`]: one past both
+/// the highest id ever given (`AUTOINCREMENT` never reuses one) and the
+/// highest there is.
+pub(crate) fn sqlite_next_allocation_id() -> Stmt {
+    Stmt {
+        sql: "SELECT MAX( \
+                COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'allocations'), 0), \
+                COALESCE((SELECT MAX(id) FROM allocations), 0)) + 1"
+            .to_owned(),
+        params: Vec::new(),
+    }
+}
+
 /// Columns of the key-returning statements: id, door, team, name.
 pub(super) type KeyRow = (i64, String, String, String);
 
@@ -114,47 +156,50 @@ impl Tx {
             }
             Tx::Sqlite { tx, .. } => {
                 let mut rows = Vec::new();
-                for (range, padded) in sqlite_padded_chunks(keys.len()) {
-                    let chunk = keys.get(range).unwrap_or_default();
-                    // A join, not `(door, team, name) IN (VALUES ...)`:
-                    // SQLite plans that as a scan of every live row. The
-                    // NULL rows of the padding join nothing.
-                    let sql = format!(
-                        "SELECT a.id, a.door, a.team, a.name FROM (VALUES {}) AS k \
-                         CROSS JOIN allocations a \
-                           ON a.door = k.column1 AND a.team = k.column2 \
-                          AND a.name = k.column3 \
-                         WHERE a.state = 'live'",
-                        sqlite_values(padded, 3)
-                    );
-                    let mut query = sqlx::query_as(&sql);
-                    for (door, team, name) in chunk {
-                        query = query.bind(*door).bind(*team).bind(*name);
+                for stmt in sqlite_live_ids(keys) {
+                    for row in tx.fetch(stmt).await? {
+                        rows.push(KeyRow::from_row(&row)?);
                     }
-                    for _ in chunk.len() * 3..padded * 3 {
-                        query = query.bind(None::<&str>);
-                    }
-                    rows.extend(query.fetch_all(&mut **tx).await?);
                 }
                 Ok(rows)
             }
         }
     }
 
+    /// The id the next allocation inserted gets, on SQLite (whose
+    /// transaction holds the write lock, so it stays that until this
+    /// transaction inserts): [`Tx::insert_allocations`] inserts with it,
+    /// which lets the insert wait for the commit. `None` on PostgreSQL,
+    /// which assigns ids as it inserts.
+    pub(super) async fn next_allocation_id(&mut self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Tx::Postgres { .. } => Ok(None),
+            Tx::Sqlite { tx, .. } => {
+                let rows = tx.fetch(sqlite_next_allocation_id()).await?;
+                let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+                Ok(Some(<(i64,)>::from_row(row)?.0))
+            }
+        }
+    }
+
     /// Inserts `fresh` as live allocations, each started at its `now`, and
-    /// returns their ids in the same order.
+    /// returns their ids in the same order. PostgreSQL assigns the ids (one
+    /// `UNNEST` statement, `RETURNING` them); SQLite gives them from
+    /// `next_id` on ([`Tx::next_allocation_id`]), so the statement returns
+    /// nothing and goes with the commit when the transaction defers its
+    /// writes ([`Tx::defer_writes`]).
     pub(super) async fn insert_allocations(
         &mut self,
         fresh: &[&Reservation<'_>],
+        next_id: Option<i64>,
     ) -> Result<Vec<AllocationId>, StoreError> {
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let mut returned: Vec<KeyRow> = Vec::with_capacity(fresh.len());
-        match self {
+        let returned: Vec<KeyRow> = match self {
             Tx::Postgres { tx } => {
                 let reqs = || fresh.iter().map(|r| r.request);
-                returned = sqlx::query_as(
+                sqlx::query_as(
                     "INSERT INTO allocations \
                        (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
                         started_us, ended_us, state, reserved_micros, held_until_us) \
@@ -187,47 +232,60 @@ impl Tx {
                 )
                 .bind(fresh.iter().map(|r| r.held_until()).collect::<Vec<_>>())
                 .fetch_all(&mut **tx)
-                .await?;
+                .await?
             }
             Tx::Sqlite { tx, .. } => {
+                let first = next_id.ok_or_else(|| StoreError::Corrupt {
+                    what: "allocation ids".to_owned(),
+                    detail: "the next id was not read before the insert".to_owned(),
+                })?;
+                let mut ids = Vec::with_capacity(fresh.len());
                 for (range, rows) in sqlite_padded_chunks(fresh.len()) {
-                    let chunk = fresh.get(range).unwrap_or_default();
-                    // The padding's NULL rows are filtered out (`door` is
+                    let chunk = fresh.get(range.clone()).unwrap_or_default();
+                    // The padding's NULL rows are filtered out (`id` is
                     // never NULL).
                     let sql = format!(
                         "INSERT INTO allocations \
-                           (door, team, user_name, name, gpu_model, gpus, hourly_micros, \
+                           (id, door, team, user_name, name, gpu_model, gpus, hourly_micros, \
                             started_us, ended_us, state, reserved_micros, held_until_us) \
-                         SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL \
-                         RETURNING id, door, team, name",
-                        sqlite_values(rows, 12)
+                         SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
+                        sqlite_values(rows, 13)
                     );
-                    let mut query = sqlx::query_as(&sql);
-                    for r in chunk {
+                    let mut params: Vec<Param> = Vec::with_capacity(rows * 13);
+                    for (n, r) in range.zip(chunk) {
+                        let id = i64::try_from(n)
+                            .ok()
+                            .and_then(|n| first.checked_add(n))
+                            .ok_or_else(|| StoreError::Corrupt {
+                                what: "allocation ids".to_owned(),
+                                detail: format!("id {first} + {n} is out of range"),
+                            })?;
+                        ids.push(AllocationId(id));
                         let q = r.request;
-                        query = query
-                            .bind(q.door.as_str())
-                            .bind(q.team.as_str())
-                            .bind(q.user.as_deref())
-                            .bind(q.name.as_str())
-                            .bind(q.gpu_model.as_ref().map(GpuModel::as_str))
-                            .bind(i64::from(q.gpus))
-                            .bind(q.hourly.micros())
-                            .bind(r.now.micros())
-                            .bind(None::<i64>)
-                            .bind("live")
-                            .bind(reserved_micros(r.limits))
-                            .bind(r.held_until());
+                        params.extend([
+                            Param::Int(id),
+                            q.door.as_str().into(),
+                            q.team.as_str().into(),
+                            q.user.as_deref().into(),
+                            q.name.as_str().into(),
+                            q.gpu_model.as_ref().map(GpuModel::as_str).into(),
+                            i64::from(q.gpus).into(),
+                            q.hourly.micros().into(),
+                            r.now.micros().into(),
+                            Param::Null,
+                            "live".into(),
+                            reserved_micros(r.limits).into(),
+                            r.held_until().into(),
+                        ]);
                     }
-                    for _ in chunk.len() * 12..rows * 12 {
-                        query = query.bind(None::<&str>);
-                    }
-                    returned.extend(query.fetch_all(&mut **tx).await?);
+                    params.resize(rows * 13, Param::Null);
+                    tx.run_or_defer(&sql, params).await?;
                 }
+                return Ok(ids);
             }
-        }
-        // RETURNING order is unspecified (SQLite says so): match by key,
-        // which is unique among live rows.
+        };
+        // The order of RETURNING rows is not promised: match by key, which
+        // is unique among live rows.
         let ids: HashMap<LiveKey<'_>, i64> = returned
             .iter()
             .map(|(id, door, team, name)| ((door.as_str(), team.as_str(), name.as_str()), *id))
