@@ -249,7 +249,7 @@ pub async fn judge(
     if !asks_gpus {
         return allow();
     }
-    let Some(team) = policy.team_of_namespace(&review.namespace).cloned() else {
+    let Some(team) = policy.team_of_namespace(&review.namespace) else {
         return Ok(wire::deny(
             &review.uid,
             403,

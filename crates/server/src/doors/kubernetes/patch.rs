@@ -191,30 +191,40 @@ pub fn apply(
     skipped
 }
 
-/// A JSON pointer token (`~` → `~0`, `/` → `~1`).
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
 /// The JSONPatch that turns `old` into `new`.
 pub fn diff(old: &Value, new: &Value) -> Vec<Value> {
     let mut ops = Vec::new();
-    diff_at(old, new, String::new(), &mut ops);
+    diff_at(old, new, &mut String::new(), &mut ops);
     ops
 }
 
-fn diff_at(old: &Value, new: &Value, path: String, ops: &mut Vec<Value>) {
+/// Appends to `ops` what turns `old`, at the JSON pointer `path`, into
+/// `new`. `path` is one buffer for the whole walk: each key is appended
+/// (escaped) before descending and cut off after, so an object that did not
+/// change costs no allocation.
+fn diff_at(old: &Value, new: &Value, path: &mut String, ops: &mut Vec<Value>) {
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
+            let len = path.len();
             for (k, bv) in b {
-                let p = format!("{path}/{}", escape(k));
                 match a.get(k) {
-                    Some(av) => diff_at(av, bv, p, ops),
-                    None => ops.push(json!({"op": "add", "path": p, "value": bv})),
+                    Some(av) if av == bv => {}
+                    Some(av) => {
+                        push_token(path, k);
+                        diff_at(av, bv, path, ops);
+                        path.truncate(len);
+                    }
+                    None => {
+                        push_token(path, k);
+                        ops.push(json!({"op": "add", "path": path.as_str(), "value": bv}));
+                        path.truncate(len);
+                    }
                 }
             }
             for k in a.keys().filter(|k| !b.contains_key(*k)) {
-                ops.push(json!({"op": "remove", "path": format!("{path}/{}", escape(k))}));
+                push_token(path, k);
+                ops.push(json!({"op": "remove", "path": path.as_str()}));
+                path.truncate(len);
             }
         }
         (a, b) if a == b => {}
@@ -222,8 +232,20 @@ fn diff_at(old: &Value, new: &Value, path: String, ops: &mut Vec<Value>) {
             if path.is_empty() {
                 ops.push(json!({"op": "replace", "path": "", "value": b}));
             } else {
-                ops.push(json!({"op": "add", "path": path, "value": b}));
+                ops.push(json!({"op": "add", "path": path.as_str(), "value": b}));
             }
+        }
+    }
+}
+
+/// Appends `/` and `key` as a JSON pointer token (`~` → `~0`, `/` → `~1`).
+fn push_token(path: &mut String, key: &str) {
+    path.push('/');
+    for c in key.chars() {
+        match c {
+            '~' => path.push_str("~0"),
+            '/' => path.push_str("~1"),
+            c => path.push(c),
         }
     }
 }
@@ -249,6 +271,22 @@ mod tests {
         assert_eq!(
             diff(&old, &new),
             vec![json!({"op": "add", "path": "/metadata/labels/warden.dev~1team", "value": "ml"})]
+        );
+        // Removed keys, `~` escaped, siblings' paths not carried over.
+        let old = json!({"a": {"x~y": 1, "b/c": {"d": 1}}, "e": {"f": [1]}, "g": 1});
+        let new = json!({"a": {"b/c": {"d": 2}}, "e": {"f": [1]}, "g": 2});
+        assert_eq!(
+            diff(&old, &new),
+            vec![
+                json!({"op": "add", "path": "/a/b~1c/d", "value": 2}),
+                json!({"op": "remove", "path": "/a/x~0y"}),
+                json!({"op": "add", "path": "/g", "value": 2}),
+            ]
+        );
+        assert_eq!(diff(&old, &old), Vec::<Value>::new());
+        assert_eq!(
+            diff(&json!(1), &json!({"a": 1})),
+            vec![json!({"op": "replace", "path": "", "value": {"a": 1}})]
         );
     }
 }
