@@ -152,6 +152,16 @@ enum Pending<'o> {
     Reservation(&'o Reservation<'o>, Verdict),
 }
 
+/// The reservations among `ops`, in order.
+fn reservations_of<'o>(ops: &'o [Op<'o>]) -> Vec<&'o Reservation<'o>> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Reserve(r) => Some(r),
+            Op::Audit { .. } => None,
+        })
+        .collect()
+}
+
 /// The live keys and the teams of `reservations`, sorted, without
 /// repeats: what [`Tx::decide`] reads by.
 fn batch_keys<'r>(reservations: &[&'r Reservation<'_>]) -> (Vec<LiveKey<'r>>, Vec<&'r TeamName>) {
@@ -173,13 +183,7 @@ fn batch_keys<'r>(reservations: &[&'r Reservation<'_>]) -> (Vec<LiveKey<'r>>, Ve
 ///
 /// [`Backend::begin_write_reading`]: crate::backend::Backend::begin_write_reading
 pub(crate) fn batch_reads(ops: &[Op<'_>]) -> Vec<Stmt> {
-    let reservations: Vec<&Reservation<'_>> = ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Reserve(r) => Some(r),
-            Op::Audit { .. } => None,
-        })
-        .collect();
+    let reservations = reservations_of(ops);
     if reservations.is_empty() {
         return Vec::new();
     }
@@ -205,13 +209,7 @@ impl Tx {
         &mut self,
         ops: &'o [Op<'o>],
     ) -> Result<Vec<(NewRecord, Option<ReserveOutcome>)>, StoreError> {
-        let reservations: Vec<&Reservation<'_>> = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Reserve(r) => Some(r),
-                Op::Audit { .. } => None,
-            })
-            .collect();
+        let reservations = reservations_of(ops);
         let (keys, teams) = batch_keys(&reservations);
         self.lock_teams(&teams).await?;
 
