@@ -129,11 +129,11 @@ pub fn chain_hash(seq: i64, at: UnixMicros, kind: &str, payload: &str, prev_hash
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    let digit = |d: u8| char::from_digit(u32::from(d), 16).unwrap_or('0');
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        // Writing to a `String` cannot fail.
-        let _ = write!(out, "{b:02x}");
+        out.push(digit(b >> 4));
+        out.push(digit(b & 0x0f));
     }
     out
 }

@@ -354,12 +354,12 @@ impl SqliteTx {
         if let SqliteTx::Writer(tx) = self {
             tx.prefetched.clear();
             if tx.deferring {
-                tx.deferred.push(sql, &params);
+                tx.deferred.push(sql, params);
                 return Ok(());
             }
         }
         let mut text = String::with_capacity(sql.len());
-        let params = anonymize_params(sql, &params, &mut text);
+        let params = anonymize_params(sql, params, &mut text);
         bound(&text, params).execute(&mut **self).await?;
         Ok(())
     }
@@ -651,7 +651,7 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
-    fn push(&mut self, sql: &str, params: &[Param]) {
+    fn push(&mut self, sql: &str, params: Vec<Param>) {
         let params = anonymize_params(sql, params, &mut self.sql);
         self.sql.push_str(";\n");
         self.params.extend(params);
@@ -662,7 +662,9 @@ impl Deferred {
 /// anonymous `?`, and returns the values those take in order: `$n` takes
 /// `params[n - 1]` (again at each use), and a `?` already there the next
 /// value not yet taken by an earlier `?`, as sqlx binds them. A parameter
-/// beyond `params` is bound NULL, as sqlx and SQLite leave it. (`?NNN`
+/// beyond `params` is bound NULL, as sqlx and SQLite leave it. Each value
+/// is moved to its last use (a long text, such as an audit payload, is
+/// not copied) and cloned for any use before that. (`?NNN`
 /// and `:name` parameters are not used in this crate and not handled.)
 ///
 /// Why: sqlx asks SQLite the name of every parameter of a statement before
@@ -670,9 +672,9 @@ impl Deferred {
 /// linear search of the statement's parameter list, so binding a
 /// multi-row statement of `n` named parameters costs `O(n²)`; an anonymous
 /// one has no name to search for.
-pub(crate) fn anonymize_params(sql: &str, params: &[Param], out: &mut String) -> Vec<Param> {
-    let value = |i: usize| params.get(i).cloned().unwrap_or(Param::Null);
-    let mut taken = Vec::with_capacity(params.len());
+pub(crate) fn anonymize_params(sql: &str, params: Vec<Param>, out: &mut String) -> Vec<Param> {
+    // The value each parameter takes, by index into `params`, in order.
+    let mut uses: Vec<usize> = Vec::with_capacity(params.len());
     let mut next_anonymous = 0usize;
     let mut chars = sql.chars().peekable();
     let mut quote: Option<char> = None;
@@ -688,18 +690,37 @@ pub(crate) fn anonymize_params(sql: &str, params: &[Param], out: &mut String) ->
                     chars.next();
                 }
                 out.push('?');
-                taken.push(value(n.saturating_sub(1)));
+                uses.push(n.saturating_sub(1));
                 continue;
             }
             (None, '?') => {
-                taken.push(value(next_anonymous));
+                uses.push(next_anonymous);
                 next_anonymous += 1;
             }
             (None, _) => {}
         }
         out.push(c);
     }
-    taken
+    // Each value is moved to its last use and cloned for the ones before.
+    let mut last_use = vec![usize::MAX; params.len()];
+    for (at, &i) in uses.iter().enumerate() {
+        if let Some(last) = last_use.get_mut(i) {
+            *last = at;
+        }
+    }
+    let mut values: Vec<Option<Param>> = params.into_iter().map(Some).collect();
+    uses.iter()
+        .enumerate()
+        .map(|(at, &i)| {
+            let value = values.get_mut(i);
+            match value {
+                Some(slot) if last_use.get(i) == Some(&at) => slot.take(),
+                Some(slot) => slot.clone(),
+                None => None,
+            }
+            .unwrap_or(Param::Null)
+        })
+        .collect()
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection
@@ -1009,13 +1030,13 @@ mod tests {
         let mut deferred = Deferred::default();
         deferred.push(
             "UPDATE t SET a = $2, b = $1, c = $2 WHERE d = 'x$1?'",
-            &[1i64.into(), "b".into()],
+            vec![1i64.into(), "b".into()],
         );
         deferred.push(
             "INSERT INTO t VALUES (?), (?), (?)",
-            &[Param::Int(7), Param::Int(7)],
+            vec![Param::Int(7), Param::Int(7)],
         );
-        deferred.push("DELETE FROM t WHERE a = $1", &[]);
+        deferred.push("DELETE FROM t WHERE a = $1", vec![]);
         assert_eq!(
             deferred.sql,
             "UPDATE t SET a = ?, b = ?, c = ? WHERE d = 'x$1?';\n\
