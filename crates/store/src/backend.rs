@@ -297,6 +297,21 @@ impl Backend {
         }
     }
 
+    /// PostgreSQL: refreshes the planner's statistics of `allocations`
+    /// (`ANALYZE`) in a task of its own, on a pooled connection; see the
+    /// writer's `AnalyzeSchedule` for when. Takes no lock that blocks
+    /// writes. A failure changes nothing (the statistics stay as they were,
+    /// for autovacuum to refresh), and a role that does not own the table
+    /// gets a warning from the server, not an error. SQLite: nothing.
+    pub(crate) fn spawn_analyze_allocations(&self) {
+        if let Self::Postgres { pool } = self {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let _ = sqlx::query("ANALYZE allocations").execute(&pool).await;
+            });
+        }
+    }
+
     /// Begins a read-only transaction whose reads all see one snapshot:
     /// SQLite in WAL mode keeps a read transaction's snapshot from its first
     /// read; PostgreSQL needs REPEATABLE READ for that.

@@ -366,6 +366,7 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
+    let mut analyze = AnalyzeSchedule::default();
     loop {
         let received = if closing {
             jobs.recv_many(&mut batch, MAX_BATCH).await
@@ -396,7 +397,11 @@ async fn run(
                 batch.push(job);
             }
         }
-        let failed = commit_batch(&backend, std::mem::take(&mut batch), &counters).await;
+        let (failed, inserted) =
+            commit_batch(&backend, std::mem::take(&mut batch), &counters).await;
+        if analyze.add(inserted) {
+            backend.spawn_analyze_allocations();
+        }
         // The writes that queued while the batch waited for an unreachable
         // database would wait as long again: answer them now with the same
         // failure (fail closed), so no caller waits much past the store's
@@ -409,11 +414,61 @@ async fn run(
     }
 }
 
+/// When the writer has the planner's statistics of `allocations` refreshed
+/// (PostgreSQL): after [`FIRST_ANALYZE`] allocations inserted by this
+/// process, then each time that count doubles, up to [`LAST_ANALYZE`].
+///
+/// Why: a new database has no statistics, and a burst of launches grows
+/// the table faster than autovacuum (which looks once a minute) analyzes
+/// it; meanwhile the planner may read a live-allocation lookup through an
+/// index on the team alone and filter every live row of the team, which
+/// was measured to cut admissions on a fresh database from thousands a
+/// second to about 800. Past a million rows, autovacuum's own schedule
+/// keeps up.
+#[derive(Debug)]
+struct AnalyzeSchedule {
+    inserted: u64,
+    next: u64,
+}
+
+/// New allocations before the first refresh.
+const FIRST_ANALYZE: u64 = 1_000;
+
+/// No refresh is scheduled past this many new allocations.
+const LAST_ANALYZE: u64 = 1_024_000;
+
+impl Default for AnalyzeSchedule {
+    fn default() -> Self {
+        AnalyzeSchedule {
+            inserted: 0,
+            next: FIRST_ANALYZE,
+        }
+    }
+}
+
+impl AnalyzeSchedule {
+    /// Counts `n` more allocations inserted; true when a refresh is due.
+    fn add(&mut self, n: u64) -> bool {
+        self.inserted = self.inserted.saturating_add(n);
+        if self.next > LAST_ANALYZE || self.inserted < self.next {
+            return false;
+        }
+        while self.next <= self.inserted && self.next <= LAST_ANALYZE {
+            self.next = self.next.saturating_mul(2);
+        }
+        true
+    }
+}
+
 /// Runs one batch's transaction, retried once on contention, and answers
 /// every caller. Callers that left are skipped: their writes committed all
 /// the same. Returns why, when the batch failed because the database could
-/// not be reached.
-async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) -> Option<String> {
+/// not be reached, and how many allocations the batch inserted.
+async fn commit_batch(
+    backend: &Backend,
+    jobs: Vec<Job>,
+    counters: &Counters,
+) -> (Option<String>, u64) {
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.writes.fetch_add(
         u64::try_from(jobs.len()).unwrap_or(u64::MAX),
@@ -428,10 +483,22 @@ async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) ->
     drop(ops);
     match result {
         Ok(written) => {
+            let inserted = written
+                .iter()
+                .filter(|w| {
+                    matches!(
+                        w,
+                        Written::Reserved(ReserveOutcome::Granted {
+                            relaunch: false,
+                            ..
+                        })
+                    )
+                })
+                .count();
             for (job, written) in jobs.into_iter().zip(written) {
                 let _ = job.reply.send(Ok(written));
             }
-            None
+            (None, u64::try_from(inserted).unwrap_or(u64::MAX))
         }
         Err(err) => {
             let unreachable = match &err {
@@ -450,7 +517,7 @@ async fn commit_batch(backend: &Backend, jobs: Vec<Job>, counters: &Counters) ->
                     let _ = job.reply.send(Err(StoreError::Batch(Arc::clone(&err))));
                 }
             }
-            unreachable
+            (unreachable, 0)
         }
     }
 }
@@ -461,4 +528,37 @@ async fn attempt(backend: &Backend, ops: &[Op<'_>]) -> Result<Vec<Written>, Stor
     let written = tx.apply(ops).await?;
     tx.commit().await?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_refreshed_at_each_doubling_then_left_to_autovacuum() {
+        let mut schedule = AnalyzeSchedule::default();
+        let mut due = Vec::new();
+        let mut total = 0;
+        // Batches of 300: due on the batch that crosses 1,000, 2,000,
+        // 4,000, ... once each, and never past LAST_ANALYZE.
+        for _ in 0..10_000 {
+            total += 300;
+            if schedule.add(300) {
+                due.push(total);
+            }
+        }
+        let expected: Vec<u64> = [1_000u64, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000]
+            .iter()
+            .chain(&[128_000, 256_000, 512_000, 1_024_000])
+            .map(|t| t.div_ceil(300) * 300)
+            .collect();
+        assert_eq!(due, expected);
+        // One huge batch crosses several thresholds: one refresh.
+        let mut schedule = AnalyzeSchedule::default();
+        assert!(!schedule.add(999));
+        assert!(schedule.add(10_000));
+        assert!(!schedule.add(5_000));
+        assert!(schedule.add(1_000));
+        assert!(!schedule.add(0));
+    }
 }

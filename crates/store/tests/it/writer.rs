@@ -356,3 +356,43 @@ on_both_backends! {
         assert!(other.verify_audit().await.unwrap().is_intact());
     }
 }
+
+/// On PostgreSQL the writer has `allocations` analyzed once a burst has
+/// inserted its first thousand rows, rather than leaving a new table
+/// without statistics until autovacuum comes by (`analyze_count` counts
+/// only explicit `ANALYZE`s, not autovacuum's).
+#[tokio::test]
+async fn postgres_allocations_are_analyzed_after_the_first_thousand() {
+    let db = crate::support::TestDb::new(crate::support::Backend::Postgres).await;
+    let store = db.store().await;
+    let analyzed = "SELECT COALESCE((SELECT analyze_count FROM pg_stat_user_tables \
+                    WHERE relname = 'allocations'), 0)";
+    let reserve_many = |from: usize, n: usize| {
+        let writes: Vec<_> = (from..from + n)
+            .map(|i| store.write(reserve(h100(&format!("job-{i}"), 1), &[]), at(1)))
+            .collect();
+        join_in_order(writes)
+    };
+    for outcome in reserve_many(0, 990).await {
+        assert!(matches!(
+            reserved(outcome.unwrap()),
+            ReserveOutcome::Granted { .. }
+        ));
+    }
+    // Not yet: fewer than a thousand.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.scalar(analyzed).await, 0);
+    for outcome in reserve_many(990, 20).await {
+        outcome.unwrap();
+    }
+    let mut waited = Duration::ZERO;
+    while db.scalar(analyzed).await == 0 {
+        assert!(
+            waited < Duration::from_secs(30),
+            "allocations not analyzed after 1,010 inserts"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    store.close().await;
+}
