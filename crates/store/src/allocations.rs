@@ -21,8 +21,8 @@ mod sql;
 mod types;
 
 pub(crate) use limits::check_request;
-pub(crate) use reserve::{batch_reads, context_json, Reservation};
-pub(crate) use sql::{allocation, allocation_columns, AllocationRow};
+pub(crate) use reserve::{context_json, Reservation};
+pub(crate) use sql::{allocation, allocation_columns, batch_reads, AllocationRow};
 pub use types::{
     Allocation, AllocationId, AllocationName, AllocationRequest, AllocationState, Denial,
     EndTarget, Limit, ReserveOutcome, Scope,

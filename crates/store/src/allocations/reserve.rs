@@ -11,17 +11,14 @@ use serde_json::value::RawValue;
 use warden_core::{Door, GpuModel, TeamName};
 
 use super::limits::{check_request, first_exceeded, reserved_micros, Counted};
-use super::sql::{sqlite_live_ids, sqlite_next_allocation_id};
 use super::{AllocationId, AllocationName, AllocationRequest, Denial, Limit, ReserveOutcome};
 use crate::audit::NewRecord;
-use crate::backend::{sqlite_rows_for_teams, Stmt, Tx};
+use crate::backend::Tx;
 use crate::budget::{held_until, Charge, TeamBudget};
-use crate::budget::{BUDGET_SELECT, BUDGET_TEAM};
 use crate::error::{InputError, StoreError};
 use crate::launches::BucketKey;
 use crate::spend::scaled_held;
 use crate::time::UnixMicros;
-use crate::usage::{USAGE_SELECT, USAGE_TEAM};
 use crate::writer::{Op, Written};
 use crate::Store;
 
@@ -153,7 +150,7 @@ enum Pending<'o> {
 }
 
 /// The reservations among `ops`, in order.
-fn reservations_of<'o>(ops: &'o [Op<'o>]) -> Vec<&'o Reservation<'o>> {
+pub(super) fn reservations_of<'o>(ops: &'o [Op<'o>]) -> Vec<&'o Reservation<'o>> {
     ops.iter()
         .filter_map(|op| match op {
             Op::Reserve(r) => Some(r),
@@ -164,7 +161,9 @@ fn reservations_of<'o>(ops: &'o [Op<'o>]) -> Vec<&'o Reservation<'o>> {
 
 /// The live keys and the teams of `reservations`, sorted, without
 /// repeats: what [`Tx::decide`] reads by.
-fn batch_keys<'r>(reservations: &[&'r Reservation<'_>]) -> (Vec<LiveKey<'r>>, Vec<&'r TeamName>) {
+pub(super) fn batch_keys<'r>(
+    reservations: &[&'r Reservation<'_>],
+) -> (Vec<LiveKey<'r>>, Vec<&'r TeamName>) {
     let mut keys: Vec<LiveKey<'_>> = reservations.iter().map(|r| r.key()).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -172,27 +171,6 @@ fn batch_keys<'r>(reservations: &[&'r Reservation<'_>]) -> (Vec<LiveKey<'r>>, Ve
     teams.sort_unstable();
     teams.dedup();
     (keys, teams)
-}
-
-/// On SQLite, the reads [`Tx::decide`] starts with for `ops`, in its order,
-/// to run with `BEGIN` ([`Backend::begin_write_reading`]): the live
-/// allocations of the batch's keys, the next allocation id, the usage
-/// summaries and the budget states of its teams. A batch's transaction then
-/// costs two round trips to SQLite's worker thread when nothing else needs
-/// reading: this one and the commit's.
-///
-/// [`Backend::begin_write_reading`]: crate::backend::Backend::begin_write_reading
-pub(crate) fn batch_reads(ops: &[Op<'_>]) -> Vec<Stmt> {
-    let reservations = reservations_of(ops);
-    if reservations.is_empty() {
-        return Vec::new();
-    }
-    let (keys, teams) = batch_keys(&reservations);
-    let mut reads = sqlite_live_ids(&keys);
-    reads.push(sqlite_next_allocation_id());
-    reads.extend(sqlite_rows_for_teams(USAGE_SELECT, USAGE_TEAM, &teams));
-    reads.extend(sqlite_rows_for_teams(BUDGET_SELECT, BUDGET_TEAM, &teams));
-    reads
 }
 
 impl Tx {

@@ -8,13 +8,18 @@ use std::collections::HashMap;
 use warden_core::{Door, GpuModel, TeamName, Usd};
 
 use super::limits::reserved_micros;
-use super::reserve::{LiveKey, Reservation};
+use super::reserve::{batch_keys, reservations_of, LiveKey, Reservation};
 use super::{Allocation, AllocationId, AllocationName, AllocationState, EndTarget};
 use sqlx::FromRow;
 
-use crate::backend::{on_pool, on_tx, sqlite_padded_chunks, sqlite_values, Param, Stmt, Tx};
+use crate::backend::{
+    on_pool, on_tx, sqlite_padded_chunks, sqlite_rows_for_teams, sqlite_values, Param, Stmt, Tx,
+};
+use crate::budget::{BUDGET_SELECT, BUDGET_TEAM};
 use crate::error::StoreError;
 use crate::time::UnixMicros;
+use crate::usage::{USAGE_SELECT, USAGE_TEAM};
+use crate::writer::Op;
 use crate::Store;
 
 /// The columns of an allocation row, in [`AllocationRow`] order.
@@ -76,6 +81,27 @@ pub(crate) fn allocation(row: AllocationRow) -> Result<Allocation, StoreError> {
         ended: ended.map(UnixMicros::from_micros),
         state,
     })
+}
+
+/// On SQLite, the reads `Tx::decide` starts with for `ops`, in its order,
+/// to run with `BEGIN` ([`Backend::begin_write_reading`]): the live
+/// allocations of the batch's keys, the next allocation id, the usage
+/// summaries and the budget states of its teams. A batch's transaction then
+/// costs two round trips to SQLite's worker thread when nothing else needs
+/// reading: this one and the commit's.
+///
+/// [`Backend::begin_write_reading`]: crate::backend::Backend::begin_write_reading
+pub(crate) fn batch_reads(ops: &[Op<'_>]) -> Vec<Stmt> {
+    let reservations = reservations_of(ops);
+    if reservations.is_empty() {
+        return Vec::new();
+    }
+    let (keys, teams) = batch_keys(&reservations);
+    let mut reads = sqlite_live_ids(&keys);
+    reads.push(sqlite_next_allocation_id());
+    reads.extend(sqlite_rows_for_teams(USAGE_SELECT, USAGE_TEAM, &teams));
+    reads.extend(sqlite_rows_for_teams(BUDGET_SELECT, BUDGET_TEAM, &teams));
+    reads
 }
 
 /// On SQLite, the statements of [`Tx::live_ids`] for `keys`: a join, not
