@@ -7,11 +7,13 @@ use std::time::Duration;
 use serde_json::json;
 use warden_core::{GpuModel, Usd};
 use warden_store::{
-    AllocationRequest, AuditRecord, InputError, Limit, ReserveOutcome, Scope, Store, StoreError,
-    UnixMicros, Write, WriteStats, Written,
+    AllocationRequest, AuditRecord, EndTarget, InputError, Limit, ReserveOutcome, Scope, Store,
+    StoreError, UnixMicros, Write, WriteStats, Written, MAX_BATCH,
 };
 
-use crate::support::{at, h100, join_in_order, launch, on_both_backends, until_batches_taken};
+use crate::support::{
+    at, h100, join_in_order, launch, on_both_backends, until_batches_taken, Backend,
+};
 
 fn h100_limit(max: u32) -> Limit {
     Limit::ModelGpus {
@@ -208,8 +210,10 @@ on_both_backends! {
         assert_eq!(payload(&records[4])["request"]["name"], "c");
         assert_eq!(store.list_live(None).await.unwrap().len(), 3);
         assert!(store.verify_audit().await.unwrap().is_intact());
-        // The blocker's transaction, then one for the seven queued behind it.
-        assert_eq!(store.write_stats(), WriteStats { batches: 2, writes: 8, retried: 0, failed: 0 });
+        // The blocker's transaction, then one for the seven queued behind
+        // it, which SQLite begins in the round trip of the blocker's commit.
+        let chained = u64::from(matches!(db.backend, Backend::Sqlite));
+        assert_eq!(store.write_stats(), WriteStats { batches: 2, writes: 8, retried: 0, failed: 0, chained });
     }
 
     /// A write the store cannot accept is refused before it is queued; the
@@ -287,7 +291,7 @@ on_both_backends! {
         }
         assert!(store.list_live(None).await.unwrap().is_empty());
         assert_eq!(all_records(&store).await.len(), 2);
-        assert_eq!(store.write_stats(), WriteStats { batches: 3, writes: 22, retried: 0, failed: 2 });
+        assert_eq!(store.write_stats(), WriteStats { batches: 3, writes: 22, retried: 0, failed: 2, chained: 0 });
 
         db.exec("DELETE FROM audit WHERE seq = 2").await;
         let after = store.write(reserve(h100("after", 1), &limits), at(50)).await.unwrap();
@@ -327,6 +331,91 @@ on_both_backends! {
         let report = other.verify_audit().await.unwrap();
         assert!(report.is_intact(), "{report:?}");
         assert_eq!(report.records_checked, 11);
+    }
+
+    /// While writes keep coming (SQLite then begins each batch in the
+    /// previous one's commit and keeps the writer connection), the writes
+    /// that run in a transaction of their own (`reserve`, `end`) still get
+    /// their turn, a queued one-call write (`append_audit`) too, and closing
+    /// still stops the writer: all are answered while the writers go on.
+    /// (The timeouts only turn a hang into a failure; nothing here depends
+    /// on timing. Without the writer's check for waiting transactions, the
+    /// SQLite case hangs at `reserve`.)
+    async fn a_busy_writer_lets_one_call_writes_and_close_through(db: &TestDb) {
+        let store = db.store().await;
+        // More writers than a batch takes, so that writes are always
+        // queued when a batch commits; each writes until the store is
+        // closed.
+        let writers: Vec<_> = (0..i64::try_from(MAX_BATCH).unwrap() + 64)
+            .map(|w: i64| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut committed = 0u64;
+                    for i in 0.. {
+                        match store.write(audit(w * 1_000_000 + i), at(i)).await {
+                            Ok(_) => committed += 1,
+                            Err(StoreError::Closed) => break,
+                            Err(other) => panic!("writer {w}: {other}"),
+                        }
+                    }
+                    committed
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let busy = |s: WriteStats| match db.backend {
+            Backend::Sqlite => s.chained >= 20,
+            Backend::Postgres => s.batches >= 20,
+        };
+        while !busy(store.write_stats()) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", store.write_stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let alone = tokio::time::timeout(
+            Duration::from_secs(60),
+            store.reserve(&h100("alone", 1), &[h100_limit(8)], at(1)),
+        )
+        .await
+        .expect("a one-call write waited for a minute behind the writer");
+        let ReserveOutcome::Granted {
+            allocation_id,
+            relaunch: false,
+        } = alone.unwrap()
+        else {
+            panic!("the lone reservation was not granted");
+        };
+        // A write in its own transaction (not through the writer) waits for
+        // the writer connection, which the chained batches must let go.
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            store.end(&EndTarget::Id(allocation_id), at(3)),
+        )
+        .await
+        .expect("a write in its own transaction waited for a minute behind the writer")
+        .unwrap();
+        assert_eq!(ended.len(), 1);
+        let batches = store.write_stats().batches;
+        let appended = tokio::time::timeout(
+            Duration::from_secs(60),
+            store.append_audit("test.alone", &json!({}), at(2)),
+        )
+        .await
+        .expect("a one-call append waited for a minute behind the writer")
+        .unwrap();
+        assert!(store.write_stats().batches > batches, "the writers stopped writing");
+        tokio::time::timeout(Duration::from_secs(60), store.close())
+            .await
+            .expect("closing waited for a minute behind the writers");
+        let mut committed = 0;
+        for writer in writers {
+            committed += writer.await.unwrap();
+        }
+        let other = db.store().await;
+        let report = other.verify_audit().await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        // Every answered write is in the chain, and the three others.
+        assert_eq!(report.records_checked, committed + 3);
+        assert!(appended.seq > 1);
     }
 
     /// A caller that drops its write after it was queued does not stop it,
