@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +92,7 @@ pub(crate) enum Backend {
         /// return: a write transaction is a chain of round trips to that
         /// thread, and each one it saves is latency saved for every write
         /// of the batch.
-        writer: Arc<WriterLock>,
+        writer: Arc<Mutex<WriterConn>>,
     },
     Postgres {
         pool: PgPool,
@@ -142,15 +141,12 @@ impl Store {
                     .await
                     .map_err(|source| connect_error("sqlite", source))?;
                 Backend::Sqlite {
-                    writer: Arc::new(WriterLock {
-                        conn: Arc::new(Mutex::new(WriterConn {
-                            conn: writer,
-                            abandoned: false,
-                            closed: false,
-                            reads: FetchCounts::default(),
-                        })),
-                        waiting: AtomicUsize::new(0),
-                    }),
+                    writer: Arc::new(Mutex::new(WriterConn {
+                        conn: writer,
+                        abandoned: false,
+                        closed: false,
+                        reads: FetchCounts::default(),
+                    })),
                     pool,
                 }
             }
@@ -212,7 +208,7 @@ impl Store {
                 // After the writer task's last batch; waits for a write
                 // transaction in progress. The connection itself closes
                 // with the last clone of the store.
-                let mut writer = writer.conn.lock().await;
+                let mut writer = writer.lock().await;
                 writer.recover().await;
                 writer.closed = true;
                 drop(writer);
@@ -232,7 +228,7 @@ impl Store {
     #[cfg(test)]
     pub(crate) async fn writer_reads(&self) -> FetchCounts {
         match &self.backend {
-            Backend::Sqlite { writer, .. } => writer.conn.lock().await.reads,
+            Backend::Sqlite { writer, .. } => writer.lock().await.reads,
             Backend::Postgres { .. } => FetchCounts::default(),
         }
     }
@@ -436,35 +432,6 @@ impl std::ops::DerefMut for SqliteTx {
     }
 }
 
-/// The writer connection, behind the mutex that serializes this process's
-/// write transactions, and how many are waiting for it.
-#[derive(Debug)]
-pub(crate) struct WriterLock {
-    conn: Arc<Mutex<WriterConn>>,
-    /// Callers of [`WriterTx::begin`] waiting for the mutex: while there is
-    /// one, the writer task does not begin its next batch in its commit's
-    /// round trip ([`WriterTx::commit_and_begin`]), which would keep the
-    /// mutex from them for as long as writes keep coming.
-    waiting: AtomicUsize,
-}
-
-/// Counts a caller waiting for the writer mutex until dropped (also when
-/// the caller gives up waiting).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The connection write transactions run on, and whether an abandoned
 /// transaction is still open on it.
 #[derive(Debug)]
@@ -493,90 +460,11 @@ impl WriterConn {
     async fn recover(&mut self) {
         if self.abandoned {
             // Fails only when SQLite already ended the transaction itself
-            // (it does on some I/O errors), or never began it, which leaves
-            // nothing to undo.
+            // (it does on some I/O errors), which leaves nothing to undo.
             let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
             self.abandoned = false;
         }
     }
-
-    /// Runs `before` (statements ending the previous transaction, or none),
-    /// then `BEGIN IMMEDIATE`, the audit head's read and the `prefetch`
-    /// reads, in order, in one round trip. Their rows come back one set
-    /// per read. On an error, says how many statements of `before` ran to
-    /// the end before it: SQLite stops at the first error.
-    async fn run_begin(&mut self, before: Deferred, prefetch: &[Stmt]) -> Result<Began, Stopped> {
-        let Deferred {
-            mut sql,
-            mut params,
-            statements: leading,
-        } = before;
-        sql.push_str("BEGIN IMMEDIATE;\nSELECT seq, hash FROM audit_head WHERE id = 1");
-        for read in prefetch {
-            sql.push_str(";\n");
-            sql.push_str(&read.sql);
-            params.extend(read.params.iter().cloned());
-        }
-        let expected = leading + prefetch.len() + 2;
-        // One result set per statement, each closed by its `Left`.
-        let mut sets: Vec<Vec<SqliteRow>> = Vec::with_capacity(expected);
-        let mut rows = Vec::new();
-        // sqlx runs every statement of a text on SQLite, binding each its
-        // parameters in turn, ends each statement's rows with its `Left`,
-        // and stops at the first error.
-        let mut results = self.conn.fetch_many(bound(&sql, params));
-        loop {
-            match results.try_next().await {
-                Ok(Some(Either::Left(_))) => sets.push(std::mem::take(&mut rows)),
-                Ok(Some(Either::Right(row))) => rows.push(row),
-                Ok(None) => break,
-                Err(error) => {
-                    return Err(Stopped {
-                        before_ran: sets.len().min(leading),
-                        leading,
-                        error,
-                    })
-                }
-            }
-        }
-        drop(results);
-        let stopped = |error| Stopped {
-            before_ran: leading,
-            leading,
-            error,
-        };
-        if sets.len() != expected {
-            return Err(stopped(sqlx::Error::Protocol(format!(
-                "{} result sets for {expected} statements",
-                sets.len(),
-            ))));
-        }
-        // `before`'s sets and `BEGIN`'s are empty.
-        let mut sets = sets.into_iter().skip(leading + 1);
-        let audit_head = match sets.next().and_then(|rows| rows.into_iter().next()) {
-            Some(row) => Some(<(i64, String)>::from_row(&row).map_err(stopped)?),
-            None => None,
-        };
-        Ok(Began {
-            audit_head,
-            sets: sets.collect(),
-        })
-    }
-}
-
-/// What [`WriterConn::run_begin`] read.
-struct Began {
-    audit_head: Option<(i64, String)>,
-    /// The rows of each prefetched read, in order.
-    sets: Vec<Vec<SqliteRow>>,
-}
-
-/// Where [`WriterConn::run_begin`] stopped.
-struct Stopped {
-    /// How many of the `leading` statements before `BEGIN` ran to the end.
-    before_ran: usize,
-    leading: usize,
-    error: sqlx::Error,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, which
@@ -588,7 +476,7 @@ struct Stopped {
 /// given up promptly for other processes.
 pub(crate) struct WriterTx {
     conn: OwnedMutexGuard<WriterConn>,
-    writer: Arc<WriterLock>,
+    writer: Arc<Mutex<WriterConn>>,
     open: bool,
     /// Whether [`SqliteTx::run_or_defer`] queues statements now.
     deferring: bool,
@@ -607,11 +495,11 @@ impl WriterTx {
     /// Waits for the writer connection and begins a write transaction on
     /// it. The audit head and the `prefetch` reads go in the same round trip
     /// as `BEGIN IMMEDIATE`, after it: they see what its lock keeps current.
-    async fn begin(writer: &Arc<WriterLock>, prefetch: Vec<Stmt>) -> Result<WriterTx, sqlx::Error> {
-        let mut conn = {
-            let _waiting = Waiting::new(&writer.waiting);
-            Arc::clone(&writer.conn).lock_owned().await
-        };
+    async fn begin(
+        writer: &Arc<Mutex<WriterConn>>,
+        prefetch: Vec<Stmt>,
+    ) -> Result<WriterTx, sqlx::Error> {
+        let mut conn = Arc::clone(writer).lock_owned().await;
         if conn.closed {
             return Err(sqlx::Error::PoolClosed);
         }
@@ -619,73 +507,61 @@ impl WriterTx {
         // Nearly every write transaction appends to the chain. Should a
         // read fail after `BEGIN` succeeded, the next holder rolls back.
         conn.abandoned = true;
-        let began = conn
-            .run_begin(Deferred::default(), &prefetch)
-            .await
-            .map_err(|stopped| stopped.error)?;
+        let mut sql =
+            String::from("BEGIN IMMEDIATE;\nSELECT seq, hash FROM audit_head WHERE id = 1");
+        let mut params = Vec::new();
+        for read in &prefetch {
+            sql.push_str(";\n");
+            sql.push_str(&read.sql);
+            params.extend(read.params.iter().cloned());
+        }
+        // One result set per statement, each closed by its `Left`.
+        let mut sets: Vec<Vec<SqliteRow>> = Vec::with_capacity(prefetch.len() + 2);
+        let mut rows = Vec::new();
+        // sqlx runs every statement of a text on SQLite, binding each its
+        // parameters in turn (as the commit's deferred writes rely on too),
+        // and ends each statement's rows with its `Left`.
+        let mut results = conn.conn.fetch_many(bound(&sql, params));
+        while let Some(item) = results.try_next().await? {
+            match item {
+                Either::Left(_) => sets.push(std::mem::take(&mut rows)),
+                Either::Right(row) => rows.push(row),
+            }
+        }
+        drop(results);
+        if sets.len() != prefetch.len() + 2 {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} result sets for {} statements",
+                sets.len(),
+                prefetch.len() + 2
+            )));
+        }
+        let mut sets = sets.into_iter().skip(1);
+        let audit_head = match sets.next().and_then(|rows| rows.into_iter().next()) {
+            Some(row) => Some(<(i64, String)>::from_row(&row)?),
+            None => None,
+        };
         conn.abandoned = false;
-        let mut tx = WriterTx {
+        Ok(WriterTx {
             conn,
             writer: Arc::clone(writer),
             open: true,
             deferring: false,
             deferred: Deferred::default(),
-            audit_head: None,
-            prefetched: VecDeque::new(),
-        };
-        tx.start(began, prefetch);
-        Ok(tx)
-    }
-
-    /// Takes what `BEGIN`'s round trip read as this transaction's.
-    fn start(&mut self, began: Began, prefetch: Vec<Stmt>) {
-        self.open = true;
-        self.deferring = false;
-        self.audit_head = began.audit_head;
-        self.prefetched = prefetch.into_iter().zip(began.sets).collect();
+            audit_head,
+            prefetched: prefetch.into_iter().zip(sets).collect(),
+        })
     }
 
     /// Sends the deferred statements and `COMMIT` together, in one round
     /// trip: SQLite runs them in order and stops at the first error, which
     /// leaves the transaction open, to be rolled back.
     async fn commit(mut self) -> Result<(), sqlx::Error> {
-        let Deferred {
-            mut sql, params, ..
-        } = std::mem::take(&mut self.deferred);
+        let Deferred { mut sql, params } = std::mem::take(&mut self.deferred);
         sql.push_str("COMMIT");
         bound(&sql, params).execute(&mut self.conn.conn).await?;
         self.open = false;
         Ok(())
-    }
-
-    /// Whether a caller waits for the writer connection: then the
-    /// transaction should end with [`WriterTx::commit`], which lets it go.
-    fn wanted(&self) -> bool {
-        self.writer.waiting.load(Ordering::SeqCst) > 0
-    }
-
-    /// Commits as [`WriterTx::commit`] does and, in the same round trip,
-    /// begins the next write transaction with its `prefetch` reads as
-    /// [`WriterTx::begin`] does, keeping the connection. `Err`: the commit
-    /// failed, nothing of this transaction is kept. `Ok(None)`: committed,
-    /// but the next transaction did not begin (the next writer rolls back
-    /// whatever it left open, and meets the error again if it persists).
-    async fn commit_and_begin(
-        mut self,
-        prefetch: Vec<Stmt>,
-    ) -> Result<Option<WriterTx>, sqlx::Error> {
-        let mut before = std::mem::take(&mut self.deferred);
-        before.push_text("COMMIT");
-        match self.conn.run_begin(before, &prefetch).await {
-            Ok(began) => {
-                self.start(began, prefetch);
-                Ok(Some(self))
-            }
-            // Committed; the transaction `BEGIN` may have opened is
-            // abandoned (`open` stays set, so dropping rolls it back).
-            Err(stopped) if stopped.before_ran == stopped.leading => Ok(None),
-            Err(stopped) => Err(stopped.error),
-        }
     }
 }
 
@@ -696,7 +572,7 @@ impl Drop for WriterTx {
         }
         self.conn.abandoned = true;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let writer = Arc::clone(&self.writer.conn);
+            let writer = Arc::clone(&self.writer);
             runtime.spawn(async move {
                 writer.lock().await.recover().await;
             });
@@ -787,8 +663,6 @@ impl<T: Into<Param>> From<Option<T>> for Param {
 pub(crate) struct Deferred {
     sql: String,
     params: Vec<Param>,
-    /// How many statements `sql` holds.
-    statements: usize,
 }
 
 impl Deferred {
@@ -796,14 +670,6 @@ impl Deferred {
         let params = anonymize_params(sql, params, &mut self.sql);
         self.sql.push_str(";\n");
         self.params.extend(params);
-        self.statements += 1;
-    }
-
-    /// Appends one statement without parameters.
-    fn push_text(&mut self, sql: &str) {
-        self.sql.push_str(sql);
-        self.sql.push_str(";\n");
-        self.statements += 1;
     }
 }
 
@@ -950,43 +816,6 @@ impl Tx {
             Tx::Postgres { tx } => tx.commit().await?,
         }
         Ok(())
-    }
-
-    /// Whether [`Tx::commit_and_begin`] would begin the next transaction in
-    /// this one's commit: on SQLite's writer connection, while no other
-    /// caller waits for that connection.
-    pub(crate) fn can_begin_with_commit(&self) -> bool {
-        match self {
-            Tx::Sqlite {
-                tx: SqliteTx::Writer(tx),
-            } => !tx.wanted(),
-            _ => false,
-        }
-    }
-
-    /// Commits, and begins the next write transaction with its `prefetch`
-    /// reads ([`Backend::begin_write_reading`]) in the same round trip when
-    /// [`Tx::can_begin_with_commit`]. `Err`: the commit failed. `Ok(None)`:
-    /// committed; the caller begins the next transaction itself.
-    pub(crate) async fn commit_and_begin(
-        self,
-        prefetch: impl FnOnce() -> Vec<Stmt>,
-    ) -> Result<Option<Tx>, StoreError> {
-        if !self.can_begin_with_commit() {
-            self.commit().await?;
-            return Ok(None);
-        }
-        match self {
-            Tx::Sqlite {
-                tx: SqliteTx::Writer(tx),
-            } => Ok(tx.commit_and_begin(prefetch()).await?.map(|tx| Tx::Sqlite {
-                tx: SqliteTx::Writer(tx),
-            })),
-            other => {
-                other.commit().await?;
-                Ok(None)
-            }
-        }
     }
 
     /// Serializes this transaction with every other writer that locks one of
@@ -1350,108 +1179,6 @@ mod tests {
         tx.commit().await.unwrap();
         let taken = FetchCounts { run: 4, ..taken };
         assert_eq!(store.writer_reads().await, taken);
-
-        store.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A commit that begins the next transaction keeps the connection and
-    /// answers that transaction's reads from the same round trip; when a
-    /// read after `BEGIN` fails, the commit still stands, what `BEGIN`
-    /// opened is rolled back, and the next transaction begins afresh; when
-    /// the commit's own writes fail, nothing of them is kept.
-    #[tokio::test]
-    async fn a_commit_can_begin_the_next_transaction_in_its_round_trip() {
-        let (store, dir) = temp_sqlite(line!()).await;
-        let count = Stmt {
-            sql: "SELECT COUNT(*) FROM allocations".to_owned(),
-            params: Vec::new(),
-        };
-        let insert = "INSERT INTO allocations \
-             (door, team, name, gpus, hourly_micros, started_us, state, reserved_micros) \
-             VALUES ('vast', 'ml', ?, 1, 1, 1, 'live', 0)";
-        async fn insert_deferred(tx: &mut Tx, sql: &str, name: &str) {
-            tx.defer_writes();
-            let Tx::Sqlite { tx } = tx else {
-                unreachable!("a SQLite store")
-            };
-            tx.run_or_defer(sql, vec![Param::from(name)]).await.unwrap();
-        }
-        async fn read(tx: &mut Tx, stmt: &Stmt) -> i64 {
-            let Tx::Sqlite { tx } = tx else {
-                unreachable!("a SQLite store")
-            };
-            let rows = tx.fetch(stmt.clone()).await.unwrap();
-            <(i64,)>::from_row(&rows[0]).unwrap().0
-        }
-
-        let mut tx = store.begin_write().await.unwrap();
-        insert_deferred(&mut tx, insert, "a").await;
-        assert!(tx.can_begin_with_commit());
-        let mut tx = tx
-            .commit_and_begin(|| vec![count.clone()])
-            .await
-            .unwrap()
-            .expect("begun in the commit's round trip");
-        // The read saw the commit before it (and came with it: counted
-        // below, once the connection is free).
-        assert_eq!(read(&mut tx, &count).await, 1);
-        insert_deferred(&mut tx, insert, "b").await;
-        let broken = Stmt {
-            sql: "SELECT nothing FROM no_such_table".to_owned(),
-            params: Vec::new(),
-        };
-        let next = tx.commit_and_begin(|| vec![broken]).await.unwrap();
-        assert!(
-            next.is_none(),
-            "a transaction whose read failed was handed on"
-        );
-        assert_eq!(
-            store.writer_reads().await,
-            FetchCounts {
-                prefetched: 1,
-                run: 0
-            }
-        );
-        let mut tx = store
-            .begin_write_reading(|| vec![count.clone()])
-            .await
-            .unwrap();
-        assert_eq!(read(&mut tx, &count).await, 2, "`b` was not committed");
-        // A failing write: the commit fails, and begins nothing.
-        insert_deferred(&mut tx, "INSERT INTO no_such_table VALUES (?)", "c").await;
-        assert!(tx.commit_and_begin(|| vec![count.clone()]).await.is_err());
-        let mut tx = store
-            .begin_write_reading(|| vec![count.clone()])
-            .await
-            .unwrap();
-        assert_eq!(read(&mut tx, &count).await, 2);
-
-        // Another caller waits for the connection: the commit lets it go.
-        let waiter = tokio::spawn({
-            let store = store.clone();
-            async move { store.begin_write().await.map(drop) }
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tx.can_begin_with_commit() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no waiter was counted"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(tx
-            .commit_and_begin(|| vec![count.clone()])
-            .await
-            .unwrap()
-            .is_none());
-        waiter.await.unwrap().unwrap();
-        let tx = store.begin_write().await.unwrap();
-        assert!(
-            tx.can_begin_with_commit(),
-            "a waiter that got its turn is still counted"
-        );
-        tx.commit().await.unwrap();
 
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();

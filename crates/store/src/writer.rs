@@ -22,20 +22,6 @@
 //! summaries, the audit records and head) go with the `COMMIT`
 //! ([`Tx::defer_writes`](crate::backend)).
 //!
-//! While writes keep coming, SQLite's batches are **chained**: when a batch
-//! commits, the writes queued by then become the next batch, and its
-//! `BEGIN` and reads go in the commit's round trip
-//! (`Tx::commit_and_begin`), so the writer connection
-//! goes from one batch to the next in one round trip instead of two
-//! ([`WriteStats::chained`] counts them). A chained batch keeps the writer
-//! connection, so the chain breaks whenever a transaction of its own (a
-//! one-call method such as [`Store::reserve`] or [`Store::end`]) waits for
-//! that connection: the batch then commits alone and lets it go, and the
-//! waiting transactions take their turn in order. Closing is seen between
-//! any two batches. A failure is the same with or without the chain: a
-//! failed commit fails its batch alone; a chained `BEGIN` or read that fails
-//! after its commit succeeded leaves the next batch to begin afresh.
-//!
 //! Arrival order is the order in which [`Store::write`] calls got their
 //! place in the queue. Each [`Store`] (each replica) has one writer task;
 //! replicas' batches serialize with each other through the database locks
@@ -95,7 +81,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
@@ -160,10 +145,6 @@ pub struct WriteStats {
     pub retried: u64,
     /// Batches that failed, all their writes answered with an error.
     pub failed: u64,
-    /// Batches whose transaction began in the round trip of the previous
-    /// batch's commit (SQLite, while writes keep coming; see the module
-    /// doc).
-    pub chained: u64,
 }
 
 /// A write the store has accepted: validated, payload serialized (in the
@@ -305,7 +286,6 @@ impl Store {
             writes: c.writes.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
-            chained: c.chained.load(Ordering::Relaxed),
         }
     }
 
@@ -332,7 +312,6 @@ struct Counters {
     writes: AtomicU64,
     retried: AtomicU64,
     failed: AtomicU64,
-    chained: AtomicU64,
 }
 
 /// The handle on a store's writer task, shared by the store's clones.
@@ -386,103 +365,53 @@ async fn run(
     counters: Arc<Counters>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // A transaction begun for `batch` with its reads, in the round trip of
-    // the previous batch's commit ([`Tx::commit_and_begin`]).
-    let mut begun: Option<Tx> = None;
     let mut closing = false;
     let mut analyze = AnalyzeSchedule::default();
     loop {
-        // Seen between batches even while writes keep coming.
-        if !closing && shutdown.notified().now_or_never().is_some() {
-            // Refuse new writes; the queued ones are still received.
-            jobs.close();
-            closing = true;
-        }
-        if batch.is_empty() {
-            let received = if closing {
-                jobs.recv_many(&mut batch, MAX_BATCH).await
-            } else {
-                tokio::select! {
-                    biased;
-                    () = shutdown.notified() => {
-                        jobs.close();
-                        closing = true;
-                        continue;
-                    }
-                    n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
+        let received = if closing {
+            jobs.recv_many(&mut batch, MAX_BATCH).await
+        } else {
+            tokio::select! {
+                biased;
+                () = shutdown.notified() => {
+                    // Refuse new writes; the queued ones are still received.
+                    jobs.close();
+                    closing = true;
+                    continue;
                 }
-            };
-            if received == 0 {
-                return;
+                n = jobs.recv_many(&mut batch, MAX_BATCH) => n,
             }
-            // Let the tasks that are ready run once before the batch
-            // closes: callers answered by the previous batch queue their
-            // next write within microseconds, and taking them too makes
-            // batches markedly larger under load (PostgreSQL's
-            // `commit_delay` idea, without the sleep). Costs one trip
-            // through the scheduler.
-            if batch.len() < MAX_BATCH {
-                tokio::task::yield_now().await;
-                take_queued(&mut jobs, &mut batch);
+        };
+        if received == 0 {
+            return;
+        }
+        // Let the tasks that are ready run once before the batch closes:
+        // callers answered by the previous batch queue their next write
+        // within microseconds, and taking them too makes batches markedly
+        // larger under load (PostgreSQL's `commit_delay` idea, without the
+        // sleep). Costs one trip through the scheduler.
+        if batch.len() < MAX_BATCH {
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH {
+                let Ok(job) = jobs.try_recv() else { break };
+                batch.push(job);
             }
         }
-        let mut next = Vec::with_capacity(MAX_BATCH);
-        let done = commit_batch(
-            &backend,
-            std::mem::take(&mut batch),
-            begun.take(),
-            Following {
-                queue: &mut jobs,
-                batch: &mut next,
-            },
-            &counters,
-        )
-        .await;
-        batch = next;
-        begun = done.next;
-        if analyze.add(done.inserted) {
+        let (failed, inserted) =
+            commit_batch(&backend, std::mem::take(&mut batch), &counters).await;
+        if analyze.add(inserted) {
             backend.spawn_analyze_allocations();
         }
         // The writes that queued while the batch waited for an unreachable
         // database would wait as long again: answer them now with the same
         // failure (fail closed), so no caller waits much past the store's
         // timeout. Writes queued after this try the database afresh.
-        if let Some(why) = done.unreachable {
-            take_queued(&mut jobs, &mut batch);
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(StoreError::Unreachable(why.clone())));
-            }
+        if let Some(why) = failed {
             while let Ok(job) = jobs.try_recv() {
                 let _ = job.reply.send(Err(StoreError::Unreachable(why.clone())));
             }
         }
     }
-}
-
-/// Moves the writes waiting in the queue into `batch`, up to [`MAX_BATCH`].
-fn take_queued(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
-    while batch.len() < MAX_BATCH {
-        let Ok(job) = jobs.try_recv() else { break };
-        batch.push(job);
-    }
-}
-
-/// Where the batch after the one being committed comes from: the writes
-/// queued by the time it commits, taken into `batch`, so that its
-/// transaction can begin in the commit's round trip.
-struct Following<'a> {
-    queue: &'a mut mpsc::Receiver<Job>,
-    batch: &'a mut Vec<Job>,
-}
-
-/// What [`commit_batch`] did.
-struct Done {
-    /// Why the batch failed, when the database could not be reached.
-    unreachable: Option<String>,
-    /// How many allocations it inserted.
-    inserted: u64,
-    /// The transaction begun for the following batch, if it was.
-    next: Option<Tx>,
 }
 
 /// When the writer has the planner's statistics of `allocations` refreshed
@@ -533,29 +462,27 @@ impl AnalyzeSchedule {
 
 /// Runs one batch's transaction, retried once on contention, and answers
 /// every caller. Callers that left are skipped: their writes committed all
-/// the same. `begun` is the transaction begun for it, if one was.
+/// the same. Returns why, when the batch failed because the database could
+/// not be reached, and how many allocations the batch inserted.
 async fn commit_batch(
     backend: &Backend,
     jobs: Vec<Job>,
-    begun: Option<Tx>,
-    following: Following<'_>,
     counters: &Counters,
-) -> Done {
+) -> (Option<String>, u64) {
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.writes.fetch_add(
         u64::try_from(jobs.len()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
-    let Following { queue, batch: next } = following;
     let ops: Vec<Op<'_>> = jobs.iter().map(|job| job.entry.op()).collect();
-    let mut result = attempt(backend, &ops, begun, queue, next).await;
+    let mut result = attempt(backend, &ops).await;
     if result.as_ref().is_err_and(StoreError::is_retryable) {
         counters.retried.fetch_add(1, Ordering::Relaxed);
-        result = attempt(backend, &ops, None, queue, next).await;
+        result = attempt(backend, &ops).await;
     }
     drop(ops);
     match result {
-        Ok((written, following)) => {
+        Ok(written) => {
             let inserted = written
                 .iter()
                 .filter(|w| {
@@ -568,17 +495,10 @@ async fn commit_batch(
                     )
                 })
                 .count();
-            if following.is_some() {
-                counters.chained.fetch_add(1, Ordering::Relaxed);
-            }
             for (job, written) in jobs.into_iter().zip(written) {
                 let _ = job.reply.send(Ok(written));
             }
-            Done {
-                unreachable: None,
-                inserted: u64::try_from(inserted).unwrap_or(u64::MAX),
-                next: following,
-            }
+            (None, u64::try_from(inserted).unwrap_or(u64::MAX))
         }
         Err(err) => {
             let unreachable = match &err {
@@ -597,47 +517,17 @@ async fn commit_batch(
                     let _ = job.reply.send(Err(StoreError::Batch(Arc::clone(&err))));
                 }
             }
-            Done {
-                unreachable,
-                inserted: 0,
-                next: None,
-            }
+            (unreachable, 0)
         }
     }
 }
 
-/// One try of a batch: begin (unless `begun`), apply, commit. An error rolls
-/// everything back. On SQLite, the writes queued by then are taken into
-/// `next` and their transaction begins in the commit's round trip
-/// ([`Tx::commit_and_begin`]): the writer connection goes from one batch to
-/// the next in one round trip instead of two, while it has writes waiting
-/// and no one else waits for it. What began is returned with the answers.
-async fn attempt(
-    backend: &Backend,
-    ops: &[Op<'_>],
-    begun: Option<Tx>,
-    queue: &mut mpsc::Receiver<Job>,
-    next: &mut Vec<Job>,
-) -> Result<(Vec<Written>, Option<Tx>), StoreError> {
-    let mut tx = match begun {
-        Some(tx) => tx,
-        None => backend.begin_write_reading(|| batch_reads(ops)).await?,
-    };
+/// One try of a batch: begin, apply, commit. An error rolls everything back.
+async fn attempt(backend: &Backend, ops: &[Op<'_>]) -> Result<Vec<Written>, StoreError> {
+    let mut tx = backend.begin_write_reading(|| batch_reads(ops)).await?;
     let written = tx.apply(ops).await?;
-    if tx.can_begin_with_commit() {
-        take_queued(queue, next);
-    }
-    if next.is_empty() || !tx.can_begin_with_commit() {
-        tx.commit().await?;
-        return Ok((written, None));
-    }
-    let following = tx
-        .commit_and_begin(|| {
-            let ops: Vec<Op<'_>> = next.iter().map(|job| job.entry.op()).collect();
-            batch_reads(&ops)
-        })
-        .await?;
-    Ok((written, following))
+    tx.commit().await?;
+    Ok(written)
 }
 
 #[cfg(test)]

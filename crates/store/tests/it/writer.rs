@@ -11,9 +11,7 @@ use warden_store::{
     StoreError, UnixMicros, Write, WriteStats, Written, MAX_BATCH,
 };
 
-use crate::support::{
-    at, h100, join_in_order, launch, on_both_backends, until_batches_taken, Backend,
-};
+use crate::support::{at, h100, join_in_order, launch, on_both_backends, until_batches_taken};
 
 fn h100_limit(max: u32) -> Limit {
     Limit::ModelGpus {
@@ -210,10 +208,8 @@ on_both_backends! {
         assert_eq!(payload(&records[4])["request"]["name"], "c");
         assert_eq!(store.list_live(None).await.unwrap().len(), 3);
         assert!(store.verify_audit().await.unwrap().is_intact());
-        // The blocker's transaction, then one for the seven queued behind
-        // it, which SQLite begins in the round trip of the blocker's commit.
-        let chained = u64::from(matches!(db.backend, Backend::Sqlite));
-        assert_eq!(store.write_stats(), WriteStats { batches: 2, writes: 8, retried: 0, failed: 0, chained });
+        // The blocker's transaction, then one for the seven queued behind it.
+        assert_eq!(store.write_stats(), WriteStats { batches: 2, writes: 8, retried: 0, failed: 0 });
     }
 
     /// A write the store cannot accept is refused before it is queued; the
@@ -291,7 +287,7 @@ on_both_backends! {
         }
         assert!(store.list_live(None).await.unwrap().is_empty());
         assert_eq!(all_records(&store).await.len(), 2);
-        assert_eq!(store.write_stats(), WriteStats { batches: 3, writes: 22, retried: 0, failed: 2, chained: 0 });
+        assert_eq!(store.write_stats(), WriteStats { batches: 3, writes: 22, retried: 0, failed: 2 });
 
         db.exec("DELETE FROM audit WHERE seq = 2").await;
         let after = store.write(reserve(h100("after", 1), &limits), at(50)).await.unwrap();
@@ -333,14 +329,12 @@ on_both_backends! {
         assert_eq!(report.records_checked, 11);
     }
 
-    /// While writes keep coming (SQLite then begins each batch in the
-    /// previous one's commit and keeps the writer connection), the writes
-    /// that run in a transaction of their own (`reserve`, `end`) still get
-    /// their turn, a queued one-call write (`append_audit`) too, and closing
-    /// still stops the writer: all are answered while the writers go on.
-    /// (The timeouts only turn a hang into a failure; nothing here depends
-    /// on timing. Without the writer's check for waiting transactions, the
-    /// SQLite case hangs at `reserve`.)
+    /// While writes keep coming, more than a batch takes, the writes that
+    /// run in a transaction of their own (`reserve`, `end`) still get their
+    /// turn on the writer connection, a queued one-call write
+    /// (`append_audit`) too, and closing still stops the writer: all are
+    /// answered while the writers go on. (The timeouts only turn a hang
+    /// into a failure; nothing here depends on timing.)
     async fn a_busy_writer_lets_one_call_writes_and_close_through(db: &TestDb) {
         let store = db.store().await;
         // More writers than a batch takes, so that writes are always
@@ -363,11 +357,7 @@ on_both_backends! {
             })
             .collect();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let busy = |s: WriteStats| match db.backend {
-            Backend::Sqlite => s.chained >= 20,
-            Backend::Postgres => s.batches >= 20,
-        };
-        while !busy(store.write_stats()) {
+        while store.write_stats().batches < 20 {
             assert!(std::time::Instant::now() < deadline, "{:?}", store.write_stats());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -385,7 +375,7 @@ on_both_backends! {
             panic!("the lone reservation was not granted");
         };
         // A write in its own transaction (not through the writer) waits for
-        // the writer connection, which the chained batches must let go.
+        // the writer connection, which the writer must let go.
         let ended = tokio::time::timeout(
             Duration::from_secs(60),
             store.end(&EndTarget::Id(allocation_id), at(3)),
