@@ -355,11 +355,7 @@ on_both_backends! {
                 })
             })
             .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while store.write_stats().batches < 20 {
-            assert!(std::time::Instant::now() < deadline, "{:?}", store.write_stats());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_batches_taken(&store, 20).await;
         let alone = tokio::time::timeout(
             Duration::from_secs(60),
             store.reserve(&h100("alone", 1), &[h100_limit(8)], at(1)),
@@ -390,11 +386,7 @@ on_both_backends! {
         .expect("a one-call append waited for a minute behind the writer")
         .unwrap();
         // The writers go on after it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while store.write_stats().batches <= batches {
-            assert!(std::time::Instant::now() < deadline, "the writers stopped writing");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_batches_taken(&store, batches + 1).await;
         tokio::time::timeout(Duration::from_secs(60), store.close())
             .await
             .expect("closing waited for a minute behind the writers");
