@@ -691,31 +691,37 @@ pub(crate) fn anonymize_params(sql: &str, params: Vec<Param>, out: &mut String) 
     // The value each parameter takes, by index into `params`, in order.
     let mut uses: Vec<usize> = Vec::with_capacity(params.len());
     let mut next_anonymous = 0usize;
-    let mut chars = sql.chars().peekable();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
+    let bytes = sql.as_bytes();
+    let mut quote: Option<u8> = None;
+    // `sql[copied..]` is not yet in `out`: spans without a parameter are
+    // copied whole. Every cut is at an ASCII byte, so on a char boundary.
+    let mut copied = 0usize;
+    let mut i = 0usize;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        match (quote, b) {
+            (Some(q), b) if b == q => quote = None,
             (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+            (None, b'\'' | b'"') => quote = Some(b),
+            (None, b'$') if bytes.get(i).is_some_and(u8::is_ascii_digit) => {
+                out.push_str(sql.get(copied..i - 1).unwrap_or_default());
                 let mut n = 0usize;
-                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                    n = n.saturating_mul(10).saturating_add(d as usize);
-                    chars.next();
+                while let Some(d) = bytes.get(i).filter(|d| d.is_ascii_digit()) {
+                    n = n.saturating_mul(10).saturating_add(usize::from(d - b'0'));
+                    i += 1;
                 }
                 out.push('?');
                 uses.push(n.saturating_sub(1));
-                continue;
+                copied = i;
             }
-            (None, '?') => {
+            (None, b'?') => {
                 uses.push(next_anonymous);
                 next_anonymous += 1;
             }
             (None, _) => {}
         }
-        out.push(c);
     }
+    out.push_str(sql.get(copied..).unwrap_or_default());
     // Each value is moved to its last use and cloned for the ones before.
     let mut last_use = vec![usize::MAX; params.len()];
     for (at, &i) in uses.iter().enumerate() {
@@ -1038,6 +1044,22 @@ mod tests {
                 assert!(*rows < 2 * range.len() && *rows <= MAX_SQLITE_PADDED);
             }
         }
+    }
+
+    #[test]
+    fn parameters_are_made_anonymous_outside_quotes_only() {
+        let params: Vec<Param> = (1..=10i64).map(Param::Int).collect();
+        let mut out = String::from("BEGIN; ");
+        let values = anonymize_params(
+            "SELECT 'é $1 ?', \"ü$2\", $10, $, a$ b, ?, $2 -- ÿ",
+            params,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "BEGIN; SELECT 'é $1 ?', \"ü$2\", ?, $, a$ b, ?, ? -- ÿ"
+        );
+        assert_eq!(values, [Param::Int(10), Param::Int(1), Param::Int(2)]);
     }
 
     #[test]
