@@ -71,7 +71,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use serde_json::Value;
 use warden_core::Door;
 use warden_store::{Allocation, AllocationName, AllocationState, EndTarget, UnixMicros};
 
@@ -110,7 +109,7 @@ pub async fn route(
                     request_id.as_str(),
                 ),
             ],
-            value.to_string(),
+            value.to_json(),
         )
             .into_response(),
         Err(e) => {
@@ -149,7 +148,7 @@ pub async fn answer(
     review: &Review,
     request_id: &str,
     started: Instant,
-) -> Value {
+) -> wire::Answer {
     match decide_review(state, review, request_id, started).await {
         Ok(v) => v,
         Err(e) => {
@@ -194,8 +193,8 @@ async fn decide_review(
     review: &Review,
     request_id: &str,
     started: Instant,
-) -> Result<Value, DoorError> {
-    let allow = || Ok(wire::allow(&review.uid, &[], &[]));
+) -> Result<wire::Answer, DoorError> {
+    let allow = || Ok(wire::allow(&review.uid, &patch::Patch::none(), &[]));
     let config = state.kubernetes();
     match review.operation {
         Operation::Connect => allow(),

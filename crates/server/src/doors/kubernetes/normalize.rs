@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 use warden_core::{Accelerator, Door, GpuModel, LaunchRequest, Principal, Resource};
 
-use super::patch::{self, ALLOCATION_ANNOTATION};
+use super::patch::{self, Patch, ALLOCATION_ANNOTATION};
 use super::wire::{self, Review};
 use super::workload::{self, WorkloadAsk, ANY_MODEL};
 use super::{finish_resize, live_named};
@@ -167,8 +167,8 @@ pub async fn judge(
     review: &Review,
     request_id: &str,
     started: Instant,
-) -> Result<Value, DoorError> {
-    let allow = || Ok(wire::allow(&review.uid, &[], &[]));
+) -> Result<wire::Answer, DoorError> {
+    let allow = || Ok(wire::allow(&review.uid, &Patch::none(), &[]));
     let api_version = review.api_version();
     if !workload::is_judged(config, &api_version, &review.kind) {
         return allow();
@@ -225,7 +225,8 @@ pub async fn judge(
             };
             let mut changed = value.clone();
             patch::apply(config, &[], &fixed, &ask.templates, &mut changed);
-            return Ok(wire::allow(&review.uid, &patch::diff(value, &changed), &[]));
+            let patch = Patch::of(&patch::diff(value, &changed));
+            return Ok(wire::allow(&review.uid, &patch, &[]));
         }
         if !asks_gpus {
             // No GPUs any more: the allocation ends with the old size.
@@ -281,7 +282,7 @@ pub async fn judge(
         let not_applicable =
             patch::apply(config, &d.mutations, &fixed, &ask.templates, &mut changed);
         Ok(Applied {
-            value: patch::diff(value, &changed),
+            value: Patch::of(&patch::diff(value, &changed)),
             not_applicable,
         })
     };
@@ -347,8 +348,8 @@ pub async fn scale(
     review: &Review,
     request_id: &str,
     started: Instant,
-) -> Result<Value, DoorError> {
-    let allow = || Ok(wire::allow(&review.uid, &[], &[]));
+) -> Result<wire::Answer, DoorError> {
+    let allow = || Ok(wire::allow(&review.uid, &Patch::none(), &[]));
     let Some(kind) = scaled_kind(review) else {
         return allow();
     };
@@ -405,11 +406,11 @@ pub async fn scale(
             .unwrap_or(&empty)
     });
     let req = launch_request(review, live.team.as_str(), &ask, task, &target)?;
-    let no_patch = |_: &warden_core::Decision| Ok(Applied::all(Vec::<Value>::new()));
+    let no_patch = |_: &warden_core::Decision| Ok(Applied::all(Patch::none()));
     if review.dry_run {
         let (decision, applied) = crate::gate::decide(&policy, &req, no_patch)?;
         return Ok(match applied {
-            Some(_) => wire::allow(&review.uid, &[], &warnings(&decision)),
+            Some(_) => wire::allow(&review.uid, &Patch::none(), &warnings(&decision)),
             None => wire::deny(&review.uid, 403, &decision.denial_message()),
         });
     }
@@ -425,7 +426,11 @@ pub async fn scale(
     match crate::gate::admit(state, &policy, admission, no_patch).await? {
         Admitted::Allowed { decision, .. } => {
             finish_resize(state, &live, &target, &name).await?;
-            Ok(wire::allow(&review.uid, &[], &warnings(&decision)))
+            Ok(wire::allow(
+                &review.uid,
+                &Patch::none(),
+                &warnings(&decision),
+            ))
         }
         Admitted::Denied { message, .. } => Ok(wire::deny(&review.uid, 403, &message)),
     }

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use warden_core::{eval::set_path, AppliedMutation, Doc, Mutation};
 
@@ -191,8 +192,18 @@ pub fn apply(
     skipped
 }
 
+/// One JSONPatch operation, borrowing its value from the object it was
+/// computed against; it writes as `{"op", "path"[, "value"]}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PatchOp<'a> {
+    op: &'static str,
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a Value>,
+}
+
 /// The JSONPatch that turns `old` into `new`.
-pub fn diff(old: &Value, new: &Value) -> Vec<Value> {
+pub fn diff<'a>(old: &Value, new: &'a Value) -> Vec<PatchOp<'a>> {
     let mut ops = Vec::new();
     diff_at(old, new, &mut String::new(), &mut ops);
     ops
@@ -202,7 +213,12 @@ pub fn diff(old: &Value, new: &Value) -> Vec<Value> {
 /// `new`. `path` is one buffer for the whole walk: each key is appended
 /// (escaped) before descending and cut off after, so an object that did not
 /// change costs no allocation.
-fn diff_at(old: &Value, new: &Value, path: &mut String, ops: &mut Vec<Value>) {
+fn diff_at<'a>(old: &Value, new: &'a Value, path: &mut String, ops: &mut Vec<PatchOp<'a>>) {
+    let op = |op, path: &str, value| PatchOp {
+        op,
+        path: path.to_owned(),
+        value,
+    };
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             let len = path.len();
@@ -216,25 +232,47 @@ fn diff_at(old: &Value, new: &Value, path: &mut String, ops: &mut Vec<Value>) {
                     }
                     None => {
                         push_token(path, k);
-                        ops.push(json!({"op": "add", "path": path.as_str(), "value": bv}));
+                        ops.push(op("add", path, Some(bv)));
                         path.truncate(len);
                     }
                 }
             }
             for k in a.keys().filter(|k| !b.contains_key(*k)) {
                 push_token(path, k);
-                ops.push(json!({"op": "remove", "path": path.as_str()}));
+                ops.push(op("remove", path, None));
                 path.truncate(len);
             }
         }
         (a, b) if a == b => {}
-        (_, b) => {
-            if path.is_empty() {
-                ops.push(json!({"op": "replace", "path": "", "value": b}));
-            } else {
-                ops.push(json!({"op": "add", "path": path.as_str(), "value": b}));
-            }
+        (_, b) if path.is_empty() => ops.push(op("replace", "", Some(b))),
+        (_, b) => ops.push(op("add", path, Some(b))),
+    }
+}
+
+/// A JSONPatch as the text the webhook's answer carries (base64-encoded),
+/// or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patch(Option<String>);
+
+impl Patch {
+    /// No change.
+    pub fn none() -> Patch {
+        Patch(None)
+    }
+
+    /// `ops` written as a JSON array; none when there are no `ops`.
+    pub fn of(ops: &[PatchOp<'_>]) -> Patch {
+        if ops.is_empty() {
+            return Patch(None);
         }
+        // Strings and JSON values: writing cannot fail; should it, the
+        // object is let through unchanged rather than with half a patch.
+        Patch(serde_json::to_string(ops).ok())
+    }
+
+    /// The JSON text of the operations, when there are any.
+    pub fn text(&self) -> Option<&str> {
+        self.0.as_deref()
     }
 }
 
@@ -253,6 +291,27 @@ fn push_token(path: &mut String, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn diff(old: &Value, new: &Value) -> Vec<Value> {
+        super::diff(old, new)
+            .iter()
+            .map(|op| serde_json::to_value(op).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_patch_is_the_operations_as_one_json_array() {
+        let old = json!({"a": 1});
+        let new = json!({"a": 2, "b": {"c": "d"}});
+        assert_eq!(
+            Patch::of(&super::diff(&old, &new)).text(),
+            Some(
+                r#"[{"op":"add","path":"/a","value":2},{"op":"add","path":"/b","value":{"c":"d"}}]"#
+            )
+        );
+        assert_eq!(Patch::of(&super::diff(&old, &old)), Patch::none());
+        assert_eq!(Patch::none().text(), None);
+    }
 
     #[test]
     fn the_patch_adds_what_changed_and_escapes_keys() {

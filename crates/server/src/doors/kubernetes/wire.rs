@@ -8,8 +8,10 @@
 //! not an object is refused with a 400 naming the field.
 
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
+use super::patch::Patch;
 use crate::error::DoorError;
 
 /// The only review version Warden speaks (Kubernetes 1.16 and later).
@@ -282,51 +284,111 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
     })
 }
 
-/// The answer: allowed, with a JSONPatch (applied by the API server) and
-/// warnings (printed by kubectl as `Warning: ...`).
-pub fn allow(uid: &str, patch: &[Value], warnings: &[String]) -> Value {
-    let mut response = json!({"uid": uid, "allowed": true});
-    if let Value::Object(r) = &mut response {
-        if !patch.is_empty() {
-            // A slice of values writes as the same JSON array, uncopied
-            // (writing a `Value` cannot fail; the fallback is the copy).
-            let text = serde_json::to_string(patch)
-                .unwrap_or_else(|_| Value::Array(patch.to_vec()).to_string());
-            r.insert("patchType".to_owned(), json!("JSONPatch"));
-            r.insert(
-                "patch".to_owned(),
-                json!(base64::engine::general_purpose::STANDARD.encode(text)),
-            );
-        }
-        if !warnings.is_empty() {
-            r.insert("warnings".to_owned(), json!(warnings));
+/// An answer to a review, as the API server reads it: the same
+/// `AdmissionReview` kind with a `response` echoing the request's `uid`.
+/// Written straight to JSON text ([`Answer::to_json`]) from borrowed parts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    response: Response,
+}
+
+/// `response` of an [`Answer`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Response {
+    uid: String,
+    allowed: bool,
+    #[serde(rename = "patchType", skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    /// The JSONPatch's text, base64-encoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+}
+
+/// `response.status` of a refusal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Status {
+    status: &'static str,
+    code: u16,
+    reason: &'static str,
+    message: String,
+}
+
+impl Answer {
+    fn new(response: Response) -> Answer {
+        Answer {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response,
         }
     }
-    review(response)
+
+    /// Whether the object is let through.
+    pub fn allowed(&self) -> bool {
+        self.response.allowed
+    }
+
+    /// The answer as JSON text, the body of the webhook's reply.
+    pub fn to_json(&self) -> String {
+        // Plain strings, numbers and booleans: writing cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            format!(
+                r#"{{"apiVersion":"{API_VERSION}","kind":"AdmissionReview","response":{{"uid":{},"allowed":false}}}}"#,
+                serde_json::Value::from(self.response.uid.as_str())
+            )
+        })
+    }
+}
+
+/// The answer: allowed, with a JSONPatch (applied by the API server) and
+/// warnings (printed by kubectl as `Warning: ...`).
+pub fn allow(uid: &str, patch: &Patch, warnings: &[String]) -> Answer {
+    let patch = patch
+        .text()
+        .map(|text| base64::engine::general_purpose::STANDARD.encode(text));
+    Answer::new(Response {
+        uid: uid.to_owned(),
+        allowed: true,
+        patch_type: patch.as_ref().map(|_| "JSONPatch"),
+        patch,
+        warnings: warnings.to_vec(),
+        status: None,
+    })
 }
 
 /// The answer: refused with `code` (403 for a denial, 503 when Warden could
 /// not decide) and `message`, which kubectl prints verbatim.
-pub fn deny(uid: &str, code: u16, message: &str) -> Value {
+pub fn deny(uid: &str, code: u16, message: &str) -> Answer {
     let reason = if code == 403 {
         "Forbidden"
     } else {
         "ServiceUnavailable"
     };
-    review(json!({
-        "uid": uid,
-        "allowed": false,
-        "status": {"status": "Failure", "code": code, "reason": reason, "message": message},
-    }))
-}
-
-fn review(response: Value) -> Value {
-    json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
+    Answer::new(Response {
+        uid: uid.to_owned(),
+        allowed: false,
+        patch_type: None,
+        patch: None,
+        warnings: Vec::new(),
+        status: Some(Status {
+            status: "Failure",
+            code,
+            reason,
+            message: message.to_owned(),
+        }),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn err(body: &str) -> String {
         parse_review(body.as_bytes()).unwrap_err().to_string()
@@ -360,11 +422,19 @@ mod tests {
 
     #[test]
     fn answers_echo_the_uid_and_carry_the_patch_in_base64() {
-        let a = allow(
+        let new = json!({"x": 1});
+        let answer = allow(
             "u-1",
-            &[json!({"op": "add", "path": "/x", "value": 1})],
-            &[],
+            &Patch::of(&super::super::patch::diff(&json!({}), &new)),
+            &["careful".to_owned()],
         );
+        assert!(answer.allowed());
+        let a: Value = serde_json::from_str(&answer.to_json()).unwrap();
+        assert_eq!(a["apiVersion"], API_VERSION);
+        assert_eq!(a["kind"], "AdmissionReview");
+        assert_eq!(a["response"]["allowed"], true);
+        assert_eq!(a["response"]["warnings"], json!(["careful"]));
+        assert!(a["response"].get("status").is_none());
         assert_eq!(a["response"]["uid"], "u-1");
         assert_eq!(a["response"]["patchType"], "JSONPatch");
         let text = base64::engine::general_purpose::STANDARD
@@ -374,7 +444,17 @@ mod tests {
             String::from_utf8(text).unwrap(),
             r#"[{"op":"add","path":"/x","value":1}]"#
         );
-        let d = deny("u-2", 403, "no");
+        let plain: Value =
+            serde_json::from_str(&allow("u-3", &Patch::none(), &[]).to_json()).unwrap();
+        assert_eq!(
+            plain,
+            json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": {"uid": "u-3", "allowed": true}})
+        );
+        let answer = deny("u-2", 403, "no");
+        assert!(!answer.allowed());
+        let d: Value = serde_json::from_str(&answer.to_json()).unwrap();
+        assert_eq!(d["response"]["uid"], "u-2");
+        assert_eq!(d["response"]["status"]["reason"], "Forbidden");
         assert_eq!(d["response"]["allowed"], false);
         assert_eq!(d["response"]["status"]["code"], 403);
         assert_eq!(d["response"]["status"]["message"], "no");

@@ -261,12 +261,11 @@ pub fn pod_ask(
     template: &Value,
     where_: &str,
 ) -> Result<PodAsk, DoorError> {
-    let spec = template.get("spec").cloned().unwrap_or(Value::Null);
-    let list = |key: &str| -> Vec<Value> {
+    let spec = template.get("spec").unwrap_or(&Value::Null);
+    let list = |key: &str| -> &[Value] {
         spec.get(key)
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
+            .map_or(&[], Vec::as_slice)
     };
     let mut gpus = 0u32;
     for (i, c) in list("containers").iter().enumerate() {
@@ -284,7 +283,7 @@ pub fn pod_ask(
         )?);
     }
     let selector = spec.get("nodeSelector").and_then(Value::as_object);
-    let required = required_terms(&spec);
+    let required = required_terms(spec);
     let mut values: Vec<String> = Vec::new();
     for label in &config.gpu_model_labels {
         if let Some(v) = selector.and_then(|s| s.get(label)).and_then(Value::as_str) {
@@ -466,7 +465,7 @@ pub fn workload_ask(
         spot: true,
         image: None,
         labels: BTreeMap::new(),
-        templates: templates.clone(),
+        templates: Vec::new(),
     };
     for t in &templates {
         let Some(template) = at(object, &t.path) else {
@@ -479,7 +478,7 @@ pub fn workload_ask(
         };
         let pod = pod_ask(config, template, &where_)?;
         if ask.labels.is_empty() {
-            ask.labels = pod.labels.clone();
+            ask.labels = pod.labels;
         }
         if pod.gpus == 0 {
             continue;
@@ -497,6 +496,7 @@ pub fn workload_ask(
     if ask.gpu_pods == 0 {
         ask.spot = false;
     }
+    ask.templates = templates;
     if let Some(Value::Object(labels)) = object.get("metadata").and_then(|m| m.get("labels")) {
         for (k, v) in labels {
             if let Some(v) = v.as_str() {
