@@ -31,6 +31,8 @@ RESULTS="$REPO_ROOT/bench/results/k8s"
 PORT=18093
 HOST=127.0.0.1
 
+# shellcheck source=bench/k8s_common.sh
+source "$REPO_ROOT/bench/k8s_common.sh"
 log() { printf 'bench/k8s: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -50,31 +52,13 @@ WORK="$(mktemp -d)"
 STORAGE="${BENCH_STORAGE:-sqlite://$WORK/warden.db}"
 PID=""
 cleanup() {
-  if [[ -n "$PID" ]]; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$PID" 2>/dev/null || true
-  fi
+  k8s_stop "$PID" 5
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Quotas and a hard budget that hold every admission of the run (each is
-# checked and counted in the decision's transaction), a rule, team labels
-# and a deadline cap (the JSONPatch).
-cat >"$WORK/warden.yaml" <<YAML
-storage: $STORAGE
-teams:
-  ml:
-    kubernetes:
-      labels: {cost-centre: cc-1234}
-      max_active_deadline_seconds: 86400
-    quotas: {max_gpus: 100000000, max_live: 100000000, max_live_hourly_usd: 1000000000}
-    budgets: {monthly_usd: 1000000000000, mode: hard}
-rules:
-  - {name: tag, match: {doors: [k8s]}, add_labels: {owner: "\${user}"}}
-YAML
+k8s_config "$STORAGE" >"$WORK/warden.yaml"
 "$WARDEN" serve --config "$WORK/warden.yaml" --listen "$HOST:$PORT" \
   2>"$RESULTS/warden.log" &
 PID="$!"

@@ -31,6 +31,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 PORT=18094
 HOST=127.0.0.1
 
+# shellcheck source=bench/k8s_common.sh
+source "$REPO_ROOT/bench/k8s_common.sh"
 log() { printf 'bench/k8s_cpu: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -50,28 +52,14 @@ WARDEN="$TARGET_DIR/release/warden"
 WORK="$(mktemp -d)"
 PID=""
 cleanup() {
-  if [[ -n "$PID" ]]; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$PID" 2>/dev/null || true
-  fi
+  # Under valgrind a clean exit takes longer.
+  k8s_stop "$PID" 20
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$WORK/warden.yaml" <<YAML
-storage: sqlite://$WORK/warden.db
-teams:
-  ml:
-    kubernetes:
-      labels: {cost-centre: cc-1234}
-      max_active_deadline_seconds: 86400
-    quotas: {max_gpus: 100000000, max_live: 100000000, max_live_hourly_usd: 1000000000}
-    budgets: {monthly_usd: 1000000000000, mode: hard}
-rules:
-  - {name: tag, match: {doors: [k8s]}, add_labels: {owner: "\${user}"}}
-YAML
+k8s_config "sqlite://$WORK/warden.db" >"$WORK/warden.yaml"
 
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.%p" \
   "$WARDEN" serve --config "$WORK/warden.yaml" --listen "$HOST:$PORT" 2>"$WORK/server.log" &
