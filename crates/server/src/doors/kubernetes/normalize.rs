@@ -223,9 +223,7 @@ pub async fn judge(
                 allocation: &name,
                 kind: &review.kind,
             };
-            let mut changed = value.clone();
-            patch::apply(config, &[], &fixed, &ask.templates, &mut changed);
-            let patch = Patch::of(&patch::diff(value, &changed));
+            let (patch, _) = patch::patch_for(config, &[], &fixed, &ask.templates, value);
             return Ok(wire::allow(&review.uid, &patch, &[]));
         }
         if !asks_gpus {
@@ -278,11 +276,10 @@ pub async fn judge(
         kind: &review.kind,
     };
     let apply = |d: &warden_core::Decision| {
-        let mut changed = value.clone();
-        let not_applicable =
-            patch::apply(config, &d.mutations, &fixed, &ask.templates, &mut changed);
+        let (patch, not_applicable) =
+            patch::patch_for(config, &d.mutations, &fixed, &ask.templates, value);
         Ok(Applied {
-            value: Patch::of(&patch::diff(value, &changed)),
+            value: patch,
             not_applicable,
         })
     };

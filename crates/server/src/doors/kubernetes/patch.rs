@@ -192,6 +192,20 @@ pub fn apply(
     skipped
 }
 
+/// The JSONPatch that [`apply`] makes of `object` (a copy is changed, then
+/// compared), and the mutations that have no meaning here.
+pub fn patch_for(
+    config: &KubernetesConfig,
+    mutations: &[AppliedMutation],
+    fixed: &Fixed<'_>,
+    templates: &[Template],
+    object: &Value,
+) -> (Patch, Vec<String>) {
+    let mut changed = object.clone();
+    let not_applicable = apply(config, mutations, fixed, templates, &mut changed);
+    (Patch::of(&diff(object, &changed)), not_applicable)
+}
+
 /// One JSONPatch operation, borrowing its value from the object it was
 /// computed against; it writes as `{"op", "path"[, "value"]}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
