@@ -78,25 +78,67 @@ impl Usd {
     /// when `decimals` is at least [`Usd::decimals`]; fewer decimals
     /// truncate toward zero.
     pub fn with_decimals(self, decimals: usize) -> String {
+        let mut text = String::with_capacity(16);
+        // Writing to a `String` cannot fail.
+        let _ = self.write_decimals(&mut text, decimals);
+        text
+    }
+
+    /// Writes [`Usd::with_decimals`]'s text to `out`, without building it
+    /// first.
+    fn write_decimals(self, out: &mut impl fmt::Write, decimals: usize) -> fmt::Result {
         let decimals = decimals.clamp(2, 6);
         let sign = if self.0 < 0 { "-" } else { "" };
         let abs = self.0.unsigned_abs();
         let whole = abs / MICROS as u64;
-        let frac = format!("{:06}", abs % MICROS as u64);
-        format!("{sign}${whole}.{}", &frac[..decimals])
+        // The first `decimals` of the six decimal digits, truncated.
+        let dropped = 6u32.saturating_sub(u32::try_from(decimals).unwrap_or(6));
+        let frac = (abs % MICROS as u64) / 10u64.pow(dropped);
+        write!(out, "{sign}${whole}.{frac:0decimals$}")
     }
 }
 
 impl fmt::Display for Usd {
     /// `$12.50`, with more decimals only when the amount needs them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.with_decimals(self.decimals()))
+        self.write_decimals(f, self.decimals())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Written digit by digit, the text is the six decimals cut to
+    /// `decimals`, as it was when it was sliced out of `{:06}`.
+    #[test]
+    fn decimals_are_the_six_digits_truncated() {
+        let amounts = [
+            0,
+            1,
+            10,
+            999_999,
+            1_000_000,
+            1_234_567,
+            -1,
+            -500_000,
+            -1_234_567,
+            i64::MAX,
+            i64::MIN,
+        ];
+        for micros in amounts {
+            let sign = if micros < 0 { "-" } else { "" };
+            let abs = micros.unsigned_abs();
+            let six = format!("{:06}", abs % 1_000_000);
+            for decimals in 0..9 {
+                let kept = decimals.clamp(2, 6);
+                let expected = format!("{sign}${}.{}", abs / 1_000_000, &six[..kept]);
+                assert_eq!(Usd::from_micros(micros).with_decimals(decimals), expected);
+            }
+            let usd = Usd::from_micros(micros);
+            assert_eq!(usd.to_string(), usd.with_decimals(usd.decimals()));
+        }
+    }
 
     #[test]
     fn parses_and_displays_dollars() {

@@ -415,8 +415,9 @@ impl<'k> Adds<'k> {
     }
 }
 
-/// One JSONPatch operation, borrowing its value from the object it was
-/// computed against; it writes as `{"op", "path"[, "value"]}`.
+/// One JSONPatch operation, its value borrowed from the object it was
+/// computed against ([`diff`]) or its own ([`patch_for`] worked out in
+/// place); it writes as `{"op", "path"[, "value"]}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PatchOp<'a> {
     op: &'static str,
