@@ -607,6 +607,12 @@ mod tests {
                 ],
                 json!({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": {}}}, "Worker": {"template": {"metadata": {}, "spec": {"nodeSelector": {"z": "1"}}}}}}}),
             ),
+            // No template: only the object's own marks and cap.
+            (
+                "Job",
+                vec![],
+                json!({"metadata": {"labels": {"a": "1"}}, "spec": {"template": {"spec": {}}}}),
+            ),
             // The same template twice.
             (
                 "Job",
