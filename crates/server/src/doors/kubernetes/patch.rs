@@ -290,19 +290,19 @@ fn in_place(
         for path in &paths {
             let mut base = path.clone();
             base.push("spec");
-            if let Some(Value::Object(_)) = pointer_in_objects(object, &base)? {
-                adds.set(object, &base, &["nodeSelector", k], json!(v));
+            if let Some(spec @ Value::Object(_)) = pointer_in_objects(object, &base)? {
+                adds.set(spec, &base, &["nodeSelector", k], json!(v));
             }
         }
     }
     if let Some(cap) = fixed.max_deadline {
         let base = deadline_spec(fixed.kind);
-        if let (false, Some(Value::Object(spec))) =
+        if let (false, Some(spec @ Value::Object(_))) =
             (base.is_empty(), pointer_in_objects(object, base)?)
         {
             let current = spec.get("activeDeadlineSeconds").and_then(Value::as_u64);
             if current.is_none_or(|c| c > cap) {
-                adds.set(object, base, &["activeDeadlineSeconds"], json!(cap));
+                adds.set(spec, base, &["activeDeadlineSeconds"], json!(cap));
             }
         }
     }
@@ -340,14 +340,14 @@ impl<'k> Adds<'k> {
         labels: &'k BTreeMap<String, String>,
         allocation: &Value,
     ) -> Option<()> {
-        let Some(Value::Object(_)) = pointer_in_objects(object, base)? else {
+        let Some(node @ Value::Object(_)) = pointer_in_objects(object, base)? else {
             return Some(());
         };
         for (k, v) in labels {
-            self.set(object, base, &["metadata", "labels", k], json!(v));
+            self.set(node, base, &["metadata", "labels", k], json!(v));
         }
         self.set(
-            object,
+            node,
             base,
             &["metadata", "annotations", ALLOCATION_ANNOTATION],
             allocation.clone(),
@@ -355,15 +355,15 @@ impl<'k> Adds<'k> {
         Some(())
     }
 
-    /// Records what setting `rel` (the last token the member) under the
-    /// object at `base` of `object` comes to, as [`apply`] sets it:
-    /// creating the objects on the way where they are missing or not
-    /// objects.
-    fn set(&mut self, object: &Value, base: &[&'k str], rel: &[&'k str], value: Value) {
+    /// Records what setting `rel` (the last token the member) under `node`,
+    /// the object at `base` (found by the caller), comes to, as [`apply`]
+    /// sets it: creating the objects on the way where they are missing or
+    /// not objects.
+    fn set(&mut self, node: &Value, base: &[&'k str], rel: &[&'k str], value: Value) {
         let Some((member, parents)) = rel.split_last() else {
             return;
         };
-        let mut at = pointer_in_objects(object, base).flatten();
+        let mut at = Some(node);
         let mut path: Vec<&str> = Vec::with_capacity(base.len() + rel.len());
         path.extend_from_slice(base);
         for (i, key) in parents.iter().enumerate() {
