@@ -7,8 +7,13 @@
 //! `apiVersion` or `kind`, has no `request` or `uid`, or whose `object` is
 //! not an object is refused with a 400 naming the field.
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
 use base64::Engine as _;
-use serde::Serialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::patch::Patch;
@@ -81,21 +86,6 @@ impl Review {
     }
 }
 
-fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    m.get(key).filter(|v| !v.is_null())
-}
-
-fn string(m: &Map<String, Value>, at: &str, key: &str) -> Result<String, DoorError> {
-    match field(m, key) {
-        None => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(DoorError::bad(format!(
-            "`{at}{key}` must be a string, not {}",
-            kind_of(other)
-        ))),
-    }
-}
-
 /// A JSON value's kind, for messages.
 pub fn kind_of(v: &Value) -> &'static str {
     match v {
@@ -108,14 +98,201 @@ pub fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// Takes `m[key]`, which must be an object or absent.
-fn take_object(m: &mut Map<String, Value>, key: &str) -> Result<Option<Value>, DoorError> {
-    match m.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(o @ Value::Object(_)) => Ok(Some(o)),
-        Some(other) => Err(DoorError::bad(format!(
-            "`request.{key}` must be a Kubernetes object (a JSON object), not {}",
-            kind_of(&other)
+/// A member of the review as it stands: of the kind Warden expects (`Is`),
+/// or the kind it is instead (`Not`, for the message). Reading the review
+/// into these, rather than into a [`Value`] tree, builds no map for the
+/// envelope and copies no string without escapes; only the objects are
+/// read into trees, which the door walks and patches.
+enum Member<T> {
+    Is(T),
+    Not(&'static str),
+}
+
+/// What a [`Member`] accepts; every other kind is skipped over and named.
+trait Accept<'de>: Sized {
+    fn string(_: Cow<'de, str>) -> Option<Self> {
+        None
+    }
+    fn boolean(_: bool) -> Option<Self> {
+        None
+    }
+    fn list<A: SeqAccess<'de>>(mut seq: A) -> Result<Member<Self>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Member::Not("a list"))
+    }
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Member<Self>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Member::Not("an object"))
+    }
+}
+
+impl<'de: 'a, 'a> Accept<'de> for Cow<'a, str> {
+    fn string(s: Cow<'de, str>) -> Option<Self> {
+        Some(s)
+    }
+}
+
+impl<'de> Accept<'de> for bool {
+    fn boolean(b: bool) -> Option<Self> {
+        Some(b)
+    }
+}
+
+impl<'de: 'a, 'a> Accept<'de> for Vec<Member<Cow<'a, str>>> {
+    fn list<A: SeqAccess<'de>>(mut seq: A) -> Result<Member<Self>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Member::Is(items))
+    }
+}
+
+impl<'de> Accept<'de> for Map<String, Value> {
+    fn object<A: MapAccess<'de>>(map: A) -> Result<Member<Self>, A::Error> {
+        Map::deserialize(MapAccessDeserializer::new(map)).map(Member::Is)
+    }
+}
+
+/// The envelope's objects read as structs.
+macro_rules! accept_struct {
+    ($($t:ident),*) => {$(
+        impl<'de: 'a, 'a> Accept<'de> for $t<'a> {
+            fn object<A: MapAccess<'de>>(map: A) -> Result<Member<Self>, A::Error> {
+                $t::deserialize(MapAccessDeserializer::new(map)).map(Member::Is)
+            }
+        }
+    )*};
+}
+accept_struct!(Envelope, Request, KindRef, ResourceRef, UserInfo);
+
+struct MemberVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Accept<'de>> Visitor<'de> for MemberVisitor<T> {
+    type Value = Member<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Member<T>, E> {
+        Ok(T::boolean(b).map_or(Member::Not("a boolean"), Member::Is))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Member<T>, E> {
+        Ok(Member::Not("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Member<T>, E> {
+        Ok(Member::Not("a number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Member<T>, E> {
+        Ok(Member::Not("a number"))
+    }
+    fn visit_unit<E>(self) -> Result<Member<T>, E> {
+        Ok(Member::Not("null"))
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Member<T>, E> {
+        Ok(T::string(Cow::Borrowed(s)).map_or(Member::Not("a string"), Member::Is))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Member<T>, E> {
+        // A string with escapes: copied, and only when it is wanted.
+        Ok(T::string(Cow::Owned(s.to_owned())).map_or(Member::Not("a string"), Member::Is))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Member<T>, A::Error> {
+        T::list(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Member<T>, A::Error> {
+        T::object(map)
+    }
+}
+
+impl<'de, T: Accept<'de>> Deserialize<'de> for Member<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MemberVisitor(PhantomData))
+    }
+}
+
+/// A member that is a string or absent; `null` counts as absent (serde
+/// reads `null` into `None`).
+type Text<'a> = Option<Member<Cow<'a, str>>>;
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "apiVersion", borrow)]
+    api_version: Text<'a>,
+    #[serde(borrow)]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    request: Option<Member<Request<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    #[serde(borrow)]
+    uid: Text<'a>,
+    #[serde(borrow)]
+    kind: Option<Member<KindRef<'a>>>,
+    #[serde(borrow)]
+    resource: Option<Member<ResourceRef<'a>>>,
+    #[serde(borrow)]
+    sub_resource: Text<'a>,
+    #[serde(borrow)]
+    namespace: Text<'a>,
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    operation: Text<'a>,
+    #[serde(borrow)]
+    user_info: Option<Member<UserInfo<'a>>>,
+    object: Option<Member<Map<String, Value>>>,
+    old_object: Option<Member<Map<String, Value>>>,
+    dry_run: Option<Member<bool>>,
+}
+
+#[derive(Deserialize)]
+struct KindRef<'a> {
+    #[serde(borrow)]
+    group: Text<'a>,
+    #[serde(borrow)]
+    version: Text<'a>,
+    #[serde(borrow)]
+    kind: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct ResourceRef<'a> {
+    #[serde(borrow)]
+    resource: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct UserInfo<'a> {
+    #[serde(borrow)]
+    username: Text<'a>,
+    #[serde(borrow)]
+    groups: Option<Member<Vec<Member<Cow<'a, str>>>>>,
+}
+
+/// The string `at` names, empty when absent.
+fn string(member: Text<'_>, at: &str) -> Result<String, DoorError> {
+    match member {
+        None => Ok(String::new()),
+        Some(Member::Is(s)) => Ok(s.into_owned()),
+        Some(Member::Not(kind)) => Err(DoorError::bad(format!(
+            "`{at}` must be a string, not {kind}"
+        ))),
+    }
+}
+
+/// The Kubernetes object `at` names, if any.
+fn object_of(
+    member: Option<Member<Map<String, Value>>>,
+    at: &str,
+) -> Result<Option<Value>, DoorError> {
+    match member {
+        None => Ok(None),
+        Some(Member::Is(o)) => Ok(Some(Value::Object(o))),
+        Some(Member::Not(kind)) => Err(DoorError::bad(format!(
+            "`{at}` must be a Kubernetes object (a JSON object), not {kind}"
         ))),
     }
 }
@@ -132,40 +309,54 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             "the AdmissionReview nests deeper than {JSON_MAX_DEPTH} levels; Kubernetes objects are far shallower"
         )));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| DoorError::bad(format!("the request body is not JSON: {e}")))?;
-    let Value::Object(mut top) = value else {
-        return Err(DoorError::bad(format!(
-            "the request body must be an AdmissionReview object, not {}",
-            kind_of(&value)
-        )));
+    // Checked once here, so that reading does not check each string again
+    // (and members Warden skips are UTF-8 too).
+    let text = std::str::from_utf8(body).map_err(|e| {
+        DoorError::bad(format!(
+            "the request body is not JSON: it is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let top = serde_json::from_str::<Member<Envelope>>(text).map_err(|e| match e.classify() {
+        // Valid JSON read as a review: a member given twice.
+        serde_json::error::Category::Data => {
+            DoorError::bad(format!("the AdmissionReview is malformed: {e}"))
+        }
+        _ => DoorError::bad(format!("the request body is not JSON: {e}")),
+    })?;
+    let top = match top {
+        Member::Is(top) => top,
+        Member::Not(kind) => {
+            return Err(DoorError::bad(format!(
+                "the request body must be an AdmissionReview object, not {kind}"
+            )))
+        }
     };
-    let api_version = string(&top, "", "apiVersion")?;
+    let api_version = string(top.api_version, "apiVersion")?;
     if api_version != API_VERSION {
         return Err(DoorError::bad(format!(
             "`apiVersion` is `{api_version}`; Warden speaks `{API_VERSION}`: set `admissionReviewVersions: [v1]` in the webhook configuration"
         )));
     }
-    let kind = string(&top, "", "kind")?;
+    let kind = string(top.kind, "kind")?;
     if kind != "AdmissionReview" {
         return Err(DoorError::bad(format!(
             "`kind` is `{kind}`; expected `AdmissionReview`"
         )));
     }
-    let mut request =
-        match top.remove("request") {
-            Some(Value::Object(r)) => r,
-            None | Some(Value::Null) => return Err(DoorError::bad(
+    let request =
+        match top.request {
+            Some(Member::Is(r)) => r,
+            None => return Err(DoorError::bad(
                 "the AdmissionReview has no `request`; the API server sends one with every review",
             )),
-            Some(other) => {
+            Some(Member::Not(kind)) => {
                 return Err(DoorError::bad(format!(
-                    "`request` must be an object, not {}",
-                    kind_of(&other)
+                    "`request` must be an object, not {kind}"
                 )))
             }
         };
-    let uid = string(&request, "request.", "uid")?;
+    let uid = string(request.uid, "request.uid")?;
     if uid.is_empty() {
         return Err(DoorError::bad(
             "`request.uid` is missing or empty; the answer must echo it",
@@ -176,21 +367,20 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             "`request.uid` is not a Kubernetes uid (at most {MAX_UID_LEN} printable characters)"
         )));
     }
-    let (group, version, kind) = match request.get("kind") {
-        Some(Value::Object(k)) => (
-            string(k, "request.kind.", "group")?,
-            string(k, "request.kind.", "version")?,
-            string(k, "request.kind.", "kind")?,
+    let (group, version, kind) = match request.kind {
+        Some(Member::Is(k)) => (
+            string(k.group, "request.kind.group")?,
+            string(k.version, "request.kind.version")?,
+            string(k.kind, "request.kind.kind")?,
         ),
-        None | Some(Value::Null) => {
+        None => {
             return Err(DoorError::bad(
                 "`request.kind` is missing; expected `{group, version, kind}` of the object",
             ))
         }
-        Some(other) => {
+        Some(Member::Not(kind)) => {
             return Err(DoorError::bad(format!(
-                "`request.kind` must be an object `{{group, version, kind}}`, not {}",
-                kind_of(other)
+                "`request.kind` must be an object `{{group, version, kind}}`, not {kind}"
             )))
         }
     };
@@ -199,7 +389,7 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             "`request.kind` must name the object's `version` and `kind`",
         ));
     }
-    let operation = match string(&request, "request.", "operation")?.as_str() {
+    let operation = match string(request.operation, "request.operation")?.as_str() {
         "CREATE" => Operation::Create,
         "UPDATE" => Operation::Update,
         "DELETE" => Operation::Delete,
@@ -210,49 +400,46 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
             )))
         }
     };
-    let (username, groups) = match request.get("userInfo") {
-        Some(Value::Object(u)) => {
-            let name = string(u, "request.userInfo.", "username")?;
-            let groups = match field(u, "groups") {
+    let (username, groups) = match request.user_info {
+        Some(Member::Is(u)) => {
+            let name = string(u.username, "request.userInfo.username")?;
+            let groups = match u.groups {
                 None => Vec::new(),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .map(|g| {
-                        g.as_str().map(str::to_owned).ok_or_else(|| {
-                            DoorError::bad("`request.userInfo.groups` must be a list of strings")
-                        })
+                Some(Member::Is(list)) => list
+                    .into_iter()
+                    .map(|g| match g {
+                        Member::Is(g) => Ok(g.into_owned()),
+                        Member::Not(_) => Err(DoorError::bad(
+                            "`request.userInfo.groups` must be a list of strings",
+                        )),
                     })
                     .collect::<Result<_, _>>()?,
-                Some(other) => {
+                Some(Member::Not(kind)) => {
                     return Err(DoorError::bad(format!(
-                        "`request.userInfo.groups` must be a list, not {}",
-                        kind_of(other)
+                        "`request.userInfo.groups` must be a list, not {kind}"
                     )))
                 }
             };
             ((!name.is_empty()).then_some(name), groups)
         }
-        None | Some(Value::Null) => (None, Vec::new()),
-        Some(other) => {
+        None => (None, Vec::new()),
+        Some(Member::Not(kind)) => {
             return Err(DoorError::bad(format!(
-                "`request.userInfo` must be an object, not {}",
-                kind_of(other)
+                "`request.userInfo` must be an object, not {kind}"
             )))
         }
     };
-    let dry_run = match field(&request, "dryRun") {
+    let dry_run = match request.dry_run {
         None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
+        Some(Member::Is(b)) => b,
+        Some(Member::Not(kind)) => {
             return Err(DoorError::bad(format!(
-                "`request.dryRun` must be true or false, not {}",
-                kind_of(other)
+                "`request.dryRun` must be true or false, not {kind}"
             )))
         }
     };
-    // Moved out, not copied: the objects are most of the review.
-    let object = take_object(&mut request, "object")?;
-    let old_object = take_object(&mut request, "oldObject")?;
+    let object = object_of(request.object, "request.object")?;
+    let old_object = object_of(request.old_object, "request.oldObject")?;
     match operation {
         Operation::Create | Operation::Update if object.is_none() => {
             return Err(DoorError::bad(
@@ -261,11 +448,12 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
         }
         _ => {}
     }
-    let resource = match request.get("resource") {
-        Some(Value::Object(r)) => string(r, "request.resource.", "resource")?,
+    let resource = match request.resource {
+        Some(Member::Is(r)) => string(r.resource, "request.resource.resource")?,
         _ => String::new(),
     };
-    let sub_resource = Some(string(&request, "request.", "subResource")?).filter(|s| !s.is_empty());
+    let sub_resource =
+        Some(string(request.sub_resource, "request.subResource")?).filter(|s| !s.is_empty());
     Ok(Review {
         uid,
         group,
@@ -273,8 +461,8 @@ pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
         kind,
         resource,
         sub_resource,
-        namespace: string(&request, "request.", "namespace")?,
-        name: string(&request, "request.", "name")?,
+        namespace: string(request.namespace, "request.namespace")?,
+        name: string(request.name, "request.name")?,
         operation,
         username,
         groups,
@@ -458,5 +646,346 @@ mod tests {
         assert_eq!(d["response"]["allowed"], false);
         assert_eq!(d["response"]["status"]["code"], 403);
         assert_eq!(d["response"]["status"]["message"], "no");
+    }
+
+    /// The reader this module had before it read the envelope into
+    /// [`Member`]s: every member into one [`Value`] tree, then picked out.
+    /// The new reader must give the same review or the same message.
+    mod value_tree {
+        use super::super::{kind_of, Operation, Review, API_VERSION, JSON_MAX_DEPTH, MAX_UID_LEN};
+        use crate::error::DoorError;
+        use serde_json::{Map, Value};
+
+        fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+            m.get(key).filter(|v| !v.is_null())
+        }
+
+        fn string(m: &Map<String, Value>, at: &str, key: &str) -> Result<String, DoorError> {
+            match field(m, key) {
+                None => Ok(String::new()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(DoorError::bad(format!(
+                    "`{at}{key}` must be a string, not {}",
+                    kind_of(other)
+                ))),
+            }
+        }
+
+        /// Takes `m[key]`, which must be an object or absent.
+        fn take_object(m: &mut Map<String, Value>, key: &str) -> Result<Option<Value>, DoorError> {
+            match m.remove(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(o @ Value::Object(_)) => Ok(Some(o)),
+                Some(other) => Err(DoorError::bad(format!(
+                    "`request.{key}` must be a Kubernetes object (a JSON object), not {}",
+                    kind_of(&other)
+                ))),
+            }
+        }
+
+        pub fn parse_review(body: &[u8]) -> Result<Review, DoorError> {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Err(DoorError::bad(
+                "the request body is empty; expected an AdmissionReview (admission.k8s.io/v1) from the Kubernetes API server",
+            ));
+            }
+            if !crate::doors::skypilot::json_depth_within(body, JSON_MAX_DEPTH) {
+                return Err(DoorError::bad(format!(
+                "the AdmissionReview nests deeper than {JSON_MAX_DEPTH} levels; Kubernetes objects are far shallower"
+            )));
+            }
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| DoorError::bad(format!("the request body is not JSON: {e}")))?;
+            let Value::Object(mut top) = value else {
+                return Err(DoorError::bad(format!(
+                    "the request body must be an AdmissionReview object, not {}",
+                    kind_of(&value)
+                )));
+            };
+            let api_version = string(&top, "", "apiVersion")?;
+            if api_version != API_VERSION {
+                return Err(DoorError::bad(format!(
+                "`apiVersion` is `{api_version}`; Warden speaks `{API_VERSION}`: set `admissionReviewVersions: [v1]` in the webhook configuration"
+            )));
+            }
+            let kind = string(&top, "", "kind")?;
+            if kind != "AdmissionReview" {
+                return Err(DoorError::bad(format!(
+                    "`kind` is `{kind}`; expected `AdmissionReview`"
+                )));
+            }
+            let mut request =
+            match top.remove("request") {
+                Some(Value::Object(r)) => r,
+                None | Some(Value::Null) => return Err(DoorError::bad(
+                    "the AdmissionReview has no `request`; the API server sends one with every review",
+                )),
+                Some(other) => {
+                    return Err(DoorError::bad(format!(
+                        "`request` must be an object, not {}",
+                        kind_of(&other)
+                    )))
+                }
+            };
+            let uid = string(&request, "request.", "uid")?;
+            if uid.is_empty() {
+                return Err(DoorError::bad(
+                    "`request.uid` is missing or empty; the answer must echo it",
+                ));
+            }
+            if uid.len() > MAX_UID_LEN || uid.chars().any(char::is_control) {
+                return Err(DoorError::bad(format!(
+                "`request.uid` is not a Kubernetes uid (at most {MAX_UID_LEN} printable characters)"
+            )));
+            }
+            let (group, version, kind) = match request.get("kind") {
+                Some(Value::Object(k)) => (
+                    string(k, "request.kind.", "group")?,
+                    string(k, "request.kind.", "version")?,
+                    string(k, "request.kind.", "kind")?,
+                ),
+                None | Some(Value::Null) => return Err(DoorError::bad(
+                    "`request.kind` is missing; expected `{group, version, kind}` of the object",
+                )),
+                Some(other) => {
+                    return Err(DoorError::bad(format!(
+                        "`request.kind` must be an object `{{group, version, kind}}`, not {}",
+                        kind_of(other)
+                    )))
+                }
+            };
+            if kind.is_empty() || version.is_empty() {
+                return Err(DoorError::bad(
+                    "`request.kind` must name the object's `version` and `kind`",
+                ));
+            }
+            let operation = match string(&request, "request.", "operation")?.as_str() {
+                "CREATE" => Operation::Create,
+                "UPDATE" => Operation::Update,
+                "DELETE" => Operation::Delete,
+                "CONNECT" => Operation::Connect,
+                other => {
+                    return Err(DoorError::bad(format!(
+                    "`request.operation` is `{other}`; expected CREATE, UPDATE, DELETE or CONNECT"
+                )))
+                }
+            };
+            let (username, groups) = match request.get("userInfo") {
+                Some(Value::Object(u)) => {
+                    let name = string(u, "request.userInfo.", "username")?;
+                    let groups = match field(u, "groups") {
+                        None => Vec::new(),
+                        Some(Value::Array(list)) => list
+                            .iter()
+                            .map(|g| {
+                                g.as_str().map(str::to_owned).ok_or_else(|| {
+                                    DoorError::bad(
+                                        "`request.userInfo.groups` must be a list of strings",
+                                    )
+                                })
+                            })
+                            .collect::<Result<_, _>>()?,
+                        Some(other) => {
+                            return Err(DoorError::bad(format!(
+                                "`request.userInfo.groups` must be a list, not {}",
+                                kind_of(other)
+                            )))
+                        }
+                    };
+                    ((!name.is_empty()).then_some(name), groups)
+                }
+                None | Some(Value::Null) => (None, Vec::new()),
+                Some(other) => {
+                    return Err(DoorError::bad(format!(
+                        "`request.userInfo` must be an object, not {}",
+                        kind_of(other)
+                    )))
+                }
+            };
+            let dry_run = match field(&request, "dryRun") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(DoorError::bad(format!(
+                        "`request.dryRun` must be true or false, not {}",
+                        kind_of(other)
+                    )))
+                }
+            };
+            // Moved out, not copied: the objects are most of the review.
+            let object = take_object(&mut request, "object")?;
+            let old_object = take_object(&mut request, "oldObject")?;
+            match operation {
+                Operation::Create | Operation::Update if object.is_none() => {
+                    return Err(DoorError::bad(
+                        "`request.object` is missing; a CREATE or UPDATE review carries the object",
+                    ))
+                }
+                _ => {}
+            }
+            let resource = match request.get("resource") {
+                Some(Value::Object(r)) => string(r, "request.resource.", "resource")?,
+                _ => String::new(),
+            };
+            let sub_resource =
+                Some(string(&request, "request.", "subResource")?).filter(|s| !s.is_empty());
+            Ok(Review {
+                uid,
+                group,
+                version,
+                kind,
+                resource,
+                sub_resource,
+                namespace: string(&request, "request.", "namespace")?,
+                name: string(&request, "request.", "name")?,
+                operation,
+                username,
+                groups,
+                object,
+                old_object,
+                dry_run,
+            })
+        }
+    }
+
+    /// Every member of a review, each replaced by each kind of JSON value
+    /// (and removed): the same review or the same message as reading the
+    /// whole review into a tree.
+    #[test]
+    fn members_of_every_kind_read_as_the_value_tree_reader_read_them() {
+        let base = json!({
+            "apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "batch", "version": "v1", "kind": "Job"},
+                "resource": {"group": "batch", "version": "v1", "resource": "jobs"},
+                "subResource": "", "namespace": "ml", "name": "j", "operation": "CREATE",
+                "userInfo": {"username": "alice", "groups": ["g1", "system:authenticated"], "uid": "x"},
+                "object": {"kind": "Job", "metadata": {"name": "j\u{e9}"}},
+                "oldObject": null, "dryRun": false, "options": {"kind": "CreateOptions"},
+                "requestKind": {"group": "batch", "version": "v1", "kind": "Job"}
+            }
+        });
+        let paths: &[&[&str]] = &[
+            &[],
+            &["apiVersion"],
+            &["kind"],
+            &["request"],
+            &["request", "uid"],
+            &["request", "kind"],
+            &["request", "kind", "group"],
+            &["request", "kind", "version"],
+            &["request", "kind", "kind"],
+            &["request", "resource"],
+            &["request", "resource", "resource"],
+            &["request", "subResource"],
+            &["request", "namespace"],
+            &["request", "name"],
+            &["request", "operation"],
+            &["request", "userInfo"],
+            &["request", "userInfo", "username"],
+            &["request", "userInfo", "groups"],
+            &["request", "object"],
+            &["request", "oldObject"],
+            &["request", "dryRun"],
+            &["request", "options"],
+        ];
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(3),
+            json!(-2),
+            json!(2.5),
+            json!(""),
+            json!("x"),
+            json!("q\"uo\\te\u{1}"),
+            json!("CREATE"),
+            json!("DELETE"),
+            json!("UPDATE"),
+            json!("CONNECT"),
+            json!(API_VERSION),
+            json!("AdmissionReview"),
+            json!([]),
+            json!(["a"]),
+            json!(["a", 1]),
+            json!([null]),
+            json!({}),
+            json!({"group": "", "version": "v1", "kind": "Pod", "resource": "pods"}),
+            json!({"version": 1}),
+            json!({"username": ["x"]}),
+            json!({"groups": "g"}),
+            json!({"groups": [1]}),
+            json!({"a": {"b": [1, {"c": null}]}}),
+        ];
+        let mut cases = 0;
+        for path in paths {
+            for value in values.iter().map(Some).chain([None]) {
+                let mut review = base.clone();
+                match path.split_last() {
+                    None => review = value.cloned().unwrap_or(Value::Null),
+                    Some((last, parents)) => {
+                        let mut at = &mut review;
+                        for p in parents {
+                            at = &mut at[*p];
+                        }
+                        let map = at.as_object_mut().unwrap();
+                        match value {
+                            Some(v) => map.insert((*last).to_owned(), v.clone()),
+                            None => map.remove(*last),
+                        };
+                    }
+                }
+                let body = serde_json::to_vec(&review).unwrap();
+                let show = |r: Result<Review, DoorError>| match r {
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => format!("error: {e}"),
+                };
+                assert_eq!(
+                    show(parse_review(&body)),
+                    show(value_tree::parse_review(&body)),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                cases += 1;
+            }
+        }
+        // Texts that are not a review, or not JSON.
+        for body in [
+            "", " ", "{", "[]", "3", "\"x\"", "null", "{\"a\":}", "{} {}", "[{]",
+        ] {
+            let (new, old) = (
+                parse_review(body.as_bytes()),
+                value_tree::parse_review(body.as_bytes()),
+            );
+            assert_eq!(
+                new.unwrap_err().to_string(),
+                old.unwrap_err().to_string(),
+                "{body}"
+            );
+            cases += 1;
+        }
+        assert_eq!(cases, paths.len() * (values.len() + 1) + 10);
+    }
+
+    #[test]
+    fn a_member_given_twice_or_bytes_that_are_not_utf8_are_refused() {
+        let twice = format!(
+            r#"{{"apiVersion":"{API_VERSION}","kind":"AdmissionReview","request":{{"uid":"a","uid":"b"}}}}"#
+        );
+        assert!(
+            err(&twice).contains("malformed: duplicate field `uid`"),
+            "{}",
+            err(&twice)
+        );
+        let mut bytes =
+            format!(r#"{{"apiVersion":"{API_VERSION}","kind":"AdmissionReview","x":"ab"}}"#)
+                .into_bytes();
+        let at = bytes.len() - 3;
+        bytes[at] = 0xff;
+        let message = parse_review(&bytes).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("not UTF-8 (invalid byte at offset {at})")),
+            "{message}"
+        );
     }
 }
