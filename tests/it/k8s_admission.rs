@@ -1027,6 +1027,20 @@ async fn the_sync_ends_what_is_gone_adopts_what_runs_and_reports_include_the_doo
             .any(|l| l.starts_with("ml,") && l.contains("6.00")),
         "{out}"
     );
+    // Replay names why the door's decisions are not re-decided, rather
+    // than calling them older than Warden's recorded inputs; the adopted
+    // pod was never decided and is not one of them.
+    let (code, out, err) = crate::cli::warden(&["replay", "--config", cfg, "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("replayed 2 recorded decisions")
+            && out.contains("2 door:kubernetes: door `kubernetes` cannot be replayed yet"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("without_input") && !out.contains("door::"),
+        "{out}"
+    );
 }
 
 /// What the stand-in API server saw and how it answers.

@@ -109,14 +109,18 @@ impl ReplayReport {
 }
 
 /// The decision payload of a record, if it is one: `decision` records hold
-/// it directly; `allocation.granted`/`allocation.denied` under `context`.
+/// it directly; `allocation.granted`/`allocation.denied` under `context`
+/// when a door's decision reserved it (a decision always has a `verdict`).
+/// What the usage syncs adopted (a context with the sync's `source` and what
+/// it saw running) was never decided, and is not replayed.
 fn decision_payload(record: &AuditRecord) -> Option<Value> {
     let payload: Value = serde_json::from_str(&record.payload).ok()?;
     match record.kind.as_str() {
         "decision" => Some(payload),
-        "allocation.granted" | "allocation.denied" => {
-            payload.get("context").filter(|c| c.is_object()).cloned()
-        }
+        "allocation.granted" | "allocation.denied" => payload
+            .get("context")
+            .filter(|c| c.get("verdict").is_some())
+            .cloned(),
         _ => None,
     }
 }
@@ -140,6 +144,11 @@ fn text(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str).map(str::to_owned)
 }
 
+/// The doors whose recorded requests can be decided again. The Kubernetes
+/// door's records keep no input (the reviewed object is not recorded), so
+/// they are counted as `door:kubernetes`.
+const REPLAYED_DOORS: &[&str] = &["skypilot", "vast"];
+
 /// Re-decides every decision in `records` (chain order) under `policy`.
 pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
     let mut report = ReplayReport::default();
@@ -149,6 +158,13 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
         };
         report.records += 1;
         let door = old.get("door").and_then(Value::as_str).unwrap_or("");
+        // Checked first: a door Warden cannot replay keeps no input either,
+        // and "recorded before Warden kept the request" would be untrue.
+        if !REPLAYED_DOORS.contains(&door) {
+            report.skip(&format!("door:{door}"));
+            *report.skipped_doors.entry(door.to_owned()).or_default() += 1;
+            continue;
+        }
         if old.get(INPUT_TRUNCATED_KEY).is_some() {
             report.skip("input_truncated");
             report.skipped_truncated += 1;
@@ -178,11 +194,7 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
                     .ok()
                     .map(|d| d.decision)
             }
-            other => {
-                report.skip(&format!("door:{other}"));
-                *report.skipped_doors.entry(other.to_owned()).or_default() += 1;
-                continue;
-            }
+            _ => unreachable!("only REPLAYED_DOORS get here"),
         };
         let Some(new_decision) = decided else {
             report.failed += 1;
@@ -274,21 +286,42 @@ mod tests {
                 4,
                 json!({"door": "vast", "verdict": "deny", "input_truncated": {"sha256": "00", "bytes": 70_000, "prefix": "{"}}),
             ),
+            // What the Kubernetes door records: no input, as it keeps none.
+            record(
+                5,
+                json!({"door": "kubernetes", "verdict": "allow", "input": null, "team": "ml"}),
+            ),
+            record(
+                6,
+                json!({"door": "kubernetes", "verdict": "deny", "team": "ml"}),
+            ),
+            // What a sync adopted: not a decision, not counted.
+            AuditRecord {
+                kind: "allocation.granted".to_owned(),
+                ..record(
+                    7,
+                    json!({"allocation_id": 9, "context": {"source": "kubernetes-sync", "pods": 1}}),
+                )
+            },
         ];
         let report = replay(&policy, &records);
-        assert_eq!(report.records, 4);
+        assert_eq!(report.records, 6);
         assert_eq!(report.skipped_truncated, 2);
         // A Vast record from before Warden kept the offer's facts.
         assert_eq!(report.skipped_without_input, 2);
-        assert!(report.skipped_doors.is_empty());
+        assert_eq!(
+            report.skipped_doors,
+            BTreeMap::from([("kubernetes".to_owned(), 2)])
+        );
         assert_eq!(
             report.skipped_reasons,
             BTreeMap::from([
+                ("door:kubernetes".to_owned(), 2),
                 ("input_truncated".to_owned(), 2),
                 ("without_input".to_owned(), 2),
             ])
         );
-        assert_eq!(report.skipped(), 4);
+        assert_eq!(report.skipped(), 6);
         assert!(report.teams.is_empty() && report.failed == 0);
     }
 }
