@@ -147,7 +147,21 @@ fn text(v: Option<&Value>) -> Option<String> {
 /// The doors whose recorded requests can be decided again. The Kubernetes
 /// door's records keep no input (the reviewed object is not recorded), so
 /// they are counted as `door:kubernetes`.
-const REPLAYED_DOORS: &[&str] = &["skypilot", "vast"];
+#[derive(Clone, Copy)]
+enum ReplayedDoor {
+    Skypilot,
+    Vast,
+}
+
+impl ReplayedDoor {
+    fn of(door: &str) -> Option<ReplayedDoor> {
+        match door {
+            "skypilot" => Some(ReplayedDoor::Skypilot),
+            "vast" => Some(ReplayedDoor::Vast),
+            _ => None,
+        }
+    }
+}
 
 /// Re-decides every decision in `records` (chain order) under `policy`.
 pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
@@ -160,11 +174,11 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
         let door = old.get("door").and_then(Value::as_str).unwrap_or("");
         // Checked first: a door Warden cannot replay keeps no input either,
         // and "recorded before Warden kept the request" would be untrue.
-        if !REPLAYED_DOORS.contains(&door) {
+        let Some(replayed) = ReplayedDoor::of(door) else {
             report.skip(&format!("door:{door}"));
             *report.skipped_doors.entry(door.to_owned()).or_default() += 1;
             continue;
-        }
+        };
         if old.get(INPUT_TRUNCATED_KEY).is_some() {
             report.skip("input_truncated");
             report.skipped_truncated += 1;
@@ -175,12 +189,12 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
             report.skipped_without_input += 1;
             continue;
         };
-        let decided = match door {
-            "skypilot" => skypilot::replay_body(input)
+        let decided = match replayed {
+            ReplayedDoor::Skypilot => skypilot::replay_body(input)
                 .ok()
                 .and_then(|body| skypilot::handle(policy, &body).ok())
                 .map(|h| h.decision),
-            "vast" => {
+            ReplayedDoor::Vast => {
                 // Records written before Warden kept the offer's facts
                 // cannot be judged again.
                 if input.get("offer_facts").is_none() && input.get("instance_facts").is_none() {
@@ -194,7 +208,6 @@ pub fn replay(policy: &Policy, records: &[AuditRecord]) -> ReplayReport {
                     .ok()
                     .map(|d| d.decision)
             }
-            _ => unreachable!("only REPLAYED_DOORS get here"),
         };
         let Some(new_decision) = decided else {
             report.failed += 1;
