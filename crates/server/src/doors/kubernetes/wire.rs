@@ -86,18 +86,6 @@ impl Review {
     }
 }
 
-/// A JSON value's kind, for messages.
-pub fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A member of the review as it stands: of the kind Warden expects (`Is`),
 /// or the kind it is instead (`Not`, for the message). Reading the review
 /// into these, rather than into a [`Value`] tree, builds no map for the
@@ -705,9 +693,21 @@ mod tests {
     /// [`Member`]s: every member into one [`Value`] tree, then picked out.
     /// The new reader must give the same review or the same message.
     mod value_tree {
-        use super::super::{kind_of, Operation, Review, API_VERSION, JSON_MAX_DEPTH, MAX_UID_LEN};
+        use super::super::{Operation, Review, API_VERSION, JSON_MAX_DEPTH, MAX_UID_LEN};
         use crate::error::DoorError;
         use serde_json::{Map, Value};
+
+        /// A JSON value's kind, for messages.
+        fn kind_of(v: &Value) -> &'static str {
+            match v {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Array(_) => "a list",
+                Value::Object(_) => "an object",
+            }
+        }
 
         fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
             m.get(key).filter(|v| !v.is_null())
