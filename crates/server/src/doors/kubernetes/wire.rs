@@ -98,7 +98,13 @@ enum Member<T> {
 
 /// What a [`Member`] accepts; every other kind is skipped over and named.
 trait Accept<'de>: Sized {
-    fn string(_: Cow<'de, str>) -> Option<Self> {
+    /// A string borrowed from the body (it has no escapes).
+    fn string(_: &'de str) -> Option<Self> {
+        None
+    }
+    /// A string with escapes, which the reader unescaped into a buffer of
+    /// its own: copied by those that keep it.
+    fn unescaped(_: &str) -> Option<Self> {
         None
     }
     fn boolean(_: bool) -> Option<Self> {
@@ -115,8 +121,11 @@ trait Accept<'de>: Sized {
 }
 
 impl<'de: 'a, 'a> Accept<'de> for Cow<'a, str> {
-    fn string(s: Cow<'de, str>) -> Option<Self> {
-        Some(s)
+    fn string(s: &'de str) -> Option<Self> {
+        Some(Cow::Borrowed(s))
+    }
+    fn unescaped(s: &str) -> Option<Self> {
+        Some(Cow::Owned(s.to_owned()))
     }
 }
 
@@ -178,11 +187,10 @@ impl<'de, T: Accept<'de>> Visitor<'de> for MemberVisitor<T> {
         Ok(Member::Not("null"))
     }
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Member<T>, E> {
-        Ok(T::string(Cow::Borrowed(s)).map_or(Member::Not("a string"), Member::Is))
+        Ok(T::string(s).map_or(Member::Not("a string"), Member::Is))
     }
     fn visit_str<E>(self, s: &str) -> Result<Member<T>, E> {
-        // A string with escapes: copied, and only when it is wanted.
-        Ok(T::string(Cow::Owned(s.to_owned())).map_or(Member::Not("a string"), Member::Is))
+        Ok(T::unescaped(s).map_or(Member::Not("a string"), Member::Is))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Member<T>, A::Error> {
         T::list(seq)
