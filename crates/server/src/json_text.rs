@@ -41,6 +41,13 @@ impl Sink for Vec<u8> {
     }
 }
 
+/// Appends `s` as a JSON string: quoted, its contents escaped once.
+pub(crate) fn push_string<S: Sink>(out: &mut S, s: &str) {
+    out.push("\"");
+    push_escaped(out, s, Times::Once);
+    out.push("\"");
+}
+
 /// Appends `s` escaped `times` as JSON string contents.
 pub(crate) fn push_escaped<S: Sink>(out: &mut S, s: &str, times: Times) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -30,9 +30,7 @@ fn push_str(out: &mut String, s: &str) {
     if is_plain_safe(s) {
         out.push_str(s);
     } else {
-        out.push('"');
-        crate::json_text::push_escaped(out, s, crate::json_text::Times::Once);
-        out.push('"');
+        crate::json_text::push_string(out, s);
     }
 }
 

@@ -523,12 +523,7 @@ impl Answer {
     /// is base64 and has nothing to escape, is copied as it is rather than
     /// scanned byte by byte.
     pub fn to_json(&self) -> String {
-        use crate::json_text::{push_escaped, Times};
-        let string = |out: &mut String, s: &str| {
-            out.push('"');
-            push_escaped(out, s, Times::Once);
-            out.push('"');
-        };
+        use crate::json_text::push_string as string;
         let r = &self.response;
         let mut out = String::with_capacity(
             120 + r.uid.len()
