@@ -928,6 +928,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// SkyPilot's default API server port; its request queue manager listens
+/// on a port derived from the API port's distance to it
+/// (`sky/server/requests/queues/mp_queue.py`, `get_queue_manager_port`).
+const SKY_DEFAULT_PORT: u16 = 46580;
+
+/// The queue manager port a SkyPilot API server on `port` binds, as
+/// SkyPilot 0.14.1 derives it: 50011 for the default port, else
+/// `50000 + (11 + offset) mod 10000`.
+fn sky_queue_port(port: u16) -> u16 {
+    let offset = i32::from(port) - i32::from(SKY_DEFAULT_PORT);
+    if offset == 0 {
+        return 50011;
+    }
+    u16::try_from(50000 + (11 + offset).rem_euclid(10000)).unwrap()
+}
+
+/// A free port for a SkyPilot API server whose queue manager port is free
+/// too: with a random API port, the derived one can be any port of
+/// 50000-59999, where the other tests' connections take ephemeral ports.
+fn free_sky_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if StdListener::bind(("127.0.0.1", sky_queue_port(port))).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for a SkyPilot API server and its queue manager in 100 tries")
+}
+
 /// A `sky api start --foreground` server with its own HOME and port, in its
 /// own process group. Dropping it (also when the test fails) runs `sky api
 /// stop`, then kills whatever is left of the group.
@@ -960,7 +989,7 @@ impl SkyApiServer {
             format!("{{\"release_version\": \"0.14.1\", \"cached_at\": {now}}}"),
         )
         .unwrap();
-        let port = free_port();
+        let port = free_sky_port();
         let log = std::fs::File::create(home.0.join("server.log")).unwrap();
         let mut cmd = Command::new(venv.join("bin/sky"));
         cmd.args([
@@ -1000,8 +1029,35 @@ impl SkyApiServer {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
-    /// Waits until `/api/health` answers, through Warden's client.
-    async fn wait_healthy(&mut self) -> warden_server::doors::skypilot::sync::client::Health {
+    /// A server that answers `/api/health`. A server that exits because a
+    /// port it needs was taken after it was chosen (the queue manager's,
+    /// by another test's connection) is started again on other ports, up to
+    /// three times; any other exit fails the test with the server's log.
+    fn start_healthy(
+        venv: &Path,
+        runtime: &tokio::runtime::Runtime,
+    ) -> (
+        SkyApiServer,
+        warden_server::doors::skypilot::sync::client::Health,
+    ) {
+        let mut attempt = 1;
+        loop {
+            let mut sky = SkyApiServer::start(venv);
+            match runtime.block_on(sky.wait_healthy()) {
+                Ok(health) => return (sky, health),
+                Err(log) if attempt < 3 && log.contains("is already in use by another process") => {
+                    attempt += 1;
+                }
+                Err(log) => panic!("`sky api start` exited before answering {log}"),
+            }
+        }
+    }
+
+    /// Waits until `/api/health` answers, through Warden's client; the
+    /// server's exit status and log if it exits first.
+    async fn wait_healthy(
+        &mut self,
+    ) -> Result<warden_server::doors::skypilot::sync::client::Health, String> {
         let client = SkypilotClient::new(
             ApiUrl::parse(&self.url()).unwrap(),
             None,
@@ -1012,14 +1068,11 @@ impl SkyApiServer {
         let deadline = Instant::now() + SKY_START_TIMEOUT;
         loop {
             match client.health().await {
-                Ok(h) if h.status.as_deref() == Some("healthy") => return h,
+                Ok(h) if h.status.as_deref() == Some("healthy") => return Ok(h),
                 Ok(_) | Err(_) => {}
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "`sky api start` exited ({status}) before answering; its log:\n{}",
-                    self.log()
-                );
+                return Err(format!("({status}); its log:\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -1136,8 +1189,7 @@ fn real_skypilot_api_server_lists_clusters_for_the_sync() {
         .enable_all()
         .build()
         .unwrap();
-    let mut sky = SkyApiServer::start(&venv);
-    let health = runtime.block_on(sky.wait_healthy());
+    let (sky, health) = SkyApiServer::start_healthy(&venv, &runtime);
     assert_eq!(health.version.as_deref(), Some("0.14.1"), "{health:?}");
     assert_eq!(health.api_version.as_deref(), Some("62"), "{health:?}");
     let up_after = started.elapsed();
